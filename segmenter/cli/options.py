@@ -1,0 +1,40 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from segmenter.config import Config, load_config
+
+config_option = click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML config (default: built-in defaults).",
+)
+
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override one config key (repeatable), e.g. --set train.steps=100.",
+)
+
+
+def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--config`` and ``--set`` to a command."""
+    return config_option(set_option(func))
+
+
+def resolve_config(
+    config_path: Path | None, overrides: tuple[str, ...], base: Config | None = None
+) -> Config:
+    """The effective config of a command: base < --config < --set."""
+    return load_config(config_path, overrides, base=base)

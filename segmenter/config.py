@@ -1,0 +1,369 @@
+"""The typed configuration schema, YAML loading, ``--set`` overrides and validation.
+
+One schema with five sections (``data``, ``model``, ``train``, ``predict``, ``postprocess``).
+Every key has a default, so an empty YAML file is a valid config. Precedence, lowest first:
+schema defaults (or a run's saved config), the YAML file, then ``--set section.key=value``.
+
+Validation is pydantic's (strict types, ranges, ``Literal`` choices, unknown keys forbidden);
+this module turns its errors into one line that names the file, the key path and what is
+allowed, and suggests the nearest valid key for a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from segmenter.errors import ConfigError
+
+DEFAULT_CACHE_ENV = "SEGMENTER_CACHE"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class SampleConfig(_Section):
+    """The built-in generated sample (used when ``data.source`` is ``sample``)."""
+
+    n: int = Field(16, ge=2, le=10_000, description="Number of generated scenes.")
+    size: int = Field(512, ge=64, le=8192, description="Width of each photo in pixels.")
+    seed: int = Field(0, description="Seed of the scene generator.")
+
+
+class DataConfig(_Section):
+    """Where photos and labels come from and how they are prepared."""
+
+    source: str = Field(
+        "sample", description="A local folder, s3://bucket/prefix, or 'sample'.", min_length=1
+    )
+    train_dir: str = Field("train", description="Sub-folder of the source with training pairs.")
+    test_dir: str = Field("test", description="Sub-folder with test pairs ('' = split by seed).")
+    anon: bool = Field(True, description="S3: anonymous access (public buckets).")
+    endpoint_url: str | None = Field(None, description="S3: endpoint of an S3-compatible server.")
+    cache_dir: str | None = Field(
+        None, description="Local cache of remote files (default $SEGMENTER_CACHE or ~/.cache)."
+    )
+    scale: float = Field(0.5, gt=0, le=1, description="Resize factor applied to photos/labels.")
+    water_class: int | str = Field(
+        2, description="Water in .mat labels: a class number, or a name looked up in 'labels'."
+    )
+    label_water_value: int = Field(
+        255, ge=0, le=65535, description="Water in <stem>_label.png images: this pixel value."
+    )
+    test_ratio: float = Field(
+        0.2, gt=0, lt=1, description="Share of pairs held out for testing when there is no test/."
+    )
+    seed: int = Field(0, description="Seed of the train/test split when there is no test/.")
+    skip_bad: bool = Field(False, description="Skip unreadable pairs with a warning.")
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+
+
+class ModelConfig(_Section):
+    """The residual encoder-decoder."""
+
+    depth: int = Field(3, ge=1, le=7, description="Pooling levels; widths must divide by 2^depth.")
+    filters: int = Field(16, ge=1, le=1024, description="Convolution kernels per layer.")
+    kernel_size: int = Field(3, ge=1, le=15, description="Convolution kernel size.")
+    upsampling: Literal["bilinear", "transpose"] = Field(
+        "bilinear", description="Decoder upsampling: bilinear resize or transposed convolution."
+    )
+    activation: Literal["sigmoid", "linear"] = Field(
+        "sigmoid", description="Output: probability of land (sigmoid) or raw value (linear)."
+    )
+
+
+class AugmentConfig(_Section):
+    """Augmentation of training patches (never applied to validation or prediction)."""
+
+    flip: bool = Field(True, description="Random horizontal and vertical flips.")
+    rotate90: bool = Field(True, description="Random rotations by multiples of 90 degrees.")
+    brightness: float = Field(0.1, ge=0, le=1, description="Max random brightness shift.")
+    contrast: float = Field(0.1, ge=0, le=1, description="Max random relative contrast change.")
+
+
+class TrainConfig(_Section):
+    """Training: one model per patch width."""
+
+    widths: dict[int, int] = Field(
+        default_factory=lambda: {32: 64, 64: 32, 128: 16},
+        description="Patch width -> batch size; one model is trained per width.",
+    )
+    steps: int = Field(300, ge=1, description="Training batches per width.")
+    validate_every: int = Field(50, ge=1, description="Steps between validations/checkpoints.")
+    validation_batches: int = Field(2, ge=1, description="Fixed test batches per validation.")
+    loss: Literal["mse", "bce", "dice", "bce_dice"] = Field("bce_dice", description="Loss.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="LR schedule.")
+    seed: int = Field(0, description="Seed of patch sampling and weight initialisation.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    strategy: Literal["auto", "default", "mirrored", "multiworker"] = Field(
+        "auto", description="tf.distribute strategy."
+    )
+    mixed_precision: bool = Field(False, description="mixed_float16 (output in float32).")
+    jit_compile: bool = Field(False, description="XLA-compile the train step.")
+    tensorboard: bool = Field(False, description="Write TensorBoard logs in the run directory.")
+
+
+class PredictConfig(_Section):
+    """Multi-scale weighted-window inference."""
+
+    widths: list[int] | None = Field(
+        None, description="Trained widths to predict with (null = every trained width)."
+    )
+    overlap: float = Field(0.5, ge=0, lt=1, description="Overlap of neighbouring grid windows.")
+    batch_size: int = Field(16, ge=1, description="Windows per inference batch.")
+    sampling: Literal["grid", "random"] = Field(
+        "grid", description="Regular grid, or the notebook's random window positions."
+    )
+    random_windows: dict[int, int] = Field(
+        default_factory=lambda: {16: 4000, 32: 2000, 64: 1000, 128: 500, 256: 250},
+        description="Window count per width when sampling is 'random'.",
+    )
+    tta: bool = Field(False, description="Average predictions over flips (test-time augmentation).")
+    merge: Literal["mean", "weighted"] = Field(
+        "mean", description="Merge scales by mean, or weighted by each width's validation score."
+    )
+    rescale: Literal["none", "minmax"] = Field(
+        "none", description="Rescale the merged map to [0, 1] (minmax, as in the notebook)."
+    )
+    save_float: bool = Field(False, description="Also save the float probability map (.npy).")
+    save_scales: bool = Field(False, description="Also save each width's probability map.")
+
+
+class PostprocessConfig(_Section):
+    """Turning the probability map into a water mask."""
+
+    method: Literal["gmm", "global", "otsu"] = Field("gmm", description="Thresholding method.")
+    n_components: int = Field(5, ge=1, le=64, description="GMM components.")
+    max_iter: int = Field(50, ge=1, description="GMM EM iterations.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Probability-of-land threshold.")
+    subsample: int = Field(200_000, ge=100, description="Pixels the GMM is fitted on.")
+    seed: int = Field(0, description="Seed of the GMM subsample and initialisation.")
+
+
+class Config(_Section):
+    """The whole configuration."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python containers, ready for YAML."""
+        return self.model_dump(mode="python")
+
+    def to_yaml(self) -> str:
+        """The config as YAML that :func:`load_config` reads back to an equal config."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: Config | None = None,
+) -> Config:
+    """Resolve a config: ``base`` (default: schema defaults) < YAML file < ``--set`` overrides.
+
+    Raises:
+        ConfigError: one line naming the file (or ``--set``), the key path and what is allowed.
+    """
+    merged = (base or Config()).to_dict()
+    if path is not None:
+        raw = read_yaml(path)
+        merged = _merge(merged, raw, Config)
+        _validate(merged, origin=str(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(merged, key, value, origin=f"--set {item}")
+        _validate(merged, origin="--set")
+    return _validate(merged, origin=str(path) if path is not None else "config")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; syntax errors name the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {_kind(raw)}")
+    return raw
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``section.key=value``; the value is parsed as YAML (``1e-3``, ``true``, ``[32, 64]``)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item}: expected section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], schema: type[BaseModel]) -> dict:
+    """Deep-merge ``update`` into ``base`` through sections; other values are replaced whole.
+
+    A mapping such as ``train.widths`` given in YAML replaces the default mapping, so a file that
+    lists two widths trains two widths. Unknown keys are carried along for validation to reject.
+    """
+    out = dict(base)
+    for key, value in update.items():
+        sub = _section_type(schema, key)
+        if sub is not None and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, sub)
+        else:
+            out[key] = value
+    return out
+
+
+def _section_type(schema: type[BaseModel], key: Any) -> type[BaseModel] | None:
+    field = schema.model_fields.get(key) if isinstance(key, str) else None
+    ann = field.annotation if field else None
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    parts = [int(p) if p.isdigit() else p for p in dotted.split(".")]
+    node: Any = tree
+    schema: type[BaseModel] | None = Config
+    for depth, part in enumerate(parts[:-1]):
+        if schema is not None and isinstance(part, str) and part not in schema.model_fields:
+            raise ConfigError(_unknown_key_message(origin, parts[: depth + 1], schema))
+        if not isinstance(node.get(part), dict):
+            if part in node and node[part] is not None:
+                where = ".".join(map(str, parts[: depth + 1]))
+                raise ConfigError(f"{origin}: {where} is a {_kind(node[part])}, not a section")
+            node[part] = {}
+        schema = _section_type(schema, part) if schema is not None else None
+        node = node[part]
+    last = parts[-1]
+    if schema is not None and isinstance(last, str) and last not in schema.model_fields:
+        raise ConfigError(_unknown_key_message(origin, parts, schema))
+    node[last] = value
+
+
+def _validate(tree: dict[str, Any], origin: str) -> Config:
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc.errors()[0], origin)) from None
+    _check_consistency(cfg, origin)
+    return cfg
+
+
+def _check_consistency(cfg: Config, origin: str) -> None:
+    """Rules that span keys: widths that the network can take."""
+    multiple = 2**cfg.model.depth
+    if not cfg.train.widths:
+        raise ConfigError(f"{origin}: train.widths: at least one patch width is needed")
+    for width, batch in cfg.train.widths.items():
+        if width < multiple or width % multiple:
+            raise ConfigError(
+                f"{origin}: train.widths.{width}: patch width must be a positive multiple of "
+                f"2^model.depth = {multiple} (model.depth = {cfg.model.depth})"
+            )
+        if width > 8192:
+            raise ConfigError(f"{origin}: train.widths.{width}: patch width must be <= 8192")
+        if batch < 1:
+            raise ConfigError(
+                f"{origin}: train.widths.{width}: batch size must be >= 1 (got {batch})"
+            )
+    for width in cfg.predict.widths or []:
+        if width < multiple or width % multiple:
+            raise ConfigError(
+                f"{origin}: predict.widths: {width} is not a positive multiple of "
+                f"2^model.depth = {multiple}"
+            )
+    for width, count in cfg.predict.random_windows.items():
+        if count < 1 or width < 1:
+            raise ConfigError(
+                f"{origin}: predict.random_windows.{width}: window count must be >= 1 "
+                f"(got {count})"
+            )
+
+
+def _format_error(err: dict[str, Any], origin: str) -> str:
+    loc = list(err.get("loc", ()))
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return _unknown_key_message(origin, loc, _schema_at(loc[:-1]))
+    loc = _clean_loc(loc)
+    where = ".".join(str(p) for p in loc).replace(".[key]", " (a key)") or "(top level)"
+    message = str(err.get("msg", "invalid value"))
+    if kind in {"model_type", "model_attributes_type", "dict_type"} and loc:
+        message = "must be a mapping of keys"
+    shown = err.get("input")
+    got = "" if kind == "missing" else f" (got {shown!r})"
+    if isinstance(shown, dict | list) and len(repr(shown)) > 60:
+        got = f" (got a {_kind(shown)})"
+    return f"{origin}: {where}: {_lower_first(message)}{got}"
+
+
+def _clean_loc(loc: list[Any]) -> list[Any]:
+    """Drop pydantic's union-member tags (``int``, ``str``) that follow a leaf key."""
+    out: list[Any] = []
+    schema: type[BaseModel] | None = Config
+    for i, part in enumerate(loc):
+        if schema is not None:
+            out.append(part)
+            schema = _section_type(schema, part)
+        elif isinstance(part, int) or part == "[key]":
+            out.append(part)
+        elif i + 1 < len(loc) and loc[i + 1] == "[key]":
+            out.append(part)
+    return out
+
+
+def _unknown_key_message(origin: str, loc: list[Any], schema: type[BaseModel] | None) -> str:
+    key = loc[-1]
+    where = ".".join(str(p) for p in loc)
+    valid = list(schema.model_fields) if schema is not None else []
+    hint = ""
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+    if close:
+        hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + [close[0]])}'?"
+    allowed = f" (valid keys: {', '.join(valid)})" if valid and not close else ""
+    return f"{origin}: {where}: unknown key{hint}{allowed}"
+
+
+def _schema_at(loc: list[Any]) -> type[BaseModel] | None:
+    schema: type[BaseModel] | None = Config
+    for part in loc:
+        if schema is None:
+            return None
+        schema = _section_type(schema, part)
+    return schema
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _kind(value: Any) -> str:
+    return {dict: "mapping", list: "list", str: "string"}.get(type(value), type(value).__name__)
