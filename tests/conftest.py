@@ -1,0 +1,65 @@
+"""Shared fixtures: a CLI runner, an isolated cache, the real photo, and two logical CPUs.
+
+The CPU is split into two logical devices before TensorFlow starts, so tf.distribute code
+(MirroredStrategy) is exercised on a machine without GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DIR = Path(os.environ.get("SEGMENTER_REAL_DIR", REPO.parent / "shared" / "real"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+    except RuntimeError:  # TensorFlow already initialised (e.g. a plugin imported it)
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Never touch the user's ~/.cache: every test session gets its own cache folder."""
+    cache = tmp_path_factory.getbasetemp() / "segmenter-cache"
+    monkeypatch.setenv("SEGMENTER_CACHE", str(cache))
+    # No real AWS credentials or config may leak into the tests.
+    for name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return cache
+
+
+@pytest.fixture
+def runner():
+    """Invoke the real `segmenter` click group in-process."""
+    from click.testing import CliRunner
+
+    from segmenter.cli.main import cli
+
+    class _Runner:
+        def __init__(self) -> None:
+            self.runner = CliRunner()
+
+        def __call__(self, *args: str, **kwargs):
+            return self.runner.invoke(cli, [str(a) for a in args], catch_exceptions=False, **kwargs)
+
+    return _Runner()
+
+
+@pytest.fixture
+def real_dir() -> Path:
+    """The real photo with a person-drawn label (../shared/real); skipped where absent."""
+    if not (REAL_DIR / "train").is_dir():
+        pytest.skip(f"real sample not found at {REAL_DIR}")
+    return REAL_DIR
