@@ -1,0 +1,57 @@
+"""The command group: instant help, version, logging flags, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from segmenter import __version__
+
+
+def test_help_does_not_import_tensorflow():
+    code = (
+        "import sys\n"
+        "from segmenter.cli.main import cli\n"
+        "try:\n"
+        "    cli(['--help'], prog_name='segmenter')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported by --help'\n"
+        "assert 'keras' not in sys.modules, 'keras imported by --help'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for command in ("config", "train", "predict", "evaluate", "sample-data"):
+        assert command in result.stdout
+
+
+def test_python_dash_m_and_version():
+    result = subprocess.run(
+        [sys.executable, "-m", "segmenter", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"segmenter, version {__version__}"
+
+
+def test_user_error_is_one_line_without_traceback(runner, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: 0\n")
+    result = runner("config", "show", "--config", bad)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert lines == [f"Error: {bad}: train.steps: input should be greater than or equal to 1 (got 0)"]
+
+
+def test_verbose_shows_the_traceback(runner, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: 0\n")
+    result = runner("-v", "config", "show", "--config", bad)
+    assert result.exit_code == 1
+    assert "Traceback" in result.output
+    assert result.output.strip().endswith("(got 0)")
+
+
+def test_unknown_command_suggests(runner):
+    result = runner("trian")
+    assert result.exit_code == 2
+    assert "No such command 'trian'" in result.output

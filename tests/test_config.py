@@ -1,0 +1,171 @@
+"""Config: defaults, YAML, --set precedence, every validation error, `config show` round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segmenter.config import Config, load_config
+from segmenter.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_valid_and_complete():
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.data.source == "sample"
+    assert cfg.data.water_class == 2
+    assert cfg.postprocess.n_components == 5
+    assert all(w % 2**cfg.model.depth == 0 for w in cfg.train.widths)
+
+
+def test_empty_yaml_means_defaults(tmp_path):
+    assert load_config(write(tmp_path, "")) == Config()
+
+
+def test_precedence_defaults_yaml_set(tmp_path):
+    path = write(tmp_path, "train:\n  steps: 7\n  learning_rate: 0.01\n")
+    cfg = load_config(path, ["train.steps=9"])
+    assert cfg.train.steps == 9  # --set beats YAML
+    assert cfg.train.learning_rate == 0.01  # YAML beats defaults
+    assert cfg.train.validate_every == Config().train.validate_every  # default kept
+
+
+def test_yaml_mapping_replaces_default_widths_and_set_edits_one(tmp_path):
+    path = write(tmp_path, "train:\n  widths: {16: 5}\n")
+    assert load_config(path).train.widths == {16: 5}
+    cfg = load_config(path, ["train.widths.64=3"])
+    assert cfg.train.widths == {16: 5, 64: 3}
+
+
+def test_set_parses_yaml_values():
+    cfg = load_config(
+        None,
+        ["predict.widths=[32, 64]", "train.augment.flip=false", "data.water_class=water"],
+    )
+    assert cfg.predict.widths == [32, 64]
+    assert cfg.train.augment.flip is False
+    assert cfg.data.water_class == "water"
+
+
+def test_base_config_is_overridden(tmp_path):
+    base = load_config(None, ["data.scale=0.25", "predict.overlap=0.25"])
+    cfg = load_config(write(tmp_path, "predict:\n  overlap: 0.75\n"), base=base)
+    assert cfg.data.scale == 0.25
+    assert cfg.predict.overlap == 0.75
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("train:\n  stpes: 5\n", "c.yaml: train.stpes: unknown key; did you mean 'train.steps'?"),
+        ("trian:\n  steps: 5\n", "c.yaml: trian: unknown key; did you mean 'train'?"),
+        ("train:\n  steps: many\n", "c.yaml: train.steps: input should be a valid integer"),
+        ("train:\n  steps: 0\n", "c.yaml: train.steps: input should be greater than or equal to 1"),
+        ("data:\n  scale: 1.5\n", "c.yaml: data.scale: input should be less than or equal to 1"),
+        ("data:\n  anon: 'yes'\n", "c.yaml: data.anon: input should be a valid boolean"),
+        ("train:\n  loss: hinge\n", "c.yaml: train.loss: input should be 'mse', 'bce', 'dice'"),
+        ("train:\n  widths: {48: 4}\n", None),  # 48 = 6 x 8: valid
+        ("train:\n  widths: {20: 4}\n", "c.yaml: train.widths.20: patch width must be a"),
+        ("train:\n  widths: {32: 0}\n", "c.yaml: train.widths.32: batch size must be >= 1"),
+        ("train:\n  widths: {}\n", "c.yaml: train.widths: at least one patch width"),
+        ("model:\n  depth: 6\n", "c.yaml: train.widths.32: patch width must be a positive multiple of 2^model.depth = 64"),
+        ("predict:\n  widths: [33]\n", "c.yaml: predict.widths: 33 is not a positive multiple"),
+        ("train: 3\n", "c.yaml: train: must be a mapping"),
+        ("- a\n- b\n", "c.yaml: a config must be a YAML mapping of sections, got list"),
+    ],
+)
+def test_validation_errors_name_file_and_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    if expected is None:
+        load_config(path)
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) + ": " in message
+    assert expected.replace("c.yaml", str(path)) in message
+    assert "\n" not in message
+
+
+def test_yaml_syntax_error_has_line_number(tmp_path):
+    path = write(tmp_path, "train:\n  steps: 5\n  widths: [1,\n")
+    with pytest.raises(ConfigError, match=rf"{path}:\d+:\d+: YAML syntax error"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.steps", "--set train.steps: expected section.key=value"),
+        ("train.stepz=3", "--set train.stepz=3: train.stepz: unknown key; did you mean"),
+        ("train.steps=-1", "--set: train.steps: input should be greater than or equal to 1"),
+        ("nosuch.key=1", "--set nosuch.key=1: nosuch: unknown key"),
+        ("train.steps.x=1", "--set train.steps.x=1: train.steps is a int, not a section"),
+    ],
+)
+def test_set_errors(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "ontario.yaml"])
+def test_shipped_configs_are_valid(name):
+    path = REPO / "configs" / name
+    if not path.exists():
+        pytest.skip(f"{name} not written yet")
+    load_config(path)
+
+
+def test_ontario_config_is_the_notebook_setup():
+    cfg = load_config(REPO / "configs" / "ontario.yaml")
+    assert cfg.data.source == "s3://cdi-workshop/semseg_data/ontario"
+    assert cfg.data.anon is True
+    assert cfg.data.scale == 0.125
+    assert cfg.train.widths == {16: 2000, 32: 1000, 64: 500, 128: 250, 256: 125}
+    assert cfg.train.steps == 600
+    assert (cfg.model.filters, cfg.model.kernel_size, cfg.model.depth) == (16, 3, 3)
+    assert cfg.predict.widths == [32, 64, 128, 256]
+    assert cfg.postprocess.n_components == 5
+
+
+def test_config_show_round_trip(runner, tmp_path):
+    result = runner("config", "show", "--set", "train.steps=11", "--set", "data.scale=0.25")
+    assert result.exit_code == 0, result.output
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(result.output)
+    cfg = load_config(shown)
+    assert cfg.train.steps == 11 and cfg.data.scale == 0.25
+    assert yaml.safe_load(result.output) == cfg.to_dict()
+
+
+def test_config_show_ontario_names_the_s3_source(runner):
+    result = runner("config", "show", "--config", str(REPO / "configs" / "ontario.yaml"))
+    assert result.exit_code == 0
+    assert "source: s3://cdi-workshop/semseg_data/ontario" in result.output
+
+
+def test_config_validate_cli(runner, tmp_path):
+    good = write(tmp_path, "train:\n  steps: 3\n", "good.yaml")
+    result = runner("config", "validate", good)
+    assert result.exit_code == 0 and "valid" in result.output
+    bad = write(tmp_path, "train:\n  stpes: 3\n", "bad.yaml")
+    result = runner("config", "validate", bad)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {bad}: train.stpes: unknown key; did you mean 'train.steps'?"
+    assert "Traceback" not in result.output
