@@ -1,0 +1,195 @@
+"""The residual encoder-decoder of the reference method (SPEC.md, "The network").
+
+One builder, :func:`build_model`, turns a :class:`~segmenter.config.ModelConfig` into a native
+Keras 3 functional model. The network is fully convolutional, so one model serves every spatial
+size that divides by ``2**depth``; a :class:`SizeCheck` layer at the input refuses other sizes
+with a readable message instead of silently returning a map of the wrong size (the encoder's
+"same" pooling would round up and the decoder would give back a larger map).
+
+Input normalisation lives inside the model (``[0, 1]`` photos are mapped to ``[-1, 1]``), so a
+saved ``.keras`` file is self-contained: prediction feeds photos exactly as they are decoded.
+The output layer always computes in float32, so ``mixed_float16`` training still yields a
+float32 probability map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from segmenter.config import ModelConfig
+
+__all__ = ["BilinearUpsampling", "SizeCheck", "build_model", "check_width", "size_multiple"]
+
+
+def size_multiple(depth: int) -> int:
+    """Spatial sizes a model of this depth accepts are multiples of this number."""
+    return 2**depth
+
+
+def check_width(width: int, depth: int) -> None:
+    """Refuse a patch width the network cannot take.
+
+    Raises:
+        ValueError: naming the width, the depth and the multiple required.
+    """
+    multiple = size_multiple(depth)
+    if width < multiple or width % multiple:
+        raise ValueError(
+            f"patch width {width} is not a positive multiple of 2^depth = {multiple} "
+            f"(depth = {depth}): the encoder halves the size {depth} times"
+        )
+
+
+@keras.saving.register_keras_serializable(package="segmenter")
+class SizeCheck(keras.layers.Layer):
+    """Pass-through layer that refuses inputs whose height or width is not a multiple.
+
+    Static sizes (known when the model is called on a concrete array) fail at once with a
+    ``ValueError``; sizes only known at run time fail through a TensorFlow assertion carrying
+    the same message.
+    """
+
+    def __init__(self, multiple: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(multiple, int) or multiple < 1:
+            raise ValueError(f"SizeCheck: multiple must be a positive int, got {multiple!r}")
+        self.multiple = multiple
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        message = (
+            f"input height and width must be multiples of {self.multiple} "
+            f"(2^depth of this model)"
+        )
+        static = inputs.shape[1:3]
+        if all(dim is not None for dim in static):
+            bad = [int(dim) for dim in static if int(dim) % self.multiple]
+            if bad:
+                raise ValueError(f"{message}; got {int(static[0])} x {int(static[1])}")
+            return inputs
+        dims = tf.shape(inputs)[1:3]
+        with tf.control_dependencies(
+            [tf.debugging.assert_equal(dims % self.multiple, 0, message=message)]
+        ):
+            return tf.identity(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"multiple": self.multiple})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="segmenter")
+class BilinearUpsampling(keras.layers.Layer):
+    """Bilinear x``factor`` resize that also works when the spatial size is only known at run time.
+
+    ``keras.layers.UpSampling2D(interpolation="bilinear")`` fails inside a TensorFlow graph when
+    height and width are ``None`` (Keras 3.15), which is exactly how a fully convolutional model
+    is traced for prediction on photos of any size; ``tf.image.resize`` takes a dynamic size.
+    """
+
+    def __init__(self, factor: int = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"BilinearUpsampling: factor must be a positive int, got {factor!r}")
+        self.factor = factor
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        size = tf.shape(inputs)[1:3] * self.factor
+        resized = tf.image.resize(inputs, size, method="bilinear")
+        return tf.cast(resized, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        height, width = input_shape[1], input_shape[2]
+        return (
+            input_shape[0],
+            None if height is None else height * self.factor,
+            None if width is None else width * self.factor,
+            input_shape[3],
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"factor": self.factor})
+        return config
+
+
+def _residual_block(x, filters: int, kernel_size: int, transpose: bool, name: str):
+    """x + [conv (ReLU) -> BN -> conv -> BN]; the decoder uses stride-1 transposed convs."""
+    conv = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
+    y = conv(filters, kernel_size, padding="same", activation="relu", name=f"{name}_conv1")(x)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = conv(filters, kernel_size, padding="same", name=f"{name}_conv2")(y)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+    return keras.layers.Add(name=f"{name}_add")([x, y])
+
+
+def build_model(model_cfg: ModelConfig | None = None, **overrides: Any) -> keras.Model:
+    """Build the residual encoder-decoder described by ``model_cfg``.
+
+    Args:
+        model_cfg: depth, filters, kernel size, upsampling and output activation; defaults to
+            the schema's defaults.
+        **overrides: keys of :class:`ModelConfig` to replace (handy in tests and scripts).
+
+    Returns:
+        An uncompiled ``keras.Model``: input ``(None, None, 3)`` float32 RGB in ``[0, 1]``,
+        output ``(None, None, 1)`` float32, the probability of land (``sigmoid``) or a raw
+        value (``linear``).
+
+    Raises:
+        ValueError: an argument out of range, with the value and what is expected.
+    """
+    if model_cfg is None:
+        model_cfg = ModelConfig()
+    if overrides:
+        model_cfg = model_cfg.model_copy(update=overrides)
+    depth, filters, kernel_size = model_cfg.depth, model_cfg.filters, model_cfg.kernel_size
+    for name, value, low in (("depth", depth, 1), ("filters", filters, 1), ("kernel_size",
+                             kernel_size, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"build_model: {name} must be an int >= {low}, got {value!r}")
+    if model_cfg.upsampling not in ("bilinear", "transpose"):
+        raise ValueError(
+            f"build_model: upsampling must be 'bilinear' or 'transpose', "
+            f"got {model_cfg.upsampling!r}"
+        )
+    if model_cfg.activation not in ("sigmoid", "linear"):
+        raise ValueError(
+            f"build_model: activation must be 'sigmoid' or 'linear', got {model_cfg.activation!r}"
+        )
+
+    inputs = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
+    x = SizeCheck(size_multiple(depth), name="size_check")(inputs)
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="normalise")(x)
+    x = keras.layers.Conv2D(
+        filters, kernel_size, padding="same", activation="relu", name="stem_conv"
+    )(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    for level in range(depth):
+        x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=f"down{level}_pool")(x)
+        x = _residual_block(x, filters, kernel_size, transpose=False, name=f"down{level}")
+    for level in range(depth):
+        if model_cfg.upsampling == "bilinear":
+            x = BilinearUpsampling(2, name=f"up{level}_resize")(x)
+        else:
+            x = keras.layers.Conv2DTranspose(
+                filters, 2, strides=2, padding="same", name=f"up{level}_deconv"
+            )(x)
+        x = _residual_block(x, filters, kernel_size, transpose=True, name=f"up{level}")
+    # The head stays float32 under mixed precision: probabilities near 0 and 1 matter.
+    x = keras.layers.Conv2DTranspose(
+        1, kernel_size, padding="same", dtype="float32", name="head_conv"
+    )(x)
+    outputs = keras.layers.Activation(model_cfg.activation, dtype="float32", name="land_prob")(x)
+    return keras.Model(
+        inputs, outputs, name=f"segmenter_d{depth}_f{filters}_k{kernel_size}"
+    )

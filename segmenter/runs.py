@@ -1,0 +1,446 @@
+"""The run directory: layout, per-width status, manifest, and loading finished models.
+
+Layout (see docs/architecture.md)::
+
+    RUN/
+      config.yaml            the resolved config
+      manifest.json          widths, steps done, final losses, data fingerprint, versions
+      models/pw<W>.keras     finished model of width W
+      state/pw<W>/           in-progress checkpoint of width W (model + optimiser + step)
+      history/pw<W>.csv      step, loss, val_loss, val_water_iou, seconds
+      history/pw<W>.json     per-width status; manifest.json is rebuilt from these
+      plots/pw<W>_loss.png   loss curve
+      tensorboard/pw<W>/     when train.tensorboard is on
+
+Why per-width status files: widths may be trained as separate jobs (``--patch-width``, possibly
+on separate machines sharing a folder). Each job only ever writes its own widths' files, so jobs
+never clobber each other; ``manifest.json`` is a convenience snapshot rebuilt from the status
+files, and :class:`Run` always reads the status files themselves. Every file is written
+atomically (temporary name, then rename), so a kill -9 leaves either the old or the new file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from segmenter import __version__
+from segmenter.config import Config, load_config
+from segmenter.errors import RunError, SegmenterError
+from segmenter.fileio import write_json, write_text
+
+log = logging.getLogger("segmenter.runs")
+
+__all__ = [
+    "HISTORY_FIELDS",
+    "Run",
+    "config_differences",
+    "open_run",
+    "prepare_run",
+    "versions",
+]
+
+CONFIG_NAME = "config.yaml"
+MANIFEST_NAME = "manifest.json"
+HISTORY_FIELDS = ("step", "loss", "val_loss", "val_water_iou", "seconds")
+MANIFEST_FORMAT = 1
+
+# Keys that may differ between the run's saved config and a resuming (or joining) job: they
+# change where data is cached, how the job is executed, or what happens after training, never
+# what a checkpoint means. Everything else must match.
+RESUME_IGNORED_PREFIXES = (
+    "data.cache_dir",
+    "data.anon",
+    "data.endpoint_url",
+    "data.skip_bad",
+    "data.source",  # the same data may sit at another path on another machine: see fingerprint
+    "train.strategy",
+    "train.jit_compile",
+    "train.tensorboard",
+    "train.widths",  # compared per trained width below
+    "predict.",
+    "postprocess.",
+)
+
+
+def versions() -> dict[str, str]:
+    """Package versions that produced a run (read from metadata: no TensorFlow import)."""
+    found = {"segmenter": __version__, "python": platform.python_version()}
+    for package in ("tensorflow", "keras", "numpy"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and not path.endswith("widths") and not path.endswith(
+            "random_windows"
+        ):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def config_differences(
+    saved: Config, current: Config, widths: list[int] | None = None
+) -> list[str]:
+    """Config keys whose values make ``current`` unable to continue ``saved``'s checkpoints.
+
+    Args:
+        saved: the config stored in the run directory.
+        current: the config of the job that wants to resume or join the run.
+        widths: the patch widths this job trains; only their batch sizes are compared (a job
+            may train a subset, and a new width may be added to a run).
+
+    Returns:
+        Dotted key paths (``train.learning_rate``, ``train.widths.64``), sorted.
+    """
+    old, new = _flatten(saved.to_dict()), _flatten(current.to_dict())
+    differing = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == p or key.startswith(p) for p in RESUME_IGNORED_PREFIXES):
+            continue
+        if old.get(key) != new.get(key):
+            differing.append(key)
+    check = widths if widths is not None else list(current.train.widths)
+    for width in check:
+        if width in saved.train.widths and saved.train.widths[width] != current.train.widths.get(
+            width
+        ):
+            differing.append(f"train.widths.{width}")
+    return differing
+
+
+class Run:
+    """A run directory: its saved config, per-width status, and finished models.
+
+    Reading a run never imports TensorFlow until a model is loaded, so listing runs is cheap.
+    """
+
+    def __init__(self, path: str | Path, config: Config) -> None:
+        self.path = Path(path)
+        self.config = config
+
+    # ---------------------------------------------------------------- paths
+    def model_path(self, width: int) -> Path:
+        return self.path / "models" / f"pw{width}.keras"
+
+    def state_dir(self, width: int) -> Path:
+        return self.path / "state" / f"pw{width}"
+
+    def history_csv(self, width: int) -> Path:
+        return self.path / "history" / f"pw{width}.csv"
+
+    def status_path(self, width: int) -> Path:
+        return self.path / "history" / f"pw{width}.json"
+
+    def plot_path(self, width: int) -> Path:
+        return self.path / "plots" / f"pw{width}_loss.png"
+
+    def tensorboard_dir(self, width: int) -> Path:
+        return self.path / "tensorboard" / f"pw{width}"
+
+    # ---------------------------------------------------------------- status
+    def status(self, width: int) -> dict[str, Any] | None:
+        """The status of one width (``None`` if it was never started here)."""
+        return _read_json(self.status_path(width))
+
+    def statuses(self) -> dict[int, dict[str, Any]]:
+        """Status of every width that has one, by width."""
+        found: dict[int, dict[str, Any]] = {}
+        folder = self.path / "history"
+        if not folder.is_dir():
+            return found
+        for file in sorted(folder.glob("pw*.json")):
+            try:
+                width = int(file.stem[2:])
+            except ValueError:
+                continue
+            status = _read_json(file)
+            if status is not None:
+                found[width] = status
+        return found
+
+    def write_status(self, width: int, status: dict[str, Any]) -> None:
+        """Write one width's status, then refresh ``manifest.json`` from all statuses."""
+        status = {**status, "width": width, "updated": _now()}
+        write_json(self.status_path(width), status)
+        self.write_manifest()
+
+    def finished_widths(self) -> list[int]:
+        """Widths whose final model is saved, ascending."""
+        return sorted(
+            width
+            for width, status in self.statuses().items()
+            if status.get("status") == "finished" and self.model_path(width).is_file()
+        )
+
+    def val_score(self, width: int) -> float | None:
+        """The final validation water IoU of a width (``None`` without validation)."""
+        status = self.status(width) or {}
+        score = status.get("final_val_water_iou")
+        return None if score is None else float(score)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as of now, rebuilt from the per-width status files."""
+        statuses = self.statuses()
+        fingerprints = sorted({s["data_fingerprint"] for s in statuses.values()
+                               if s.get("data_fingerprint")})
+        return {
+            "format": MANIFEST_FORMAT,
+            "updated": _now(),
+            "config": CONFIG_NAME,
+            "widths": {str(w): statuses[w] for w in sorted(statuses)},
+            "finished_widths": self.finished_widths(),
+            "data_fingerprint": fingerprints[0] if len(fingerprints) == 1 else fingerprints,
+            "versions": versions(),
+        }
+
+    def write_manifest(self) -> None:
+        """Rewrite ``manifest.json`` atomically (concurrent jobs: the last writer wins)."""
+        write_json(self.path / MANIFEST_NAME, self.manifest)
+
+    def data_fingerprint(self) -> str | None:
+        """The data fingerprint recorded by the widths of this run (``None`` if none yet)."""
+        for status in self.statuses().values():
+            if status.get("data_fingerprint"):
+                return str(status["data_fingerprint"])
+        return None
+
+    # ---------------------------------------------------------------- checkpoints
+    def read_state(self, width: int) -> dict[str, Any] | None:
+        """The last good checkpoint record of an unfinished width, if its file exists."""
+        state = _read_json(self.state_dir(width) / "state.json")
+        if state is None:
+            return None
+        checkpoint = self.state_dir(width) / str(state.get("checkpoint", ""))
+        if not checkpoint.is_file():
+            log.warning("%s: checkpoint %s is missing; width %d starts again",
+                        self.path, checkpoint.name, width)
+            return None
+        state["checkpoint_path"] = str(checkpoint)
+        return state
+
+    def write_state(self, width: int, state: dict[str, Any]) -> None:
+        """Record a new checkpoint, then delete older checkpoint files of that width.
+
+        The checkpoint file must already be complete: the record is written second, so a kill
+        between the two leaves the previous record pointing at the previous (kept) file.
+        """
+        folder = self.state_dir(width)
+        write_json(folder / "state.json", state)
+        for old in folder.glob("ckpt-*.keras"):
+            if old.name != state["checkpoint"]:
+                old.unlink(missing_ok=True)
+
+    def write_history(self, width: int, rows: list[dict[str, Any]]) -> None:
+        """Rewrite the history CSV of a width from its rows."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in HISTORY_FIELDS})
+        write_text(self.history_csv(width), buffer.getvalue())
+
+    def read_history(self, width: int) -> list[dict[str, float | None]]:
+        """The history CSV of a width as rows of floats (empty cells are ``None``)."""
+        path = self.history_csv(width)
+        if not path.is_file():
+            return []
+        with path.open(encoding="utf-8", newline="") as handle:
+            return [
+                {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+                for row in csv.DictReader(handle)
+            ]
+
+    def clear_width(self, width: int) -> None:
+        """Remove every file of one width (``--overwrite`` with ``--patch-width``)."""
+        for path in (self.model_path(width), self.history_csv(width), self.status_path(width),
+                     self.plot_path(width)):
+            path.unlink(missing_ok=True)
+        for folder in (self.state_dir(width), self.tensorboard_dir(width)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # ---------------------------------------------------------------- models
+    def load_model(self, width: int):
+        """Load the finished model of ``width`` (``safe_mode=True``).
+
+        Raises:
+            RunError: the width is not finished in this run, or its file cannot be read.
+        """
+        path = self.model_path(width)
+        if width not in self.finished_widths():
+            have = ", ".join(map(str, self.finished_widths())) or "none"
+            raise RunError(f"{self.path}: no finished model for patch width {width} "
+                           f"(finished widths: {have})")
+        import keras
+
+        import segmenter.losses  # noqa: F401  (registers custom objects)
+        import segmenter.model  # noqa: F401
+
+        try:
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunError(f"{path}: cannot load model ({first})") from exc
+
+
+def open_run(path: str | Path) -> Run:
+    """Open an existing run directory for reading.
+
+    Raises:
+        RunError: the folder or its ``config.yaml`` is missing or invalid.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path}: run directory not found")
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise RunError(f"{path}: not a segmenter run (no {CONFIG_NAME})")
+    try:
+        config = load_config(config_file)
+    except SegmenterError as exc:
+        raise RunError(f"{path}: saved config is invalid: {exc}") from None
+    return Run(path, config)
+
+
+def prepare_run(
+    path: str | Path,
+    config: Config,
+    widths: list[int],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    partial: bool = False,
+    write: bool = True,
+) -> Run:
+    """Create, join or reopen the run directory a training job writes into.
+
+    Rules: a new or empty folder is created. An existing run is refused unless ``resume``
+    (continue unfinished widths; the config must be compatible) or ``overwrite`` (start
+    again). A job given explicit widths (``partial``, from ``--patch-width``) may join a run
+    with a compatible config when none of its widths was started there, so widths can run as
+    separate jobs; ``overwrite`` then clears only those widths.
+
+    Args:
+        path: the run directory.
+        config: the resolved config of this job.
+        widths: the widths this job trains.
+        resume, overwrite: the ``--resume`` / ``--overwrite`` flags.
+        partial: the widths were chosen with ``--patch-width``.
+        write: write ``config.yaml`` (False on non-chief workers of a multi-worker job).
+
+    Raises:
+        RunError: the folder exists and may not be reused, or holds something else.
+        SegmenterError: the folder cannot be written.
+    """
+    path = Path(path)
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite cannot be used together")
+    exists = path.exists()
+    if exists and not path.is_dir():
+        raise RunError(f"{path}: exists and is not a directory")
+    non_empty = exists and any(path.iterdir())
+    is_run = (path / CONFIG_NAME).is_file()
+    if non_empty and not is_run:
+        raise RunError(
+            f"{path}: folder is not empty and is not a segmenter run; choose another --out"
+        )
+    if non_empty and overwrite and not partial:
+        if write:
+            shutil.rmtree(path)
+        non_empty = is_run = False
+    if is_run:
+        run = open_run(path)
+        differing = config_differences(run.config, config, widths)
+        started = [w for w in widths if run.status(w) is not None or run.state_dir(w).exists()]
+        if not resume and not partial and not overwrite:
+            raise RunError(
+                f"{path}: run exists; use --resume to continue it or --overwrite to start again"
+            )
+        if differing:
+            action = "resume" if resume else "join"
+            raise RunError(
+                f"{path}: cannot {action} this run: config differs in "
+                f"{', '.join(differing)} (use another --out, or --overwrite to start again)"
+            )
+        if not resume and started and not overwrite:
+            raise RunError(
+                f"{path}: run exists (widths {', '.join(map(str, started))} already started); "
+                f"use --resume to continue it or --overwrite to start again"
+            )
+        if overwrite and write:
+            for width in widths:
+                run.clear_width(width)
+        merged = _merge_widths(run.config, config)
+        run = Run(path, merged)
+        if write and merged.train.widths != run_config_widths(path):
+            write_text(path / CONFIG_NAME, merged.to_yaml())
+        return run
+    run = Run(path, config)
+    if write:
+        _probe_writable(path)
+        write_text(path / CONFIG_NAME, config.to_yaml())
+    return run
+
+
+def run_config_widths(path: Path) -> dict[int, int]:
+    """The ``train.widths`` of the config saved in a run directory."""
+    return load_config(path / CONFIG_NAME).train.widths
+
+
+def _merge_widths(saved: Config, current: Config) -> Config:
+    """The saved config, extended with any widths this job adds (sorted by width)."""
+    widths = dict(saved.train.widths)
+    widths.update(current.train.widths)
+    widths = dict(sorted(widths.items()))
+    train = saved.train.model_copy(update={"widths": widths})
+    return saved.model_copy(update={"train": train})
+
+
+def _probe_writable(path: Path) -> None:
+    """Fail early, before any training, when the run directory cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{path}: cannot create run directory ({exc.strerror or exc})") from None
+    write_text(path / ".write-test", "ok\n")
+    (path / ".write-test").unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: unreadable run file ({exc})") from None
+    return data if isinstance(data, dict) else None
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
