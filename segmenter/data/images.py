@@ -1,0 +1,257 @@
+"""Decoding photos and labels, and resizing them by ``data.scale``.
+
+A photo in memory is ``float32 (H, W, 3)`` in ``[0, 1]``; a label is ``land``: ``float32 (H, W)``
+with ``1 = land (not water)`` and ``0 = water``, as in the notebook (the network predicts the
+probability of land).
+
+Resizing is area averaging (Pillow's ``BOX`` filter) for photos and labels alike, so a photo
+pixel and its label pixel cover exactly the same ground. For photos that is a proper
+anti-aliasing filter; for labels it makes each output pixel the honest fraction of land it
+covers (metrics binarise at 0.5). scikit-image's ``resize(anti_aliasing=True)`` does the same job
+but is ~40x slower on a 5000 x 2500 photo, and loading is the train command's start-up cost.
+JPEGs are additionally decoded at a reduced size (libjpeg's DCT scaling via ``Image.draft``)
+when the scale allows, which is both faster and itself an area-like average.
+
+EXIF orientation is deliberately ignored: labels are drawn on the stored pixel grid.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from segmenter.errors import DataError
+
+# Photos of several gigapixels are legitimate aerial imagery, not decompression bombs.
+Image.MAX_IMAGE_PIXELS = None
+
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+LABEL_PNG_SUFFIX = "_label.png"
+
+
+def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The ``(height, width)`` of an image of ``shape`` resized by ``scale`` (at least 1 x 1)."""
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+# --------------------------------------------------------------------------------------------
+# Photos
+
+
+def decode_photo(data: bytes, name: str, scale: float = 1.0) -> tuple[np.ndarray, list[str]]:
+    """Decode a photo to ``float32 (H, W, 3)`` in ``[0, 1]``, optionally resized by ``scale``.
+
+    Grey, grey+alpha, RGBA, palette and 16-bit photos are converted; each conversion is
+    reported in ``notes`` so the caller can tell the user what happened to their file.
+
+    Raises:
+        DataError: the bytes are not a readable image (names ``name``).
+    """
+    image, _, notes = load_photo(data, name, scale)
+    return image, notes
+
+
+def load_photo(
+    data: bytes, name: str, scale: float = 1.0
+) -> tuple[np.ndarray, tuple[int, int], list[str]]:
+    """Like :func:`decode_photo`, also returning the photo's full-resolution ``(H, W)``.
+
+    The full size is what a label must match, even when the JPEG was decoded at reduced size.
+    """
+    notes: list[str] = []
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        array = _read_tiff(data, name)
+        full = (int(array.shape[0]), int(array.shape[1]))
+        image = _to_float_rgb(array, name, notes)
+        return _resize_float(image, scaled_shape(full, scale)), full, notes
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's truncated-file / EXIF chatter
+            pil = Image.open(io.BytesIO(data))
+            full = (pil.height, pil.width)
+            target = scaled_shape(full, scale)
+            if pil.format == "JPEG" and target != full and pil.mode in ("RGB", "L", "CMYK"):
+                pil.draft(pil.mode, (target[1], target[0]))
+            pil.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{name}: not a readable image ({_reason(exc)})") from None
+
+    if pil.mode == "P":
+        pil = pil.convert("RGBA" if "transparency" in pil.info else "RGB")
+    elif pil.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        notes.append(f"{pil.mode} photo converted to RGB")
+        pil = pil.convert("RGB")
+    elif pil.mode == "1":
+        pil = pil.convert("L")
+    if pil.mode in ("RGB", "L") and (pil.height, pil.width) != target:
+        # 8-bit: resize in Pillow before converting to float (4x less memory to touch).
+        pil = pil.resize((target[1], target[0]), Image.Resampling.BOX)
+    image = _to_float_rgb(np.asarray(pil), name, notes)
+    return _resize_float(image, target), full, notes
+
+
+def _read_tiff(data: bytes, name: str) -> np.ndarray:
+    """TIFFs go through imageio (tifffile), which reads 16-bit and multi-band files properly."""
+    import imageio.v3 as iio
+
+    try:
+        array = iio.imread(data, extension=".tif")
+    except (OSError, ValueError, RuntimeError, IndexError, KeyError) as exc:
+        raise DataError(f"{name}: not a readable image ({_reason(exc)})") from None
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (1, 2, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar (bands, H, W) -> (H, W, bands)
+    return array
+
+
+def _to_float_rgb(array: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
+    """Any 2-D / 3-D integer or float array -> ``float32 (H, W, 3)`` in ``[0, 1]``."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        notes.append("greyscale photo converted to RGB")
+    elif array.ndim == 3 and array.shape[-1] == 2:
+        notes.append("grey+alpha photo: alpha dropped, converted to RGB")
+        array = array[..., 0]
+    elif array.ndim == 3 and array.shape[-1] == 4:
+        notes.append("alpha channel dropped")
+        array = array[..., :3]
+    elif not (array.ndim == 3 and array.shape[-1] == 3):
+        raise DataError(
+            f"{name}: expected an RGB or grey photo, got an array of shape {array.shape}"
+        )
+
+    if array.dtype == np.uint8:
+        image = np.multiply(array, np.float32(1 / 255), dtype=np.float32)
+    elif array.dtype == np.bool_:
+        image = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.integer):
+        top = 65535 if array.max(initial=0) <= 65535 else np.iinfo(array.dtype).max
+        notes.append(f"{8 * array.dtype.itemsize}-bit photo scaled to [0, 1] (divided by {top})")
+        image = np.clip(array.astype(np.float32) / np.float32(top), 0, 1)
+    elif np.issubdtype(array.dtype, np.floating):
+        image = array.astype(np.float32, copy=False)
+        if image.size and (np.nanmin(image) < 0 or np.nanmax(image) > 1):
+            notes.append("float photo clipped to [0, 1]")
+            image = np.clip(image, 0, 1)
+    else:
+        raise DataError(f"{name}: unsupported pixel type {array.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image)
+
+
+# --------------------------------------------------------------------------------------------
+# Labels
+
+
+def read_mat_label(data: bytes, name: str, water_class: int | str) -> np.ndarray:
+    """Read a MATLAB label file (key ``class``; ``labels`` optional) -> full-size ``land``.
+
+    ``water_class`` is a 1-based class number, or a name looked up (case-insensitively) in the
+    ``labels`` char array, whose rows MATLAB pads with spaces.
+
+    Raises:
+        DataError: unreadable file, no ``class`` key, or the water class name is not in
+            ``labels`` (names ``name``).
+    """
+    import scipy.io
+
+    try:
+        # Only the two keys we use: real files also hold large float16 'preds'.
+        mat = scipy.io.loadmat(io.BytesIO(data), variable_names=["class", "labels"])
+    except NotImplementedError:
+        raise DataError(
+            f"{name}: MATLAB v7.3 (HDF5) label files are not supported; save with -v7"
+        ) from None
+    except (ValueError, TypeError, OSError, KeyError, IndexError, EOFError) as exc:
+        raise DataError(f"{name}: not a readable .mat file ({_reason(exc)})") from None
+    if "class" not in mat:
+        raise DataError(f"{name}: no 'class' array in the .mat file")
+    classes = np.asarray(mat["class"])
+    if classes.ndim != 2:
+        raise DataError(f"{name}: 'class' must be a 2-D array, got shape {classes.shape}")
+    water = _water_number(water_class, mat.get("labels"), name)
+    return (classes != water).astype(np.float32)
+
+
+def _water_number(water_class: int | str, labels: np.ndarray | None, name: str) -> int:
+    if isinstance(water_class, int):
+        return water_class
+    if labels is None:
+        raise DataError(
+            f"{name}: water_class '{water_class}' is a name but the file has no 'labels'; "
+            "use a class number"
+        )
+    names = label_names(labels)
+    lowered = [n.lower() for n in names]
+    wanted = water_class.strip().lower()
+    if wanted not in lowered:
+        raise DataError(f"{name}: water class '{water_class}' not in labels {names}")
+    return lowered.index(wanted) + 1
+
+
+def label_names(labels: np.ndarray) -> list[str]:
+    """Class names from a MATLAB char array (padded rows) or cell array of strings."""
+    array = np.asarray(labels)
+    if array.dtype.kind == "U" and array.ndim == 2 and array.dtype.itemsize == 4:
+        array = np.array(["".join(row) for row in array])  # char matrix read as single chars
+    out = []
+    for item in array.ravel():
+        value = item
+        while isinstance(value, np.ndarray):  # cell arrays nest each string in an array
+            value = value.ravel()[0] if value.size else ""
+        out.append(str(value).strip())
+    return out
+
+
+def read_png_label(data: bytes, name: str, water_value: int) -> np.ndarray:
+    """Read a single-band label image (``<stem>_label.png``) -> full-size ``land``.
+
+    Pixels equal to ``water_value`` are water; everything else is land. RGB images whose
+    channels are identical (grey saved as RGB by many tools) are accepted.
+
+    Raises:
+        DataError: unreadable, or a colour (not single-band) image (names ``name``).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pil = Image.open(io.BytesIO(data))
+            pil.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{name}: not a readable label image ({_reason(exc)})") from None
+    values = np.asarray(pil)  # for palette images the indices are the class values
+    if values.ndim == 3:
+        colour = values[..., :3] if values.shape[-1] >= 3 else values[..., :1]
+        if not all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(colour.shape[-1])):
+            raise DataError(f"{name}: label image must be single-band (grey), got colour")
+        values = colour[..., 0]
+    return (values != water_value).astype(np.float32)
+
+
+def resize_land(land: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Area-average a ``land`` map to ``shape``: each pixel becomes its fraction of land."""
+    if land.shape == shape:
+        return land.astype(np.float32, copy=False)
+    pil = Image.fromarray(np.ascontiguousarray(land, dtype=np.float32))  # mode "F"
+    out = np.asarray(pil.resize((shape[1], shape[0]), Image.Resampling.BOX), dtype=np.float32)
+    return np.clip(out, 0, 1)
+
+
+def _resize_float(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Area-average a float ``(H, W, C)`` image, one channel at a time (Pillow mode ``F``)."""
+    if image.shape[:2] == shape:
+        return image
+    channels = [resize_land(image[..., c], shape) for c in range(image.shape[-1])]
+    return np.stack(channels, axis=-1)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,328 @@
+"""The Ontario layout: photos paired with labels by stem, loaded into a train / test data set.
+
+Under the source, ``train/`` and ``test/`` hold photos ``<stem>.JPG`` (also ``.jpg``,
+``.jpeg``, ``.png``, ``.tif``, ``.tiff``), each with one label: ``<stem>_mres.mat``, else
+``<stem>.mat`` (MATLAB, key ``class``), else ``<stem>_label.png`` (a single-band image). The
+notebook paired two listings by position, which silently mispairs as soon as one file is
+missing; pairing by stem instead reports the unpaired files and skips them.
+
+Without a test folder (``data.test_dir`` empty or absent) the pairs are split by a seeded
+permutation, so the split is the same on every machine and every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import click
+import numpy as np
+
+from segmenter.config import DataConfig
+from segmenter.data import images
+from segmenter.data.storage import Storage, is_photo_name, open_storage
+from segmenter.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Label kinds in order of preference when a stem has several.
+LABEL_SUFFIXES = ("_mres.mat", ".mat", images.LABEL_PNG_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A photo and its label, as paths relative to the storage root."""
+
+    stem: str
+    photo: str
+    label: str
+
+
+@dataclass
+class LabelledImage:
+    """One loaded pair: ``image`` float32 (H, W, 3) in [0, 1]; ``land`` float32 (H, W).
+
+    ``land`` is 1 for land (not water) and 0 for water; after resizing it is the fraction of
+    land in each pixel. ``source`` is the photo's URL or path, for messages.
+    """
+
+    stem: str
+    image: np.ndarray
+    land: np.ndarray
+    source: str
+
+    @property
+    def water_fraction(self) -> float:
+        """Share of the image's area that is water."""
+        return float(1.0 - self.land.mean()) if self.land.size else 0.0
+
+
+@dataclass
+class Dataset:
+    """Loaded train and test images, with what was skipped and a stable fingerprint."""
+
+    train: list[LabelledImage]
+    test: list[LabelledImage]
+    fingerprint: str
+    source: str
+    scale: float
+    split: str  # "folders" (train/ and test/) or "seeded" (split by data.seed)
+    pairs_found: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for logs and `segmenter data`: pairs, skipped, pixels, water fraction."""
+        every = self.train + self.test
+        pixels = sum(item.land.size for item in every)
+        water = sum(float(item.land.size - item.land.sum(dtype=np.float64)) for item in every)
+        fraction = water / pixels if pixels else 0.0
+        split = "test/ folder" if self.split == "folders" else "seeded split"
+        return (
+            f"{self.source}: {self.pairs_found} pairs found, {len(self.skipped)} skipped; "
+            f"train {len(self.train)}, test {len(self.test)} ({split}); "
+            f"{pixels:,} pixels at scale {self.scale:g}; water fraction {fraction:.1%}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Pairing
+
+
+def find_pairs(storage: Storage, subdir: str) -> tuple[list[Pair], list[str]]:
+    """Pair photos and labels directly under ``subdir`` by stem.
+
+    Returns:
+        The pairs sorted by stem, and one message per problem (a photo without label, a label
+        without photo, a stem with two photos). Other files (README, thumbnails...) are ignored.
+    """
+    photos: dict[str, list[str]] = {}
+    labels: dict[str, dict[str, str]] = {}  # stem -> suffix -> path
+    label_stems: dict[str, list[str]] = {}  # path -> the photo stems it could belong to
+    for path in storage.list(subdir):
+        name = PurePosixPath(path).name
+        lower = name.lower()
+        # "a_mres.mat" is the label of photo "a" or, read as a plain ".mat", of photo "a_mres".
+        matches = [s for s in LABEL_SUFFIXES if lower.endswith(s)]
+        if matches:
+            for suffix in matches:
+                labels.setdefault(name[: -len(suffix)], {})[suffix] = path
+                label_stems.setdefault(path, []).append(name[: -len(suffix)])
+        elif is_photo_name(name):
+            photos.setdefault(PurePosixPath(name).stem, []).append(path)
+        else:
+            log.debug("ignoring %s (neither a photo nor a label)", storage.display(path))
+
+    pairs: list[Pair] = []
+    problems: list[str] = []
+    used: set[str] = set()
+    for stem in sorted(photos):
+        found = sorted(photos[stem], key=_photo_preference)
+        for extra in found[1:]:
+            problems.append(f"{storage.display(extra)}: another photo has the same stem; skipped")
+        options = labels.get(stem, {})
+        label = next((options[s] for s in LABEL_SUFFIXES if s in options), None)
+        if label is None:
+            problems.append(f"{storage.display(found[0])}: photo has no label; skipped")
+        else:
+            used.add(label)
+            pairs.append(Pair(stem=stem, photo=found[0], label=label))
+    for path in sorted(set(label_stems) - used):
+        if any(stem in photos for stem in label_stems[path]):
+            problems.append(f"{storage.display(path)}: the photo has a preferred label; ignored")
+        else:
+            problems.append(f"{storage.display(path)}: label has no photo; skipped")
+    return pairs, problems
+
+
+def _photo_preference(path: str) -> int:
+    suffix = PurePosixPath(path).suffix.lower()
+    return images.PHOTO_EXTENSIONS.index(suffix) if suffix in images.PHOTO_EXTENSIONS else 99
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_pair(storage: Storage, pair: Pair, data_cfg: DataConfig, scale: float) -> LabelledImage:
+    """Decode one pair at ``scale``.
+
+    Raises:
+        DataError: corrupt photo, unreadable label, no ``class`` key, unknown water class name,
+            or a label whose size differs from the photo (each names the file).
+    """
+    photo_name = storage.display(pair.photo)
+    label_name = storage.display(pair.label)
+    image, full, notes = images.load_photo(storage.read_bytes(pair.photo), photo_name, scale)
+    for note in notes:
+        log.info("%s: %s", photo_name, note)
+    label_bytes = storage.read_bytes(pair.label)
+    if pair.label.lower().endswith(".mat"):
+        land = images.read_mat_label(label_bytes, label_name, data_cfg.water_class)
+    else:
+        land = images.read_png_label(label_bytes, label_name, data_cfg.label_water_value)
+    if land.shape != full:
+        raise DataError(
+            f"{label_name}: label is {land.shape[1]}x{land.shape[0]} (WxH) but the photo "
+            f"{PurePosixPath(pair.photo).name} is {full[1]}x{full[0]}"
+        )
+    land = images.resize_land(land, image.shape[:2])
+    return LabelledImage(stem=pair.stem, image=image, land=land, source=photo_name)
+
+
+def load_dataset(
+    data_cfg: DataConfig, scale: float | None = None, progress: bool = True, refresh: bool = False
+) -> Dataset:
+    """Load the configured source (folder, ``s3://`` or ``sample``) into train and test sets.
+
+    Args:
+        data_cfg: the ``data`` section of the config.
+        scale: resize factor; ``None`` means ``data_cfg.scale``.
+        progress: draw a progress bar on stderr while files load (only on a terminal).
+        refresh: list remote folders again instead of trusting cached listings.
+
+    Raises:
+        DataError: missing source, no pairs at all, or (unless ``data.skip_bad``) the first bad
+            pair, as one line naming the file.
+    """
+    scale = data_cfg.scale if scale is None else scale
+    source = data_cfg.source
+    if source == "sample":
+        from segmenter.data.sample import ensure_sample
+
+        source = ensure_sample(data_cfg)
+    storage = open_storage(source, data_cfg, refresh=refresh)
+
+    train_dir = data_cfg.train_dir.strip("/")
+    if not storage.isdir(train_dir):
+        raise DataError(f"{storage.display(train_dir)}: folder not found")
+    test_dir = data_cfg.test_dir.strip("/")
+    use_test = bool(test_dir) and storage.isdir(test_dir)
+    if test_dir and not use_test:
+        log.info(
+            "%s: no test folder; holding out %.0f%% of the pairs (seed %d)",
+            storage.display(test_dir),
+            100 * data_cfg.test_ratio,
+            data_cfg.seed,
+        )
+
+    splits = {"train": _pairs_in(storage, train_dir)}
+    if use_test:
+        splits["test"] = _pairs_in(storage, test_dir)
+    pairs_found = sum(len(p) for p in splits.values())
+    if pairs_found == 0:
+        where = storage.display(train_dir)
+        raise DataError(f"{where}: no photo/label pairs found (see the warnings above)")
+
+    skipped: list[str] = []
+    loaded: dict[str, list[LabelledImage]] = {}
+    for split, pairs in splits.items():
+        loaded[split] = _load_all(storage, pairs, data_cfg, scale, split, progress, skipped)
+    if skipped:
+        log.warning("skipped %d bad pair(s): %s", len(skipped), "; ".join(skipped))
+    if not any(loaded.values()):
+        raise DataError(f"{storage.url}: every pair was bad; nothing left to load")
+
+    if use_test:
+        train, test = loaded["train"], loaded["test"]
+    else:
+        train, test = split_by_seed(loaded["train"], data_cfg.test_ratio, data_cfg.seed)
+    if not test:
+        log.warning("%s: no test images (too few pairs to hold any out)", storage.url)
+    return Dataset(
+        train=train,
+        test=test,
+        fingerprint=fingerprint(train, test, scale),
+        source=storage.url if data_cfg.source != "sample" else "sample",
+        scale=scale,
+        split="folders" if use_test else "seeded",
+        pairs_found=pairs_found,
+        skipped=skipped,
+    )
+
+
+def _pairs_in(storage: Storage, subdir: str) -> list[Pair]:
+    pairs, problems = find_pairs(storage, subdir)
+    for problem in problems:
+        log.warning("%s", problem)
+    return pairs
+
+
+def _load_all(
+    storage: Storage,
+    pairs: list[Pair],
+    data_cfg: DataConfig,
+    scale: float,
+    split: str,
+    progress: bool,
+    skipped: list[str],
+) -> list[LabelledImage]:
+    out: list[LabelledImage] = []
+    with _progress(pairs, f"Loading {split} ({len(pairs)} pairs)", progress) as bar:
+        for pair in bar:
+            try:
+                out.append(load_pair(storage, pair, data_cfg, scale))
+            except DataError as exc:
+                if not data_cfg.skip_bad:
+                    raise
+                skipped.append(str(exc))
+    return out
+
+
+def _progress(items: list[Pair], label: str, enabled: bool) -> click.progressbar:
+    """click's bar on stderr; it only draws on a terminal, so logs and tests stay clean."""
+    stream = sys.stderr
+    shown = enabled and stream.isatty()
+    return click.progressbar(
+        items,
+        label=label,
+        file=stream if shown else _Null(),
+        show_pos=True,
+        item_show_func=None,
+    )
+
+
+class _Null:
+    """A sink for the progress bar when it is not shown."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+    def isatty(self) -> bool:
+        return False
+
+
+def split_by_seed(
+    items: list[LabelledImage], test_ratio: float, seed: int
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """Hold out ``round(n * test_ratio)`` items (at least 1 when n >= 2) chosen by ``seed``.
+
+    Items are ordered by stem first, so the split depends on the file names only, never on
+    listing order.
+    """
+    ordered = sorted(items, key=lambda item: item.stem)
+    if len(ordered) < 2:
+        return ordered, []
+    n_test = min(len(ordered) - 1, max(1, round(len(ordered) * test_ratio)))
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    test_idx = set(order[:n_test].tolist())
+    train = [item for i, item in enumerate(ordered) if i not in test_idx]
+    test = [item for i, item in enumerate(ordered) if i in test_idx]
+    return train, test
+
+
+def fingerprint(train: list[LabelledImage], test: list[LabelledImage], scale: float) -> str:
+    """A stable hash of stems, sizes and scale: the identity of the data a model saw."""
+    content = {
+        "scale": round(float(scale), 9),
+        "train": [[item.stem, *item.land.shape] for item in train],
+        "test": [[item.stem, *item.land.shape] for item in test],
+    }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return digest[:16]

@@ -1,0 +1,309 @@
+"""The built-in sample: generated shoreline and pond scenes in the Ontario layout.
+
+Each scene is an aerial-looking photo with a lake shore or ponds, written as ``<stem>.JPG`` with
+``<stem>_mres.mat`` (``class``: uint8, land = 1, water = 2; ``labels`` = ['land', 'water']),
+in ``train/`` and ``test/``, exactly like the real data set.
+
+The scenes are built so that brightness alone cannot separate water from land, otherwise a
+model would learn a threshold and nothing else:
+
+* land has dark parts as dark as water: forest canopy with deep gaps, cast shadows of trees and
+  houses, charcoal roofs;
+* water has bright parts: sun glitter on ripples, pale shallows near the shore, and on some
+  scenes a bright sky reflection;
+* what does separate them is what a CNN can learn: hue (water is blue-grey or teal, forest and
+  grass are green or yellow, shadows keep the hue of what they fall on), texture (fine
+  stretched ripples vs. lumpy canopy), shapes (straight roof edges) and context (shallows and
+  beaches hug a soft shoreline).
+
+Generation uses numpy, scipy.ndimage and Pillow only, is seeded per scene (scene ``i`` of seed
+``s`` is the same whatever ``n`` is) and takes well under a second per 512-pixel scene.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from segmenter.config import DataConfig
+from segmenter.errors import DataError
+from segmenter.fileio import write_bytes
+
+log = logging.getLogger(__name__)
+
+#: Bump when the scenes change, so cached samples are regenerated.
+GENERATOR_VERSION = 1
+#: Height / width of a generated photo (4:3 landscape, like most aerial obliques).
+ASPECT = 0.75
+#: Share of the scenes written to ``test/``.
+TEST_SHARE = 0.25
+WATER_CLASS = 2
+LAND_CLASS = 1
+_COMPLETE = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One generated scene: ``image`` uint8 (H, W, 3) and ``water`` bool (H, W)."""
+
+    stem: str
+    image: np.ndarray
+    water: np.ndarray
+
+
+def scene_shape(size: int) -> tuple[int, int]:
+    """(height, width) of a scene ``size`` pixels wide."""
+    return max(8, round(size * ASPECT)), size
+
+
+def n_test_scenes(n: int) -> int:
+    """How many of ``n`` scenes go to ``test/`` (at least one, never all)."""
+    return min(n - 1, max(1, round(n * TEST_SHARE)))
+
+
+def write_sample(folder: str | os.PathLike, n: int, size: int, seed: int) -> dict[str, int]:
+    """Write ``n`` scenes ``size`` pixels wide into ``folder/train`` and ``folder/test``.
+
+    Returns:
+        The number of scenes written to each sub-folder.
+    """
+    if n < 2:
+        raise DataError(f"sample: need at least 2 scenes (one train, one test), got {n}")
+    if size < 64:
+        raise DataError(f"sample: scenes must be at least 64 pixels wide, got {size}")
+    folder = Path(folder)
+    n_test = n_test_scenes(n)
+    counts = {"train": 0, "test": 0}
+    for index in range(n):
+        split = "test" if index >= n - n_test else "train"
+        scene = make_scene(index, size, seed)
+        _write_scene(folder / split, scene)
+        counts[split] += 1
+    return counts
+
+
+def ensure_sample(data_cfg: DataConfig) -> str:
+    """The folder of the generated sample, generating it into the cache on first use.
+
+    The folder is keyed by generator version, n, size and seed, and appears atomically (it is
+    written under a temporary name, then renamed), so an interrupted or concurrent run never
+    leaves a half-written sample behind.
+    """
+    from segmenter.data.storage import cache_root
+
+    spec = data_cfg.sample
+    folder = (
+        cache_root(data_cfg)
+        / "sample"
+        / (f"v{GENERATOR_VERSION}-n{spec.n}-size{spec.size}-seed{spec.seed}")
+    )
+    if (folder / _COMPLETE).is_file():
+        return str(folder)
+    log.info(
+        "generating the built-in sample (%d scenes, %d px wide) in %s", spec.n, spec.size, folder
+    )
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        write_sample(staging, spec.n, spec.size, spec.seed)
+        (staging / _COMPLETE).write_text("ok\n", encoding="utf-8")
+        if folder.exists():  # an incomplete leftover, or a concurrent run that just finished
+            if (folder / _COMPLETE).is_file():
+                return str(folder)
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot write the sample ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(folder)
+
+
+def _write_scene(folder: Path, scene: Scene) -> None:
+    from PIL import Image
+    from scipy.io import savemat
+
+    buffer = io.BytesIO()
+    Image.fromarray(scene.image).save(buffer, format="JPEG", quality=92)
+    write_bytes(folder / f"{scene.stem}.JPG", buffer.getvalue())
+    classes = np.where(scene.water, WATER_CLASS, LAND_CLASS).astype(np.uint8)
+    buffer = io.BytesIO()
+    # A list of equal-length strings becomes a padded MATLAB char array, as in the real files.
+    savemat(buffer, {"class": classes, "labels": ["land ", "water"]}, do_compression=True)
+    write_bytes(folder / f"{scene.stem}_mres.mat", buffer.getvalue())
+
+
+# --------------------------------------------------------------------------------------------
+# The scene generator
+
+
+def make_scene(index: int, size: int, seed: int) -> Scene:
+    """Generate scene ``index`` of the sample with ``seed``, ``size`` pixels wide."""
+    rng = np.random.default_rng([seed % 2**63, index])
+    shape = scene_shape(size)
+    unit = size / 512  # lengths below are in pixels of a 512-wide scene
+
+    water = _water_mask(rng, shape, unit)
+    land_rgb = _land(rng, shape, unit, water)
+    water_rgb = _water(rng, shape, unit, water)
+
+    # A soft shoreline: colours blend over a couple of pixels; the label stays sharp.
+    alpha = ndimage.gaussian_filter(water.astype(np.float32), sigma=1.2 * unit)[..., None]
+    image = alpha * water_rgb + (1 - alpha) * land_rgb
+
+    # Cloud shadows darken land and water alike, in soft patches (about half the scenes).
+    if rng.random() < 0.6:
+        cloud = np.clip(_noise(rng, shape, 70 * unit) - rng.uniform(-0.2, 0.6), 0, 1)
+        image *= (1 - rng.uniform(0.3, 0.45) * np.clip(cloud * 2, 0, 1))[..., None]
+
+    # Camera: exposure, a light fall-off across the frame, a little blur and sensor noise.
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * xx / w + np.sin(angle) * yy / h).astype(np.float32)
+    image *= (rng.uniform(0.85, 1.15) * (1 + rng.uniform(0.05, 0.15) * (ramp - ramp.mean())))[
+        ..., None
+    ]
+    image = ndimage.gaussian_filter(image, sigma=(0.5 * unit, 0.5 * unit, 0))
+    image += rng.normal(0, 0.012, image.shape).astype(np.float32)
+    pixels = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    return Scene(stem=f"scene_{index:03d}", image=pixels, water=water)
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Smooth random field with features about ``sigma`` pixels across, zero mean, unit std.
+
+    Drawn at low resolution and zoomed up, so large features cost no more than small ones.
+    """
+    h, w = shape
+    step = max(1.0, sigma / 3)
+    small = (int(np.ceil(h / step)) + 4, int(np.ceil(w / step)) + 4)
+    field = ndimage.gaussian_filter(rng.standard_normal(small).astype(np.float32), sigma / step)
+    zoomed = ndimage.zoom(field, step, order=1, prefilter=False)[:h, :w]
+    zoomed = zoomed - zoomed.mean()
+    return zoomed / (zoomed.std() + 1e-6)
+
+
+def _fractal(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Noise with detail at several scales (a rough, natural-looking outline)."""
+    field = _noise(rng, shape, sigma) + 0.5 * _noise(rng, shape, sigma / 3)
+    field += 0.25 * _noise(rng, shape, sigma / 9)
+    return field / field.std()
+
+
+def _water_mask(rng: np.random.Generator, shape: tuple[int, int], unit: float) -> np.ndarray:
+    """A lake shore (water on one side of a wiggly line) or a few ponds; 15-40 % water."""
+    h, w = shape
+    kind = rng.choice(["shore", "shore", "ponds"])
+    if kind == "shore":
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = (np.cos(angle) * xx + np.sin(angle) * yy) / max(h, w)
+        field = 3.0 * ramp / ramp.std() + _fractal(rng, shape, 60 * unit)
+    else:
+        field = _fractal(rng, shape, 45 * unit)
+    share = rng.uniform(0.17, 0.38)
+    return field > np.quantile(field, 1 - share)
+
+
+def _land(
+    rng: np.random.Generator, shape: tuple[int, int], unit: float, water: np.ndarray
+) -> np.ndarray:
+    """Fields, forest, beach, houses and their shadows (RGB float32, before the camera)."""
+    h, w = shape
+    land = ~water
+    dist_to_water = ndimage.distance_transform_edt(land)
+
+    # Grass / fields: yellow-green with patches of bare soil, fairly bright, low texture.
+    grass = np.array(rng.choice([[0.40, 0.46, 0.22], [0.47, 0.48, 0.26], [0.34, 0.43, 0.20]]))
+    soil = np.array([0.50, 0.42, 0.30])
+    patches = _noise(rng, shape, 30 * unit)
+    mix = np.clip(0.5 + 0.5 * patches, 0, 1)[..., None] * rng.uniform(0.2, 0.6)
+    rgb = ((1 - mix) * grass + mix * soil).astype(np.float32)
+    rgb *= (1 + 0.06 * _noise(rng, shape, 3 * unit))[..., None]
+
+    # Beach: pale sand along part of the shore.
+    beach_width = rng.uniform(3, 12) * unit * (1 + 0.6 * _noise(rng, shape, 40 * unit))
+    beach = land & (dist_to_water < beach_width) & (_noise(rng, shape, 50 * unit) > -0.2)
+    rgb[beach] = np.array([0.66, 0.60, 0.47]) * (
+        1 + 0.05 * rng.standard_normal((int(beach.sum()), 1))
+    )
+
+    # Forest: dark lumpy canopy with near-black gaps; 30-55 % of the land.
+    forest_field = _fractal(rng, shape, 35 * unit)
+    forest_share = rng.uniform(0.30, 0.55)
+    forest = land & ~beach & (forest_field > np.quantile(forest_field[land], 1 - forest_share))
+    crowns = _noise(rng, shape, 2.2 * unit)
+    canopy = np.array(rng.choice([[0.10, 0.17, 0.07], [0.13, 0.20, 0.09], [0.09, 0.14, 0.08]]))
+    brightness = np.clip(1.0 + 0.45 * crowns, 0.25, 1.9)[..., None]
+    rgb = np.where(forest[..., None], canopy * brightness, rgb).astype(np.float32)
+
+    # Houses: rectangles with charcoal, red-brown or pale roofs, on land away from the shore.
+    roofs = np.zeros(shape, dtype=bool)
+    n_houses = rng.integers(4, 14)
+    for _ in range(n_houses):
+        rh, rw = (rng.uniform(10, 26, size=2) * unit).astype(int) + 2
+        top, left = rng.integers(0, max(1, h - rh)), rng.integers(0, max(1, w - rw))
+        box = (slice(top, top + rh), slice(left, left + rw))
+        if water[box].any() or beach[box].any():
+            continue
+        colour = np.array(
+            rng.choice(
+                [[0.16, 0.16, 0.17], [0.20, 0.19, 0.21], [0.45, 0.23, 0.17], [0.62, 0.62, 0.60]]
+            )
+        )
+        shade = np.linspace(0.85, 1.1, rw, dtype=np.float32)[None, :, None]
+        rgb[box] = colour * shade
+        roofs[box] = True
+
+    # Cast shadows: trees and houses shade the ground on the side away from the sun.
+    sun = rng.uniform(0, 2 * np.pi)
+    length = rng.uniform(4, 10) * unit
+    dy, dx = int(round(np.sin(sun) * length)), int(round(np.cos(sun) * length))
+    casters = forest | roofs
+    shadow = np.roll(casters, (dy, dx), axis=(0, 1)) & ~casters & land
+    darkness = rng.uniform(0.35, 0.5)
+    rgb[shadow] *= np.array([darkness, darkness, darkness * 1.15], dtype=np.float32)
+    return rgb
+
+
+def _water(
+    rng: np.random.Generator, shape: tuple[int, int], unit: float, water: np.ndarray
+) -> np.ndarray:
+    """Water colour: dark, teal or sky-bright, with ripples, glitter and pale shallows."""
+    base = np.array(
+        rng.choice(
+            [[0.12, 0.18, 0.23], [0.13, 0.24, 0.26], [0.17, 0.25, 0.33], [0.32, 0.39, 0.46]],
+            p=[0.3, 0.3, 0.2, 0.2],
+        ),
+        dtype=np.float32,
+    )
+    # Ripples: fine noise stretched along the wind direction.
+    white = rng.standard_normal(shape).astype(np.float32)
+    ripples = ndimage.gaussian_filter(white, sigma=(0.7 * unit, 3.5 * unit))
+    ripples = ndimage.rotate(ripples, rng.uniform(-40, 40), reshape=False, mode="reflect", order=1)
+    ripples /= ripples.std() + 1e-6
+    swell = _noise(rng, shape, 40 * unit)
+    rgb = base * (1 + 0.10 * ripples + 0.08 * swell)[..., None]
+
+    # Shallows: towards the shore the bottom shows through, pale sandy green.
+    depth = ndimage.distance_transform_edt(water)
+    reach = rng.uniform(6, 22) * unit * (1 + 0.5 * _noise(rng, shape, 30 * unit))
+    shallow = np.clip(np.exp(-depth / np.maximum(reach, 1)), 0, 1)[..., None] * rng.uniform(
+        0.5, 0.9
+    )
+    rgb = (1 - shallow) * rgb + shallow * np.array([0.50, 0.55, 0.45], dtype=np.float32)
+
+    # Glitter: near-white specks on ripple crests inside a sunlit zone.
+    zone = _noise(rng, shape, 60 * unit) > rng.uniform(0.0, 0.8)
+    crest = ripples > np.quantile(ripples, rng.uniform(0.93, 0.985))
+    glint = zone & crest
+    rgb[glint] = np.clip(rgb[glint] + rng.uniform(0.45, 0.7), 0, 1)
+    return rgb.astype(np.float32)

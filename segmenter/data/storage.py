@@ -1,0 +1,432 @@
+"""Where photos and labels live: a local folder or ``s3://bucket/prefix``, behind one interface.
+
+S3 goes through s3fs: anonymous by default (public buckets such as the Ontario set), the usual
+AWS credential chain when ``data.anon`` is false, and ``data.endpoint_url`` for S3-compatible
+servers. Connection and read timeouts are short and retries few, so an unreachable endpoint
+fails in seconds rather than minutes.
+
+Remote files are cached on local disk by fsspec's whole-file cache (``filecache``) under
+``<cache>/remote/<endpoint>/files``, where ``<cache>`` is ``data.cache_dir``, else
+``$SEGMENTER_CACHE``, else ``~/.cache/segmenter``. Remote objects are treated as immutable: a
+cached file is never re-checked against the server.
+
+Folder listings are cached as well, as small JSON files under ``<cache>/remote/<endpoint>/
+listings``, so that a second run makes no request at all (it can run offline). The price is
+that files added to the bucket later are not seen until the listing is refreshed: pass
+``refresh=True`` (``segmenter data --refresh``) or delete the ``listings`` folder. Each read is
+checked against the size in the listing; a truncated download (an interrupted first run) is
+detected, dropped from the cache and fetched again.
+"""
+
+from __future__ import annotations
+
+import glob as globmod
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from segmenter.config import DEFAULT_CACHE_ENV, DataConfig
+from segmenter.data.images import LABEL_PNG_SUFFIX, PHOTO_EXTENSIONS
+from segmenter.errors import DataError
+from segmenter.fileio import write_json
+
+log = logging.getLogger(__name__)
+
+# botocore settings that make a dead endpoint fail fast (s3fs passes these to the client).
+CONNECT_TIMEOUT_S = 3
+READ_TIMEOUT_S = 30
+MAX_ATTEMPTS = 2
+# s3fs's own retry loop on top of botocore's (default 5, with back-off).
+S3FS_RETRIES = 2
+
+
+def cache_root(data_cfg: DataConfig | None = None) -> Path:
+    """The local cache folder: ``data.cache_dir``, else ``$SEGMENTER_CACHE``, else ~/.cache."""
+    if data_cfg is not None and data_cfg.cache_dir:
+        return Path(data_cfg.cache_dir).expanduser()
+    env = os.environ.get(DEFAULT_CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "segmenter"
+
+
+def is_s3(source: str) -> bool:
+    """Whether ``source`` is an ``s3://`` (or ``s3a://``) URL."""
+    return source.lower().startswith(("s3://", "s3a://"))
+
+
+@dataclass
+class Storage:
+    """A folder of files, local or remote, read through the cache.
+
+    Paths given to and returned by :meth:`list` and :meth:`read_bytes` are relative to the
+    storage root (``"train/a.JPG"``), so the same code handles both kinds of source.
+    """
+
+    url: str
+    root: str
+    fs: Any
+    remote: bool = False
+    endpoint: str | None = None
+    listing_dir: Path | None = None
+    refresh: bool = False
+    _listings: dict[str, dict[str, Any] | None] = field(default_factory=dict, repr=False)
+
+    def display(self, path: str = "") -> str:
+        """The user-facing URL or path of ``path`` (for messages)."""
+        return _join(self.url, path)
+
+    def list(self, subdir: str = "") -> list[str]:
+        """Files directly under ``subdir`` (relative paths, sorted); ``[]`` if it is absent."""
+        entry = self._listing(subdir)
+        if entry is None:
+            return []
+        return sorted(_join(subdir, name) for name in entry["files"])
+
+    def isdir(self, subdir: str = "") -> bool:
+        """Whether ``subdir`` exists (for S3: whether any object has that prefix)."""
+        return self._listing(subdir) is not None
+
+    def read_bytes(self, path: str) -> bytes:
+        """The content of ``path``; remote files come from (and go to) the local cache.
+
+        Raises:
+            DataError: missing file, access denied, unreachable endpoint (names the file).
+        """
+        full = _join(self.root, path)
+        try:
+            data = self.fs.cat_file(full)
+            expected = self._listed_size(path)
+            if self.remote and expected is not None and len(data) != expected:
+                log.info("%s: cached copy is incomplete; downloading again", self.display(path))
+                self.fs.pop_from_cache(full)
+                data = self.fs.cat_file(full)
+                if len(data) != expected:
+                    raise DataError(
+                        f"{self.display(path)}: size {len(data)} differs from the cached listing "
+                        f"({expected}); the bucket changed: run `segmenter data --refresh`"
+                    )
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - translated, never hidden: see _translate
+            raise _translate(exc, self.display(path), self) from None
+        return data
+
+    # ----------------------------------------------------------------------------------------
+
+    def _listed_size(self, path: str) -> int | None:
+        parent, _, name = path.rpartition("/")
+        entry = self._listings.get(parent)
+        if entry is None:
+            return None
+        return entry["files"].get(name)
+
+    def _listing(self, subdir: str) -> dict[str, Any] | None:
+        subdir = subdir.strip("/")
+        if subdir not in self._listings:
+            self._listings[subdir] = self._load_listing(subdir)
+        return self._listings[subdir]
+
+    def _load_listing(self, subdir: str) -> dict[str, Any] | None:
+        if not self.remote:
+            return _local_listing(Path(_join(self.root, subdir)))
+        assert self.listing_dir is not None
+        full = _join(self.root, subdir)
+        cached = self.listing_dir / (hashlib.sha256(full.encode()).hexdigest()[:32] + ".json")
+        if cached.is_file() and not self.refresh:
+            try:
+                saved = json.loads(cached.read_text(encoding="utf-8"))
+                if saved.get("path") == full:
+                    return saved["listing"]
+            except (OSError, ValueError, KeyError):
+                log.debug("ignoring unreadable cached listing %s", cached)
+        listing = self._remote_listing(subdir)
+        write_json(cached, {"path": full, "listing": listing})
+        return listing
+
+    def _remote_listing(self, subdir: str) -> dict[str, Any] | None:
+        full = _join(self.root, subdir)
+        try:
+            entries = self.fs.fs.ls(full, detail=True, refresh=True)
+        except FileNotFoundError as exc:
+            if _mentions_bucket(exc):
+                raise _translate(exc, self.display(subdir), self) from None
+            return None
+        except Exception as exc:  # noqa: BLE001 - translated, never hidden: see _translate
+            raise _translate(exc, self.display(subdir), self) from None
+        files: dict[str, int] = {}
+        dirs: list[str] = []
+        for item in entries:
+            name = PurePosixPath(item["name"]).name
+            if not name:
+                continue
+            if item.get("type") == "directory":
+                dirs.append(name)
+            elif item["name"].rstrip("/") != full.rstrip("/"):
+                files[name] = int(item.get("size") or 0)
+        if not files and not dirs:
+            return None
+        return {"files": files, "dirs": sorted(dirs)}
+
+
+def open_storage(source: str, data_cfg: DataConfig, refresh: bool = False) -> Storage:
+    """Open a local folder or ``s3://bucket/prefix`` for reading.
+
+    Args:
+        source: the folder or URL (``data.source``, already resolved if it was ``sample``).
+        data_cfg: S3 access settings and the cache folder.
+        refresh: list remote folders again instead of using cached listings.
+
+    Raises:
+        DataError: a missing local folder, or a malformed URL. Bucket problems surface on the
+            first listing or read, each as one line.
+    """
+    if is_s3(source):
+        return _open_s3(source, data_cfg, refresh)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{source}: folder not found")
+    if not path.is_dir():
+        raise DataError(f"{source}: is a file; expected a folder")
+    from fsspec.implementations.local import LocalFileSystem
+
+    root = str(path.resolve())
+    return Storage(url=str(path), root=root, fs=LocalFileSystem())
+
+
+def _open_s3(source: str, data_cfg: DataConfig, refresh: bool) -> Storage:
+    import s3fs
+    from fsspec.implementations.cached import WholeFileCacheFileSystem
+
+    root = source.split("://", 1)[1].strip("/")
+    bucket = root.split("/", 1)[0]
+    if not bucket:
+        raise DataError(f"{source}: no bucket in the S3 URL (expected s3://bucket/prefix)")
+    endpoint = data_cfg.endpoint_url or None
+    client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
+    remote = s3fs.S3FileSystem(
+        anon=data_cfg.anon,
+        client_kwargs=client_kwargs,
+        config_kwargs={
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "read_timeout": READ_TIMEOUT_S,
+            "retries": {"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        },
+        skip_instance_cache=True,
+    )
+    remote.retries = S3FS_RETRIES
+    # One cache per server: the same bucket name on another endpoint is another bucket.
+    key = hashlib.sha256((endpoint or "aws").encode()).hexdigest()[:12]
+    base = cache_root(data_cfg) / "remote" / key
+    try:
+        (base / "files").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{base}: cannot create the cache folder ({exc.strerror})") from None
+    cached = WholeFileCacheFileSystem(
+        fs=remote,
+        cache_storage=str(base / "files"),
+        check_files=False,
+        expiry_time=False,
+        skip_instance_cache=True,
+    )
+    url = "s3://" + root
+    return Storage(
+        url=url,
+        root=root,
+        fs=cached,
+        remote=True,
+        endpoint=endpoint,
+        listing_dir=base / "listings",
+        refresh=refresh,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs of `predict`: files, folders, globs and URLs
+
+
+@dataclass(frozen=True)
+class PhotoRef:
+    """One photo to predict: a display ``name`` (from the stem, unique), where it is, a reader."""
+
+    name: str
+    path: str
+    storage: Storage = field(repr=False, compare=False)
+    relpath: str = field(default="", repr=False)
+
+    def read_bytes(self) -> bytes:
+        """The photo's bytes, through the same cached storage as training data."""
+        return self.storage.read_bytes(self.relpath)
+
+
+def is_photo_name(name: str) -> bool:
+    """A photo file name (by extension), excluding ``<stem>_label.png`` label images."""
+    lower = name.lower()
+    return lower.endswith(PHOTO_EXTENSIONS) and not lower.endswith(LABEL_PNG_SUFFIX)
+
+
+def expand_inputs(inputs: list[str] | tuple[str, ...], data_cfg: DataConfig) -> list[PhotoRef]:
+    """Turn any mix of files, folders, globs and ``s3://`` URLs into photo references.
+
+    Folders contribute the photos directly inside them (sorted). Display names are the file
+    stems, made unique with ``-2``, ``-3``... so outputs never overwrite each other.
+
+    Raises:
+        DataError: an input that does not exist, or that holds no photo (names it).
+    """
+    refs: list[tuple[str, str, Storage, str]] = []
+    for item in inputs:
+        found = _expand_s3(item, data_cfg) if is_s3(item) else _expand_local(item, data_cfg)
+        if not found:
+            raise DataError(f"{item}: no photos ({', '.join(PHOTO_EXTENSIONS)}) found")
+        refs.extend(found)
+    seen: dict[str, int] = {}
+    out = []
+    for stem, path, storage, rel in refs:
+        count = seen.get(stem, 0) + 1
+        seen[stem] = count
+        name = stem if count == 1 else f"{stem}-{count}"
+        out.append(PhotoRef(name=name, path=path, storage=storage, relpath=rel))
+    return out
+
+
+def _expand_local(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Storage, str]]:
+    path = Path(item).expanduser()
+    if globmod.has_magic(item):
+        matches = sorted(Path(p) for p in globmod.glob(str(path)) if is_photo_name(p))
+        files = [p for p in matches if p.is_file()]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_photo_name(p.name))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"{item}: no such file or folder")
+    out = []
+    for file in files:
+        storage = open_storage(str(file.parent), data_cfg)
+        out.append((_stem(file.name), str(file), storage, file.name))
+    return out
+
+
+def _expand_s3(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Storage, str]]:
+    root = item.split("://", 1)[1].strip("/")
+    if globmod.has_magic(root):
+        parent, _, pattern = root.rpartition("/")
+        storage = open_storage("s3://" + parent, data_cfg)
+        import fnmatch
+
+        names = [p for p in storage.list("") if fnmatch.fnmatch(p, pattern) and is_photo_name(p)]
+        return [(_stem(n), storage.display(n), storage, n) for n in names]
+    parent, _, name = root.rpartition("/")
+    if parent and is_photo_name(name):
+        storage = open_storage("s3://" + parent, data_cfg)
+        if name in storage.list(""):
+            return [(_stem(name), storage.display(name), storage, name)]
+    storage = open_storage(item, data_cfg)
+    if not storage.isdir(""):
+        raise DataError(f"{item}: no such file or folder in the bucket")
+    names = [n for n in storage.list("") if is_photo_name(n)]
+    return [(_stem(n), storage.display(n), storage, n) for n in names]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _stem(name: str) -> str:
+    return PurePosixPath(name).stem
+
+
+def _join(base: str, path: str) -> str:
+    path = path.strip("/")
+    if not path:
+        return base
+    return base.rstrip("/") + "/" + path if base else path
+
+
+def _local_listing(path: Path) -> dict[str, Any] | None:
+    if not path.is_dir():
+        return None
+    files: dict[str, int] = {}
+    dirs: list[str] = []
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    dirs.append(entry.name)
+                elif entry.is_file():
+                    files[entry.name] = entry.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot list folder ({exc.strerror or exc})") from None
+    return {"files": files, "dirs": sorted(dirs)}
+
+
+def _mentions_bucket(exc: BaseException) -> bool:
+    text = f"{exc} {exc.__cause__ or ''}"
+    return "NoSuchBucket" in text or "bucket does not exist" in text.lower()
+
+
+def _translate(exc: BaseException, where: str, storage: Storage) -> DataError:
+    """One line for an S3 / filesystem failure; the original is logged at debug level."""
+    log.debug("%s: %s: %r", where, type(exc).__name__, exc)
+    endpoint = storage.endpoint or "AWS S3"
+    bucket = storage.url.split("://", 1)[-1].split("/", 1)[0] if storage.remote else ""
+    names = {type(e).__name__ for e in _chain(exc)}
+    text = " ".join(str(e) for e in _chain(exc))
+    if isinstance(exc, FileNotFoundError):
+        if storage.remote and _mentions_bucket(exc):
+            return DataError(f"{where}: bucket '{bucket}' not found on {endpoint}")
+        return DataError(f"{where}: file not found")
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
+        hint = (
+            " (the bucket is not public: set data.anon: false and provide AWS credentials)"
+            if storage.remote and _is_anon(storage)
+            else ""
+        )
+        return DataError(f"{where}: access denied{hint}")
+    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
+        return DataError(
+            f"{where}: no AWS credentials found (set data.anon: true for public buckets, or "
+            "configure credentials: AWS_PROFILE, ~/.aws/credentials, environment variables)"
+        )
+    if names & {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ClientConnectorError",
+        "ServerDisconnectedError",
+        "FSTimeoutError",
+        "TimeoutError",
+        "ConnectionRefusedError",
+        "gaierror",
+    }:
+        return DataError(f"{where}: cannot reach the S3 endpoint {endpoint}")
+    if isinstance(exc, IsADirectoryError):
+        return DataError(f"{where}: is a folder, expected a file")
+    if isinstance(exc, OSError):
+        return DataError(f"{where}: cannot read ({exc.strerror or _first_line(exc)})")
+    return DataError(f"{where}: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _is_anon(storage: Storage) -> bool:
+    inner = getattr(storage.fs, "fs", None)
+    return bool(getattr(inner, "anon", False))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in out:
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
