@@ -1,0 +1,92 @@
+"""Where prediction windows go: a regular grid that covers every pixel, or random positions.
+
+Window placement lives apart from the models and from the stitching (as torchgeo keeps its
+samplers apart from its datasets), so it can be tested on plain integers. Positions are the
+top-left corners of ``window x window`` squares in the coordinates of an image that has been
+padded by :func:`pad_width` on every side.
+
+Why a grid with overlap: every window's border pixels see little context and are predicted
+worst, so neighbouring windows overlap (stride smaller than the window, 50 % by default) and the
+stitcher weights each window towards its centre. Padding by half a window puts the photo's
+outermost pixels at the centre of the first window instead of at its edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+
+def pad_width(window: int) -> int:
+    """Reflection padding on each side for windows of ``window`` pixels: half a window.
+
+    Half a window is enough for a pixel on the photo's edge to sit at the centre of some window,
+    and never more than one window per side (the notebook padded by a whole image per side).
+    """
+    return window // 2
+
+
+def grid_stride(window: int, overlap: float) -> int:
+    """The step between neighbouring grid windows for a fractional ``overlap`` in ``[0, 1)``."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    return max(1, int(round(window * (1.0 - overlap))))
+
+
+def grid_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window starts along one axis of ``length`` pixels: evenly strided, the last one flush.
+
+    The last window is moved back to end exactly at ``length`` so the far edge is covered without
+    reading past the padded image. ``length`` must be at least ``window``.
+    """
+    if length < window:
+        raise ValueError(f"axis of {length} pixels is shorter than the window ({window})")
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def grid_windows(height: int, width: int, window: int, overlap: float) -> list[tuple[int, int]]:
+    """Top-left corners of a regular grid of windows covering a ``height x width`` padded image.
+
+    Every pixel of the padded image lies in at least one window.
+    """
+    stride = grid_stride(window, overlap)
+    rows = grid_starts(height, window, stride)
+    cols = grid_starts(width, window, stride)
+    return [(top, left) for top in rows for left in cols]
+
+
+def random_windows(
+    height: int, width: int, window: int, count: int, seed: int = 0
+) -> list[tuple[int, int]]:
+    """``count`` uniformly random top-left corners in a ``height x width`` padded image.
+
+    This is the notebook's sampling (random positions, a fixed count per width), kept for
+    comparison with the grid; unlike the grid it may leave pixels uncovered.
+    """
+    if height < window or width < window:
+        raise ValueError(f"image {height}x{width} is smaller than the window ({window})")
+    rng = np.random.default_rng(seed)
+    tops = rng.integers(0, height - window + 1, size=count)
+    lefts = rng.integers(0, width - window + 1, size=count)
+    return list(zip(tops.tolist(), lefts.tolist(), strict=True))
+
+
+def batched(
+    positions: list[tuple[int, int]], batch_size: int
+) -> Iterator[list[tuple[int, int]]]:
+    """Consecutive chunks of ``batch_size`` positions (the last may be shorter)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(positions), batch_size):
+        yield positions[start : start + batch_size]
+
+
+def coverage_factor(
+    positions: list[tuple[int, int]], window: int, height: int, width: int
+) -> float:
+    """Window pixels computed per pixel of a ``height x width`` image (a cost measure)."""
+    return len(positions) * window * window / float(height * width)

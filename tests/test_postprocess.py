@@ -1,0 +1,79 @@
+"""Thresholding on synthetic arrays: GMM split, the revision rule, size independence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segmenter.config import PostprocessConfig
+from segmenter.postprocess import water_mask
+
+
+def two_populations(size: int = 120, water_prob: float = 0.1, land_prob: float = 0.9,
+                    seed: int = 0):
+    """Left half dark-blue water with low land probability, right half brown land."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((size, size), bool)
+    truth[:, : size // 2] = True
+    image = np.where(truth[..., None], [0.1, 0.2, 0.5], [0.5, 0.4, 0.2]).astype(np.float32)
+    image += rng.normal(0, 0.03, image.shape).astype(np.float32)
+    prob = np.where(truth, water_prob, land_prob) + rng.normal(0, 0.03, truth.shape)
+    return np.clip(prob, 0, 1).astype(np.float32), np.clip(image, 0, 1), truth
+
+
+def test_gmm_splits_two_populations():
+    prob, image, truth = two_populations()
+    mask, info = water_mask(prob, image, PostprocessConfig(n_components=3, subsample=5000))
+    assert mask.dtype == bool and mask.shape == truth.shape
+    assert (mask == truth).mean() > 0.999
+    assert info["method"] == "gmm" and not info["revised"] and info["threshold"] == 0.5
+    assert info["water_fraction"] == pytest.approx(0.5, abs=0.01)
+    assert {c["class"] for c in info["components"]} == {"water", "land"}
+
+
+def test_revision_rule_fires_when_all_medians_on_one_side(caplog):
+    prob, image, truth = two_populations(water_prob=0.6, land_prob=0.95)
+    cfg = PostprocessConfig(n_components=2, subsample=5000)
+    with caplog.at_level("INFO"):
+        mask, info = water_mask(prob, image, cfg)
+    assert info["revised"] is True
+    assert 0.6 < info["threshold"] < 0.95
+    assert "revised" in caplog.text
+    assert (mask == truth).mean() > 0.999
+    # a plain threshold of 0.5 would have called everything land
+    plain, _ = water_mask(prob, image, PostprocessConfig(method="global"))
+    assert plain.mean() < 0.01
+
+
+def test_revision_rule_does_not_fire_when_medians_straddle():
+    prob, image, _ = two_populations(water_prob=0.3, land_prob=0.7)
+    _, info = water_mask(prob, image, PostprocessConfig(n_components=2, subsample=5000))
+    assert info["revised"] is False and info["threshold"] == 0.5
+
+
+def test_result_does_not_depend_on_image_size_beyond_subsample():
+    prob, image, _ = two_populations(size=100)
+    cfg = PostprocessConfig(n_components=3, subsample=4000)
+    small, _ = water_mask(prob, image, cfg)
+    big, info = water_mask(np.tile(prob, (3, 3)), np.tile(image, (3, 3, 1)), cfg)
+    assert info["fitted_on"] == 4000
+    assert np.array_equal(big, np.tile(small, (3, 3)))
+
+
+def test_global_and_otsu():
+    prob, image, truth = two_populations(water_prob=0.3, land_prob=0.95)
+    mask, info = water_mask(prob, None, PostprocessConfig(method="global", threshold=0.5))
+    assert np.array_equal(mask, prob <= 0.5) and info["threshold"] == 0.5
+    mask, info = water_mask(prob, None, PostprocessConfig(method="otsu"))
+    assert 0.3 < info["threshold"] < 0.95
+    assert (mask == truth).mean() > 0.999
+    flat, info = water_mask(np.full((8, 8), 0.7, np.float32), None,
+                            PostprocessConfig(method="otsu"))
+    assert not flat.any()
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="does not match"):
+        water_mask(np.zeros((4, 4)), np.zeros((5, 4, 3)), PostprocessConfig())
+    with pytest.raises(ValueError, match="needs the photo"):
+        water_mask(np.zeros((4, 4)), None, PostprocessConfig())
