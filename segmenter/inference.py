@@ -1,0 +1,379 @@
+"""Weighted multi-scale window stitching: one probability-of-land map per photo.
+
+The method is the notebook's (SPEC.md, Prediction) with its weaknesses fixed:
+
+* the photo is padded by reflection by half a window per side, not copied into a 3H x 3W mirror;
+* windows lie on a regular grid with overlap (``predict.overlap``), so every pixel is covered,
+  instead of random positions that leave holes (``predict.sampling: random`` keeps those for
+  comparison);
+* each window's prediction is accumulated per pixel, weighted by a centre-heavy smoothstep
+  window, instead of being replaced by its median and smeared over a 2w x 2w square;
+* windows are predicted in batches through one compiled function per model (BatchNorm in
+  inference mode) and streamed: only one batch of windows exists at a time, and the
+  accumulators are two float32 maps per width.
+
+The photo is resized by ``data.scale`` first (the resolution the models were trained at) and the
+merged map is resized back, so the mask overlays the photo it came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from segmenter.config import Config
+from segmenter.data import patches
+from segmenter.errors import ConfigError, SegmenterError
+
+log = logging.getLogger(__name__)
+
+#: smoothstep edges of the centre weight (SPEC.md): full weight inside r = 0.3, none beyond 1.3.
+WEIGHT_EDGE0 = 1.3
+WEIGHT_EDGE1 = 0.3
+#: every pixel of a window keeps at least this weight, so corners of the padded image and pixels
+#: seen only by window borders still get a value instead of 0 / 0.
+MIN_WEIGHT = 1e-3
+#: value of a pixel that no window of any scale covered (possible only with random sampling).
+UNCOVERED_VALUE = 0.5
+#: smallest number of pixels per inference call. A call carries a fixed overhead and small
+#: batches of small windows run well below the CPU's throughput (16 windows of 32 px: half of
+#: it), so ``predict.batch_size`` is raised for small widths until a batch holds this many
+#: pixels (~3 MB of input, ~17 MB per activation of a 16-filter layer).
+MIN_BATCH_PIXELS = 256 * 1024
+#: fixed seed of the random window positions, as the notebook's ``np.random.seed(0)``.
+RANDOM_SEED = 0
+
+
+@dataclass
+class Prediction:
+    """The result of :func:`predict_land` for one photo.
+
+    Attributes:
+        land_prob: float32 (H, W) probability of land at the photo's own size.
+        per_scale: width -> float32 (H, W) map of that width alone (NaN where no window of that
+            width reached); filled only when asked for (``keep_scales``), to spare memory.
+        info: numbers worth reporting: windows per width, coverage factor, seconds, the size
+            the models saw, pixels that no window covered.
+    """
+
+    land_prob: np.ndarray
+    per_scale: dict[int, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    """``t^2 (3 - 2t)`` with ``t = clip((x - edge0) / (edge1 - edge0), 0, 1)`` (as in GLSL)."""
+    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def window_weight(window: int) -> np.ndarray:
+    """The centre-heavy weight of a ``window x window`` prediction, float32 in (0, 1].
+
+    ``r`` is the Euclidean distance from the window centre on a [-1, 1] grid; the weight is
+    ``smoothstep(1.3, 0.3, r)`` clamped below at :data:`MIN_WEIGHT`, so borders count little
+    but never nothing.
+    """
+    axis = np.linspace(-1.0, 1.0, window, dtype=np.float64)
+    radius = np.hypot(axis[:, None], axis[None, :])
+    weight = smoothstep(WEIGHT_EDGE0, WEIGHT_EDGE1, radius)
+    return np.maximum(weight, MIN_WEIGHT).astype(np.float32)
+
+
+def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) float32 array: area averaging down, bilinear up.
+
+    Area averaging when shrinking keeps every source pixel's contribution (no aliasing of fine
+    texture such as waves); bilinear when enlarging gives a smooth map without blocks.
+    """
+    import tensorflow as tf
+
+    height, width = values.shape[:2]
+    if (height, width) == tuple(shape):
+        return values.astype(np.float32, copy=False)
+    squeeze = values.ndim == 2
+    tensor = tf.convert_to_tensor(values[..., None] if squeeze else values, dtype=tf.float32)
+    shrink = shape[0] <= height and shape[1] <= width
+    method = "area" if shrink else "bilinear"
+    out = tf.image.resize(tensor, shape, method=method).numpy()
+    return out[..., 0] if squeeze else out
+
+
+def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The (height, width) a photo has after resizing by ``scale`` (at least 1 x 1)."""
+    return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled inference function
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False, clip: bool = False):
+    """One ``tf.function`` per (model, window size, tta, clip): (B, h, w, 3) -> land (B, h, w).
+
+    The spatial size is part of the signature (Keras' bilinear upsampling needs it static) and
+    the batch size is not, so the last, shorter batch does not trigger a second trace.
+
+    The model is called with ``training=False`` (BatchNorm uses its moving statistics, dropout
+    is off). With ``tta`` the batch is run once with its flipped copies stacked along the batch
+    axis and the un-flipped predictions are averaged. ``clip`` bounds the output of a linear
+    (MSE-trained) model to [0, 1] so it can be averaged with, and read as, a probability.
+    """
+    import tensorflow as tf
+
+    cache = _COMPILED.setdefault(model, {})
+    key = (int(size[0]), int(size[1]), bool(tta), bool(clip))
+    if key in cache:
+        return cache[key]
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, key[0], key[1], 3], tf.float32)],
+    )
+    def infer(windows):
+        if tta:
+            batch = tf.shape(windows)[0]
+            stacked = tf.concat(
+                [windows, windows[:, :, ::-1], windows[:, ::-1, :], windows[:, ::-1, ::-1]],
+                axis=0,
+            )
+            out = tf.cast(model(stacked, training=False), tf.float32)[..., 0]
+            parts = [out[i * batch : (i + 1) * batch] for i in range(4)]
+            out = (
+                parts[0] + parts[1][:, :, ::-1] + parts[2][:, ::-1, :] + parts[3][:, ::-1, ::-1]
+            ) / 4.0
+        else:
+            out = tf.cast(model(windows, training=False), tf.float32)[..., 0]
+        if clip:
+            out = tf.clip_by_value(out, 0.0, 1.0)
+        return out
+
+    cache[key] = infer
+    return infer
+
+
+# --------------------------------------------------------------------------------------------
+# One scale
+
+
+def effective_batch_size(batch_size: int, window: int) -> int:
+    """Windows per inference call: ``batch_size``, raised to hold :data:`MIN_BATCH_PIXELS`."""
+    return max(int(batch_size), -(-MIN_BATCH_PIXELS // (window * window)))
+
+
+def predict_scale(
+    model: Any,
+    image: np.ndarray,
+    window: int,
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 16,
+    sampling: str = "grid",
+    random_count: int = 1000,
+    tta: bool = False,
+    clip: bool = False,
+    seed: int = RANDOM_SEED,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stitch one model's window predictions into a float32 (H, W) map of ``image``.
+
+    The image is reflection-padded by half a window per side (symmetric mode, so even a photo
+    smaller than the window can be padded), windows are taken on the padded image, and the
+    weighted predictions are accumulated per pixel. Pixels that no window reached (random
+    sampling only) are NaN.
+
+    Returns:
+        The map and a dict with the window count and the coverage factor.
+    """
+    height, width = image.shape[:2]
+    pad = patches.pad_width(window)
+    # Photos smaller than a window: pad further (still at most one window per side) so one
+    # window fits; the result is cropped back to the photo.
+    pad_y = max(pad, int(math.ceil((window - height) / 2)))
+    pad_x = max(pad, int(math.ceil((window - width) / 2)))
+    padded = np.pad(
+        image.astype(np.float32, copy=False),
+        ((pad_y, pad_y), (pad_x, pad_x), (0, 0)),
+        mode="symmetric",
+    )
+    padded_h, padded_w = padded.shape[:2]
+    if sampling == "grid":
+        positions = patches.grid_windows(padded_h, padded_w, window, overlap)
+    elif sampling == "random":
+        positions = patches.random_windows(padded_h, padded_w, window, random_count, seed=seed)
+    else:
+        raise ConfigError(f"predict.sampling: unknown sampling {sampling!r}")
+
+    infer = compiled_infer(model, (window, window), tta=tta, clip=clip)
+    batch_size = effective_batch_size(batch_size, window)
+    weight = window_weight(window)
+    total = np.zeros((padded_h, padded_w), np.float32)
+    weight_sum = np.zeros((padded_h, padded_w), np.float32)
+    batch = np.empty((min(batch_size, len(positions)), window, window, 3), np.float32)
+    for chunk in patches.batched(positions, batch_size):
+        for i, (top, left) in enumerate(chunk):
+            batch[i] = padded[top : top + window, left : left + window]
+        predicted = infer(batch[: len(chunk)]).numpy()
+        predicted *= weight
+        for i, (top, left) in enumerate(chunk):
+            total[top : top + window, left : left + window] += predicted[i]
+            weight_sum[top : top + window, left : left + window] += weight
+    del padded
+    crop = (slice(pad_y, pad_y + height), slice(pad_x, pad_x + width))
+    total, weight_sum = total[crop], weight_sum[crop]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = np.where(weight_sum > 0, total / weight_sum, np.float32(np.nan))
+    info = {
+        "windows": len(positions),
+        "coverage": patches.coverage_factor(positions, window, height, width),
+    }
+    return result.astype(np.float32, copy=False), info
+
+
+# --------------------------------------------------------------------------------------------
+# All scales
+
+
+def select_models(models: Mapping[int, Any], cfg: Config) -> dict[int, Any]:
+    """The models of the widths ``predict.widths`` names (all of them when it is null)."""
+    if not models:
+        raise SegmenterError("no trained models to predict with")
+    wanted = cfg.predict.widths
+    if wanted is None:
+        return {int(w): models[w] for w in sorted(models)}
+    missing = [w for w in wanted if w not in models]
+    if missing:
+        have = ", ".join(str(w) for w in sorted(models))
+        raise ConfigError(
+            f"predict.widths: no trained model of width {', '.join(map(str, missing))} "
+            f"(trained widths: {have})"
+        )
+    return {int(w): models[w] for w in sorted(set(wanted))}
+
+
+def predict_land(
+    models: Mapping[int, Any],
+    image: np.ndarray,
+    cfg: Config,
+    weights: Mapping[int, float] | None = None,
+    keep_scales: bool | None = None,
+) -> Prediction:
+    """The probability of land of ``image`` at its own size, merged over every model's width.
+
+    Args:
+        models: width -> Keras model (as :meth:`segmenter.runs.Run.load_model` gives).
+        image: float32 (H, W, 3) RGB in [0, 1] at the photo's own resolution.
+        cfg: the run's config with any overrides; ``data.scale``, ``model.activation``,
+            ``predict.*`` are read.
+        weights: width -> validation score, used when ``predict.merge`` is ``weighted`` (each
+            width then counts in proportion to how well it did on held-out data).
+        keep_scales: also return each width's map at the photo's size (default:
+            ``predict.save_scales``).
+
+    Raises:
+        SegmenterError: no models, a requested width without a model, a bad image array.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise SegmenterError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    started = time.perf_counter()
+    pcfg = cfg.predict
+    chosen = select_models(models, cfg)
+    keep_scales = pcfg.save_scales if keep_scales is None else keep_scales
+    scale_weights = _merge_weights(chosen, pcfg.merge, weights)
+
+    height, width = image.shape[:2]
+    small_shape = scaled_shape((height, width), cfg.data.scale)
+    small = resize_map(image, small_shape) if small_shape != (height, width) else image
+    small = np.ascontiguousarray(small, dtype=np.float32)
+
+    merged = np.zeros(small_shape, np.float32)
+    merged_weight = np.zeros(small_shape, np.float32)
+    scale_maps: dict[int, np.ndarray] = {}
+    info: dict[str, Any] = {"scaled_size": list(small_shape), "widths": {}}
+    clip = cfg.model.activation == "linear"
+    for patch_width, model in chosen.items():
+        tick = time.perf_counter()
+        scale_map, scale_info = predict_scale(
+            model,
+            small,
+            patch_width,
+            overlap=pcfg.overlap,
+            batch_size=pcfg.batch_size,
+            sampling=pcfg.sampling,
+            random_count=pcfg.random_windows.get(patch_width, 1000),
+            tta=pcfg.tta,
+            clip=clip,
+            seed=RANDOM_SEED + patch_width,
+        )
+        covered = np.isfinite(scale_map)
+        merged += np.where(covered, scale_map * scale_weights[patch_width], 0.0)
+        merged_weight += covered * np.float32(scale_weights[patch_width])
+        scale_info["seconds"] = round(time.perf_counter() - tick, 3)
+        scale_info["weight"] = scale_weights[patch_width]
+        info["widths"][patch_width] = scale_info
+        if keep_scales:
+            scale_maps[patch_width] = scale_map
+        del scale_map, covered
+
+    uncovered = merged_weight <= 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        merged = np.where(uncovered, np.float32(np.nan), merged / merged_weight)
+    if pcfg.rescale == "minmax":
+        merged = _minmax(merged)
+    n_uncovered = int(uncovered.sum())
+    if n_uncovered:
+        log.warning(
+            "%d pixels were covered by no window (random sampling); set to %.1f",
+            n_uncovered, UNCOVERED_VALUE,
+        )
+        merged[uncovered] = UNCOVERED_VALUE
+    del merged_weight, uncovered, small
+
+    land_prob = np.clip(resize_map(merged, (height, width)), 0.0, 1.0)
+    per_scale = {w: resize_map(m, (height, width)) for w, m in scale_maps.items()}
+    info["coverage"] = round(sum(s["coverage"] for s in info["widths"].values()), 3)
+    info["uncovered_pixels"] = n_uncovered
+    info["seconds"] = round(time.perf_counter() - started, 3)
+    return Prediction(land_prob=land_prob.astype(np.float32, copy=False),
+                      per_scale=per_scale, info=info)
+
+
+def _merge_weights(
+    models: Mapping[int, Any], merge: str, weights: Mapping[int, float] | None
+) -> dict[int, float]:
+    """Per-width weight of the scale merge: 1 each for ``mean``, the validation score else."""
+    if merge == "mean":
+        return {w: 1.0 for w in models}
+    if weights is None:
+        raise ConfigError("predict.merge: 'weighted' needs each width's validation score")
+    out: dict[int, float] = {}
+    for patch_width in models:
+        score = weights.get(patch_width)
+        if score is None or not math.isfinite(score) or score <= 0:
+            log.warning(
+                "width %d has no usable validation score (%r); it gets the mean of the others",
+                patch_width, score,
+            )
+            continue
+        out[patch_width] = float(score)
+    fallback = float(np.mean(list(out.values()))) if out else 1.0
+    return {w: out.get(w, fallback) for w in models}
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    """Stretch finite values to [0, 1] (the notebook's rescale); a flat map becomes 0.5."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return values
+    low, high = float(values[finite].min()), float(values[finite].max())
+    if high - low < 1e-12:
+        return np.where(finite, np.float32(0.5), values)
+    return ((values - low) / (high - low)).astype(np.float32)

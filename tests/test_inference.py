@@ -1,0 +1,163 @@
+"""Weighted window stitching with real (tiny) Keras models.
+
+A pointwise model (a 1x1 convolution) predicts each pixel from that pixel alone, so whatever
+the windows, weights, padding or flips, correct stitching must give back exactly the model
+applied to the whole image: any seam, misplaced window or wrong normalisation shows up.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from segmenter import inference
+from segmenter.config import Config, load_config
+from segmenter.errors import ConfigError, SegmenterError
+from segmenter.model import build_model
+
+
+def pointwise_model(kernel=(2.0, 1.0, -3.0), bias=0.2, activation="sigmoid", bn=False):
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(1, 1, activation=None if bn else activation)(inputs)
+    if bn:
+        norm = keras.layers.BatchNormalization()
+        x = keras.layers.Activation(activation)(norm(x))
+    model = keras.Model(inputs, x)
+    conv = model.layers[1]
+    conv.set_weights([np.array(kernel, np.float32).reshape(1, 1, 3, 1),
+                      np.array([bias], np.float32)])
+    if bn:
+        norm.set_weights([np.array([2.0]), np.array([0.5]), np.array([0.3]), np.array([4.0])])
+    return model
+
+
+def direct(model, image):
+    return np.asarray(model(image[None], training=False))[0, ..., 0]
+
+
+def cfg_with(*overrides: str) -> Config:
+    return load_config(None, ["data.scale=1.0", *overrides])
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    return rng.random((45, 70, 3), dtype=np.float32)
+
+
+def test_window_weight_smoothstep():
+    weight = inference.window_weight(32)
+    assert weight.dtype == np.float32 and weight.shape == (32, 32)
+    assert weight.min() > 0
+    assert weight[15, 15] == pytest.approx(1.0)
+    assert weight[0, 0] < 0.01 and weight[0, 16] < weight[8, 16] < weight[16, 16]
+    assert inference.smoothstep(1.3, 0.3, np.array([0.0, 0.8, 1.5])) == pytest.approx(
+        [1.0, 0.5, 0.0])
+
+
+@pytest.mark.parametrize("window,overlap,tta", [(16, 0.5, False), (32, 0.25, True),
+                                                (64, 0.5, False)])
+def test_stitching_reproduces_a_pointwise_model(image, window, overlap, tta):
+    model = pointwise_model()
+    stitched, info = inference.predict_scale(model, image, window, overlap=overlap,
+                                             batch_size=3, tta=tta)
+    assert stitched.shape == image.shape[:2] and stitched.dtype == np.float32
+    np.testing.assert_allclose(stitched, direct(model, image), atol=1e-5)
+    assert info["windows"] > 0 and info["coverage"] > 1
+
+
+def test_image_smaller_than_window_is_padded_and_cropped():
+    tiny = np.random.default_rng(1).random((5, 9, 3), dtype=np.float32)
+    model = pointwise_model()
+    stitched, _ = inference.predict_scale(model, tiny, 32)
+    assert stitched.shape == (5, 9)
+    np.testing.assert_allclose(stitched, direct(model, tiny), atol=1e-5)
+
+
+def test_batchnorm_runs_in_inference_mode(image):
+    model = pointwise_model(bn=True)
+    stitched, _ = inference.predict_scale(model, image, 16)
+    raw = image @ np.array([2.0, 1.0, -3.0], np.float32) + 0.2
+    expected = 1 / (1 + np.exp(-(2.0 * (raw - 0.3) / np.sqrt(4.0 + 1e-3) + 0.5)))
+    np.testing.assert_allclose(stitched, expected, atol=1e-4)
+
+
+def test_predict_land_resizes_to_photo_and_back(image):
+    model = pointwise_model()
+    cfg = load_config(None, ["data.scale=0.5"])
+    prediction = inference.predict_land({16: model}, image, cfg)
+    assert prediction.land_prob.shape == image.shape[:2]
+    assert prediction.info["scaled_size"] == [22, 35]
+    small = inference.resize_map(image, (22, 35))
+    expected = inference.resize_map(direct(model, small), image.shape[:2])
+    np.testing.assert_allclose(prediction.land_prob, np.clip(expected, 0, 1), atol=1e-5)
+    assert prediction.per_scale == {}
+
+
+def test_scales_merge_by_mean_or_by_validation_score(image):
+    low = pointwise_model(kernel=(0, 0, 0), bias=0.2, activation="linear")
+    high = pointwise_model(kernel=(0, 0, 0), bias=0.8, activation="linear")
+    models = {16: low, 32: high}
+    mean = inference.predict_land(models, image, cfg_with("model.activation=linear"),
+                                  keep_scales=True)
+    np.testing.assert_allclose(mean.land_prob, 0.5, atol=1e-6)
+    assert set(mean.per_scale) == {16, 32}
+    np.testing.assert_allclose(mean.per_scale[16], 0.2, atol=1e-6)
+    weighted = inference.predict_land(
+        models, image, cfg_with("model.activation=linear", "predict.merge=weighted"),
+        weights={16: 1.0, 32: 3.0})
+    np.testing.assert_allclose(weighted.land_prob, (0.2 + 3 * 0.8) / 4, atol=1e-6)
+    with pytest.raises(ConfigError, match="validation score"):
+        inference.predict_land(models, image, cfg_with("predict.merge=weighted"))
+
+
+def test_linear_output_is_clipped_and_minmax_rescales(image):
+    model = pointwise_model(kernel=(4.0, 0, 0), bias=-1.0, activation="linear")
+    clipped = inference.predict_land({16: model}, image, cfg_with("model.activation=linear"))
+    assert clipped.land_prob.min() == 0.0 and clipped.land_prob.max() == 1.0
+    stretched = inference.predict_land(
+        {16: pointwise_model(kernel=(0.2, 0, 0), bias=0.3, activation="linear")}, image,
+        cfg_with("model.activation=linear", "predict.rescale=minmax"))
+    assert stretched.land_prob.min() == pytest.approx(0.0, abs=1e-6)
+    assert stretched.land_prob.max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_random_sampling_is_reproducible_and_fills_holes(image, caplog):
+    model = pointwise_model()
+    cfg = cfg_with("predict.sampling=random", "predict.random_windows={16: 3}")
+    with caplog.at_level("WARNING"):
+        first = inference.predict_land({16: model}, image, cfg)
+    second = inference.predict_land({16: model}, image, cfg)
+    np.testing.assert_array_equal(first.land_prob, second.land_prob)
+    assert first.info["uncovered_pixels"] > 0 and "covered by no window" in caplog.text
+    covered = first.land_prob != inference.UNCOVERED_VALUE
+    np.testing.assert_allclose(first.land_prob[covered], direct(model, image)[covered],
+                               atol=1e-5)
+    many = inference.predict_land(
+        {16: model}, image, cfg_with("predict.sampling=random",
+                                     "predict.random_windows={16: 400}"))
+    assert many.info["uncovered_pixels"] == 0
+
+
+def test_encoder_decoder_model_and_width_selection(image):
+    model = build_model(load_config().model, depth=2, filters=4)
+    cfg = cfg_with("predict.widths=[16]")
+    prediction = inference.predict_land({16: model, 32: model}, image, cfg)
+    assert list(prediction.info["widths"]) == [16]
+    assert np.isfinite(prediction.land_prob).all()
+    assert 0 <= prediction.land_prob.min() <= prediction.land_prob.max() <= 1
+    with pytest.raises(ConfigError, match="no trained model of width 64"):
+        inference.predict_land({16: model}, image, cfg_with("predict.widths=[64]"))
+    with pytest.raises(SegmenterError, match="no trained models"):
+        inference.predict_land({}, image, cfg)
+    with pytest.raises(SegmenterError, match="RGB"):
+        inference.predict_land({16: model}, image[..., 0], cfg)
+
+
+def test_large_batch_size_is_one_trace_per_window_size(image):
+    model = pointwise_model()
+    inference.predict_scale(model, image, 16, batch_size=7)
+    inference.predict_scale(model, image[:30], 16, batch_size=5)
+    infer = inference.compiled_infer(model, (16, 16))
+    assert infer.experimental_get_tracing_count() == 1
