@@ -110,9 +110,7 @@ class Storage:
                         f"{self.display(path)}: size {len(data)} differs from the cached listing "
                         f"({expected}); the bucket changed: run `segmenter data --refresh`"
                     )
-        except DataError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - translated, never hidden: see _translate
+        except _io_errors(self.remote) as exc:
             raise _translate(exc, self.display(path), self) from None
         return data
 
@@ -141,8 +139,13 @@ class Storage:
             try:
                 saved = json.loads(cached.read_text(encoding="utf-8"))
                 if saved.get("path") == full:
-                    return saved["listing"]
-            except (OSError, ValueError, KeyError):
+                    listing = saved["listing"]
+                    if listing is not None:
+                        # Let s3fs answer exists()/info() from the listing too (fsspec's
+                        # documented listings cache): reading an uncached file is one GET.
+                        self.fs.fs.dircache[full] = listing["entries"]
+                    return listing
+            except (OSError, ValueError, KeyError, TypeError):
                 log.debug("ignoring unreadable cached listing %s", cached)
         listing = self._remote_listing(subdir)
         write_json(cached, {"path": full, "listing": listing})
@@ -156,10 +159,11 @@ class Storage:
             if _mentions_bucket(exc):
                 raise _translate(exc, self.display(subdir), self) from None
             return None
-        except Exception as exc:  # noqa: BLE001 - translated, never hidden: see _translate
+        except _io_errors(True) as exc:
             raise _translate(exc, self.display(subdir), self) from None
         files: dict[str, int] = {}
         dirs: list[str] = []
+        safe = [{k: _json_safe(v) for k, v in item.items()} for item in entries]
         for item in entries:
             name = PurePosixPath(item["name"]).name
             if not name:
@@ -170,7 +174,7 @@ class Storage:
                 files[name] = int(item.get("size") or 0)
         if not files and not dirs:
             return None
-        return {"files": files, "dirs": sorted(dirs)}
+        return {"files": files, "dirs": sorted(dirs), "entries": safe}
 
 
 def open_storage(source: str, data_cfg: DataConfig, refresh: bool = False) -> Storage:
@@ -315,12 +319,22 @@ def _expand_local(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Stora
 def _expand_s3(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Storage, str]]:
     root = item.split("://", 1)[1].strip("/")
     if globmod.has_magic(root):
-        parent, _, pattern = root.rpartition("/")
-        storage = open_storage("s3://" + parent, data_cfg)
-        import fnmatch
-
-        names = [p for p in storage.list("") if fnmatch.fnmatch(p, pattern) and is_photo_name(p)]
-        return [(_stem(n), storage.display(n), storage, n) for n in names]
+        bucket = open_storage("s3://" + root.split("/", 1)[0], data_cfg)
+        try:
+            matches = sorted(bucket.fs.fs.glob(root))
+        except _io_errors(True) as exc:
+            raise _translate(exc, item, bucket) from None
+        out = []
+        folders: dict[str, Storage] = {}
+        for match in matches:
+            parent, _, name = match.rpartition("/")
+            if not is_photo_name(name):
+                continue
+            if parent not in folders:
+                folders[parent] = open_storage("s3://" + parent, data_cfg)
+            storage = folders[parent]
+            out.append((_stem(name), storage.display(name), storage, name))
+        return out
     parent, _, name = root.rpartition("/")
     if parent and is_photo_name(name):
         storage = open_storage("s3://" + parent, data_cfg)
@@ -363,6 +377,34 @@ def _local_listing(path: Path) -> dict[str, Any] | None:
     except OSError as exc:
         raise DataError(f"{path}: cannot list folder ({exc.strerror or exc})") from None
     return {"files": files, "dirs": sorted(dirs)}
+
+
+def _json_safe(value: Any) -> Any:
+    """s3fs listing values (datetimes among them) as JSON: strings where not native."""
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+
+
+def _io_errors(remote: bool) -> tuple[type[BaseException], ...]:
+    """What a read or listing can raise because of the data or the network (not our bugs).
+
+    s3fs maps most S3 errors to ``OSError`` subclasses; the rest come from botocore (no
+    credentials, unreachable endpoint), aiohttp or asyncio (timeouts).
+    """
+    if not remote:
+        return (OSError,)
+    import asyncio
+
+    import aiohttp
+    import botocore.exceptions
+
+    return (
+        OSError,
+        ValueError,
+        asyncio.TimeoutError,
+        aiohttp.ClientError,
+        botocore.exceptions.BotoCoreError,
+        botocore.exceptions.ClientError,
+    )
 
 
 def _mentions_bucket(exc: BaseException) -> bool:
