@@ -261,6 +261,7 @@ def _load_all(
     skipped: list[str],
 ) -> list[LabelledImage]:
     out: list[LabelledImage] = []
+    storage.prefetch([path for pair in pairs for path in (pair.photo, pair.label)])
     with _progress(pairs, f"Loading {split} ({len(pairs)} pairs)", progress) as bar:
         for pair in bar:
             try:
