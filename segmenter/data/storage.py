@@ -475,7 +475,9 @@ def _translate(exc: BaseException, where: str, storage: Storage) -> DataError:
         "ConnectionRefusedError",
         "gaierror",
     }:
-        return DataError(f"{where}: cannot reach the S3 endpoint {endpoint}")
+        if storage.endpoint:
+            return DataError(f"{where}: cannot reach the S3 endpoint {storage.endpoint}")
+        return DataError(f"{where}: cannot reach AWS S3 (check the network connection)")
     if isinstance(exc, IsADirectoryError):
         return DataError(f"{where}: is a folder, expected a file")
     if isinstance(exc, OSError):
