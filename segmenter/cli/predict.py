@@ -1,0 +1,86 @@
+"""``segmenter predict``: water masks, probability maps and overlays for photos."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from segmenter.cli.options import config_options, resolve_config
+
+log = logging.getLogger("segmenter")
+
+
+@click.command()
+@click.option(
+    "--run",
+    "run_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run directory written by `segmenter train`.",
+)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: RUN_DIR/predictions).",
+)
+@config_options
+@click.option("--overwrite", is_flag=True, help="Replace earlier predictions in --out.")
+@click.pass_context
+def predict(
+    ctx: click.Context,
+    run_dir: Path,
+    inputs: tuple[str, ...],
+    out_dir: Path | None,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    overwrite: bool,
+) -> None:
+    """Predict water in photos: INPUT is any mix of files, folders, globs and s3:// URLs.
+
+    Writes <stem>_water_prob.png, <stem>_water_mask.png and <stem>_overlay.png per photo, and
+    predictions.json / predictions.csv. The config is the run's saved one, then --config, then
+    --set. A photo that cannot be read is reported and skipped; the exit code is then 1.
+    """
+    from segmenter.data.storage import expand_inputs
+    from segmenter.runs import open_run
+
+    run = open_run(run_dir)
+    cfg = resolve_config(config_path, overrides, base=run.config)
+    out_dir = out_dir or run.path / "predictions"
+    refs = expand_inputs(list(inputs), cfg.data)
+
+    from segmenter import outputs, predictor
+    from segmenter.tfenv import start_tensorflow
+
+    predictor.check_overwrite(out_dir, outputs.unique_stems([r.name for r in refs]), overwrite)
+    start_tensorflow(verbose=bool(ctx.obj and ctx.obj.get("verbose")))
+    loaded = predictor.load_models(run, cfg)
+    log.info(
+        "predicting %d photo(s) with widths %s -> %s",
+        len(refs), ", ".join(map(str, sorted(loaded.models))), out_dir,
+    )
+
+    lines: list[str] = []
+
+    def progress(items):
+        with click.progressbar(items, label="photos", file=click.get_text_stream("stderr"),
+                               show_pos=True) as bar:
+            yield from bar
+
+    def report(line: str) -> None:
+        lines.append(line)
+        click.echo(line)
+
+    _, failures = predictor.predict_inputs(
+        refs, loaded, cfg, out_dir, run_path=str(run.path), report=report, progress=progress
+    )
+    done = len(refs) - len(failures)
+    click.echo(f"{done} of {len(refs)} photo(s) predicted into {out_dir}")
+    if failures:
+        listing = "; ".join(failures)
+        raise click.ClickException(f"{len(failures)} photo(s) failed: {listing}")

@@ -1,0 +1,189 @@
+"""Predicting photos with a run's models: the library behind ``segmenter predict``.
+
+Kept apart from the click command so scripts (benchmarks, the evaluation) call the same code:
+:func:`load_models` gathers a run's finished models and validation scores once,
+:func:`predict_photo` turns one photo into a probability map and a water mask, and
+:func:`predict_inputs` runs a list of inputs to files, carrying on past unreadable ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segmenter import outputs
+from segmenter.config import Config
+from segmenter.errors import RunError, SegmenterError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModels:
+    """A run's models for the widths to predict with, and each width's validation score."""
+
+    models: dict[int, Any]
+    scores: dict[int, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class PhotoResult:
+    """One photo's prediction: probability of land, water mask, and how they were made."""
+
+    land_prob: np.ndarray
+    water: np.ndarray
+    per_scale: dict[int, np.ndarray]
+    inference: dict[str, Any]
+    threshold: dict[str, Any]
+    seconds: float
+    gmm_seconds: float
+
+
+def load_models(run: Any, cfg: Config) -> LoadedModels:
+    """Load the finished models of ``run`` that ``predict.widths`` asks for (null = all).
+
+    Raises:
+        RunError: the run has no finished model, or lacks a requested width.
+    """
+    finished = run.finished_widths()
+    if not finished:
+        raise RunError(
+            f"{run.path}: no finished models (models/pw<W>.keras); train first with "
+            f"`segmenter train --out {run.path}`"
+        )
+    wanted = cfg.predict.widths or finished
+    missing = [w for w in wanted if w not in finished]
+    if missing:
+        raise RunError(
+            f"{run.path}: predict.widths asks for width {', '.join(map(str, missing))} "
+            f"but the run has finished widths {', '.join(map(str, finished))}"
+        )
+    models = {w: run.load_model(w) for w in sorted(set(wanted))}
+    scores = {w: run.val_score(w) for w in models}
+    return LoadedModels(models=models, scores=scores)
+
+
+def predict_photo(loaded: LoadedModels, image: np.ndarray, cfg: Config,
+                  keep_scales: bool | None = None) -> PhotoResult:
+    """Probability map (merged over widths) and water mask of one float32 RGB photo."""
+    from segmenter.inference import predict_land
+    from segmenter.postprocess import water_mask
+
+    started = time.perf_counter()
+    prediction = predict_land(loaded.models, image, cfg, weights=loaded.scores,
+                              keep_scales=keep_scales)
+    tick = time.perf_counter()
+    water, threshold = water_mask(prediction.land_prob, image, cfg.postprocess)
+    done = time.perf_counter()
+    return PhotoResult(
+        land_prob=prediction.land_prob,
+        water=water,
+        per_scale=prediction.per_scale,
+        inference=prediction.info,
+        threshold=threshold,
+        seconds=done - started,
+        gmm_seconds=done - tick,
+    )
+
+
+def check_overwrite(out_dir: Path, stems: list[str], overwrite: bool) -> None:
+    """Refuse to replace earlier predictions in ``out_dir`` unless ``overwrite``.
+
+    Raises:
+        RunError: naming the folder and the first file that would be replaced.
+    """
+    if overwrite or not out_dir.exists():
+        return
+    candidates = [out_dir / outputs.SUMMARY_JSON]
+    for stem in stems:
+        candidates.extend(outputs.output_paths(out_dir, stem).values())
+    existing = [p for p in candidates if p.exists()]
+    if existing:
+        raise RunError(
+            f"{out_dir}: already holds predictions ({existing[0].name}); pass --overwrite to "
+            f"replace them or choose another --out"
+        )
+
+
+def predict_inputs(
+    refs: list[Any],
+    loaded: LoadedModels,
+    cfg: Config,
+    out_dir: Path,
+    *,
+    run_path: str = "",
+    report: Callable[[str], None] | None = None,
+    progress: Callable[[Any], Any] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Predict every photo of ``refs`` into ``out_dir``; unreadable ones are reported, skipped.
+
+    Args:
+        refs: photo references (``name``, ``path``, ``read_bytes()``), as
+            :func:`segmenter.data.storage.expand_inputs` returns.
+        loaded: the run's models (:func:`load_models`).
+        cfg: the effective config.
+        out_dir: output folder (created).
+        run_path: recorded in the summary.
+        report: called with one line per photo (its result or its failure).
+        progress: wraps the iteration over refs (e.g. a click progress bar).
+
+    Returns:
+        One record per photo (also written to ``predictions.json``/``.csv``) and the failure
+        lines, in input order.
+    """
+    from segmenter.data.images import decode_photo
+
+    report = report or (lambda line: None)
+    stems = outputs.unique_stems([ref.name for ref in refs])
+    records: list[dict[str, Any]] = []
+    failures: list[str] = []
+    pairs = list(zip(refs, stems, strict=True))
+    for ref, stem in progress(pairs) if progress else pairs:
+        record: dict[str, Any] = {"input": str(ref.path), "stem": stem}
+        try:
+            image, notes = decode_photo(ref.read_bytes(), str(ref.path))
+            for note in notes:
+                log.info("%s", note)
+            result = predict_photo(loaded, image, cfg)
+            files = outputs.write_prediction(
+                out_dir, stem, image, result.land_prob, result.water,
+                method=cfg.postprocess.method, per_scale=result.per_scale,
+                save_float=cfg.predict.save_float,
+            )
+        except SegmenterError as exc:
+            message = str(exc)
+            failures.append(message)
+            records.append({**record, "status": "failed", "error": message})
+            report(f"FAILED {ref.path}: {message}")
+            continue
+        fraction = float(result.water.mean())
+        height, width = image.shape[:2]
+        records.append({
+            **record,
+            "status": "ok",
+            "size": [height, width],
+            "water_fraction": round(fraction, 6),
+            "method": result.threshold["method"],
+            "threshold": round(float(result.threshold["threshold"]), 6),
+            "threshold_revised": bool(result.threshold.get("revised", False)),
+            "seconds": round(result.seconds, 3),
+            "notes": notes,
+            "coverage": result.inference.get("coverage"),
+            "outputs": {k: Path(v).name for k, v in files.items()},
+        })
+        report(f"{stem}: {width}x{height} px, water {fraction:.1%}, {result.seconds:.1f} s")
+        del image, result
+    outputs.write_summary(out_dir, records, {
+        "run": run_path,
+        "widths": sorted(loaded.models),
+        "predict": cfg.predict.model_dump(mode="json"),
+        "postprocess": cfg.postprocess.model_dump(mode="json"),
+        "scale": cfg.data.scale,
+    })
+    return records, failures

@@ -1,0 +1,92 @@
+"""`segmenter evaluate` on generated labelled scenes and on the real photo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segmenter.config import load_config
+from segmenter.data.sample import write_sample
+from segmenter.evaluation import evaluate_images, score_masks
+from segmenter.metrics import METRIC_NAMES
+from segmenter.model import build_model
+from segmenter.predictor import LoadedModels
+from segmenter.runs import prepare_run
+
+TINY = ["data.scale=0.25", "model.depth=1", "model.filters=4", "train.widths={16: 4}"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("run") / "run"
+    cfg = load_config(None, TINY)
+    run = prepare_run(path, cfg, [16])
+    run.model_path(16).parent.mkdir(parents=True, exist_ok=True)
+    build_model(cfg.model).save(run.model_path(16))
+    run.write_status(16, {"status": "finished", "final_val_water_iou": 0.5})
+    return path
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("scenes")
+    write_sample(folder, n=4, size=64, seed=0)
+    return folder
+
+
+def test_evaluate_json_reports_both_masks(runner, run_dir, scenes, tmp_path):
+    out = tmp_path / "eval"
+    result = runner("evaluate", "--run", run_dir, "--data", scenes, "--json", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    overall = report["overall"]
+    for key in ("water_iou", "mean_iou", "f1", "accuracy", "precision", "recall"):
+        assert 0.0 <= overall[key] <= 1.0
+        assert 0.0 <= overall["threshold_0.5"][key] <= 1.0
+    assert overall["method"] == "gmm" and overall["images"] == len(report["images"]) >= 1
+    assert report["split"] == "test"
+    rows = (out / "evaluation.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(report["images"])
+    assert "gmm_water_iou" in rows[0] and "threshold_0.5_water_iou" in rows[0]
+    assert json.loads((out / "evaluation.json").read_text())["overall"] == overall
+
+
+def test_evaluate_table_and_default_out(runner, run_dir, scenes):
+    result = runner("evaluate", "--run", run_dir, "--data", scenes, "--split", "all")
+    assert result.exit_code == 0, result.output
+    assert "overall (4 images)" in result.output and "water_iou" in result.output
+    assert (run_dir / "evaluation" / "evaluation.csv").is_file()
+
+
+def test_scores_are_those_of_the_masks(tmp_path):
+    class Item:
+        stem = "x"
+        image = np.zeros((32, 32, 3), np.float32)
+        land = np.ones((32, 32), np.float32)
+
+    Item.land[:, :10] = 0.0  # a strip of water on the left
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
+    model.layers[1].set_weights([np.zeros((1, 1, 3, 1), np.float32), np.full(1, 3.0)])
+    cfg = load_config(None, ["data.scale=1.0", "postprocess.method=global"])
+    report = evaluate_images(LoadedModels({16: model}, {16: None}), [Item()], cfg)
+    # land everywhere predicted: water IoU 0, accuracy = land share
+    assert report["overall"]["water_iou"] == 0.0
+    assert report["overall"]["accuracy"] == pytest.approx(22 / 32)
+    assert set(METRIC_NAMES) <= set(report["images"][0]["global"])
+    mask_counts, base = score_masks(np.zeros((2, 2)), np.ones((2, 2), bool), np.zeros((2, 2)))
+    assert mask_counts.tp == 4 and base.tp == 4
+
+
+def test_evaluate_on_the_real_photo(runner, run_dir, real_dir):
+    result = runner("evaluate", "--run", run_dir, "--data", real_dir, "--json",
+                    "--set", "postprocess.subsample=20000")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["split"] == "all" and report["images"][0]["size"] == [2504, 5008]
+    assert {"water_iou", "mean_iou", "f1", "accuracy"} <= set(report["overall"])

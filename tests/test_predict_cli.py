@@ -1,0 +1,150 @@
+"""`segmenter predict` end to end on tiny photos with a real (untrained, tiny) run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segmenter.config import load_config
+from segmenter.model import build_model
+from segmenter.outputs import safe_stem, unique_stems
+from segmenter.runs import prepare_run
+
+TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16: 4, 32: 2}"]
+
+
+def make_run(path: Path, widths=(16, 32), finished=True) -> Path:
+    """A run directory as `segmenter train` leaves it, with tiny untrained models."""
+    cfg = load_config(None, TINY)
+    run = prepare_run(path, cfg, list(widths))
+    if finished:
+        for width in widths:
+            run.model_path(width).parent.mkdir(parents=True, exist_ok=True)
+            build_model(cfg.model).save(run.model_path(width))
+            run.write_status(width, {"status": "finished", "final_val_water_iou": 0.5})
+    return path
+
+
+def write_photos(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+    paths = {
+        "rgb": folder / "shore.png",
+        "grey": folder / "grey.png",
+        "rgba": folder / "alpha.png",
+        "jpg": folder / "photo.JPG",
+    }
+    Image.fromarray(rgb).save(paths["rgb"])
+    Image.fromarray(rgb[..., 0]).save(paths["grey"])
+    Image.fromarray(np.dstack([rgb, np.full((40, 56), 200, np.uint8)])).save(paths["rgba"])
+    Image.fromarray(rgb[:20, :24]).save(paths["jpg"], quality=90)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run") / "run")
+
+
+def test_predict_writes_masks_overlays_and_summary(runner, run_dir, tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, tmp_path / "photos", "--out", out)
+    assert result.exit_code == 0, result.output
+    for stem, (height, width) in {"shore": (40, 56), "grey": (40, 56), "alpha": (40, 56),
+                                  "photo": (20, 24)}.items():
+        prob = np.asarray(Image.open(out / f"{stem}_water_prob.png"))
+        mask = np.asarray(Image.open(out / f"{stem}_water_mask.png"))
+        over = np.asarray(Image.open(out / f"{stem}_overlay.png"))
+        assert prob.shape == (height, width) and prob.dtype == np.uint8
+        assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
+        assert over.ndim == 3 and over.shape[0] > height and over.shape[1] >= width
+        assert f"{stem}: {width}x{height} px, water " in result.output
+    summary = json.loads((out / "predictions.json").read_text())
+    assert [r["stem"] for r in summary["images"]] == ["alpha", "grey", "photo", "shore"]
+    assert all(r["status"] == "ok" for r in summary["images"])
+    assert summary["widths"] == [16, 32]
+    csv_lines = (out / "predictions.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("input,stem,status") and len(csv_lines) == 5
+    assert "4 of 4 photo(s) predicted" in result.output
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+    del photos
+
+
+def test_corrupt_photo_is_named_and_others_still_predicted(runner, run_dir, tmp_path):
+    write_photos(tmp_path / "photos")
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, tmp_path / "photos", "--out", out)
+    assert result.exit_code == 1
+    assert "broken.jpg" in result.output.splitlines()[-1]
+    assert "1 photo(s) failed" in result.output
+    assert (out / "shore_water_mask.png").is_file()
+    records = json.loads((out / "predictions.json").read_text())["images"]
+    assert [r["status"] for r in records if r["stem"] == "broken"] == ["failed"]
+
+
+def test_never_overwrites_without_flag_and_default_out(runner, run_dir, tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    first = runner("predict", "--run", run_dir, photos["rgb"])
+    assert first.exit_code == 0, first.output
+    default_out = run_dir / "predictions"
+    assert (default_out / "shore_water_mask.png").is_file()
+    stamp = (default_out / "predictions.json").stat().st_mtime_ns
+    again = runner("predict", "--run", run_dir, photos["rgb"])
+    assert again.exit_code == 1
+    assert "--overwrite" in again.output and str(default_out) in again.output
+    assert (default_out / "predictions.json").stat().st_mtime_ns == stamp
+    forced = runner("predict", "--run", run_dir, photos["rgb"], "--overwrite",
+                    "--set", "predict.widths=[16]", "--set", "predict.save_float=true",
+                    "--set", "predict.save_scales=true", "--set", "postprocess.method=otsu")
+    assert forced.exit_code == 0, forced.output
+    water = np.load(default_out / "shore_water_prob.npy", allow_pickle=False)
+    assert water.shape == (40, 56) and water.dtype == np.float32
+    assert (default_out / "shore_water_prob_pw16.png").is_file()
+    summary = json.loads((default_out / "predictions.json").read_text())
+    assert summary["widths"] == [16] and summary["images"][0]["method"] == "otsu"
+
+
+def test_run_without_models_and_missing_width_are_clear_errors(runner, tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    empty = make_run(tmp_path / "empty", finished=False)
+    result = runner("predict", "--run", empty, photos["rgb"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: ")
+    assert "no finished models" in result.output
+    run = make_run(tmp_path / "run", widths=(16,))
+    result = runner("predict", "--run", run, photos["rgb"], "--set", "predict.widths=[32]")
+    assert result.exit_code == 1 and "width 32" in result.output
+    result = runner("predict", "--run", tmp_path / "nowhere", photos["rgb"])
+    assert result.exit_code == 1 and "run directory not found" in result.output
+
+
+def test_config_file_overrides_run_config(runner, tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    run = make_run(tmp_path / "run", widths=(16,))
+    config = tmp_path / "predict.yaml"
+    config.write_text("postprocess:\n  method: global\n  threshold: 0.3\n")
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run, photos["rgb"], "--out", out, "--config", config,
+                    "--set", "postprocess.threshold=0.4")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "predictions.json").read_text())["images"][0]
+    assert record["method"] == "global" and record["threshold"] == 0.4
+
+
+def test_output_names_stay_inside_out():
+    assert safe_stem("s3://bucket/../../etc/passwd.jpg") == "passwd"
+    assert safe_stem("..") == "image"
+    assert safe_stem("..\\..\\evil.png") == "evil"
+    assert safe_stem("dir/.hidden.JPG") == "hidden"
+    assert safe_stem("a b/c d?.tif") == "c_d_"
+    assert unique_stems(["x/a.jpg", "y/a.png", "A.tif"]) == ["a", "a-2", "A-3"]
+    for name in ("../x.jpg", "a/../../b.png", "/abs/c.tif", "..", "../..", "..."):
+        stem = safe_stem(name)
+        assert "/" not in stem and "\\" not in stem and not stem.startswith(".")
