@@ -1,0 +1,299 @@
+"""``tf.data`` pipelines: random training patches and fixed validation patches.
+
+Training patches follow the reference method: a random image, a random top-left corner, a square
+of ``width`` pixels cut from the photo and its ``land`` label. Three choices make the pipeline
+fast, reproducible and resumable:
+
+- **All eligible images live in one flat tensor** ``(pixels, 4)`` (RGB + land) with per-image
+  offsets, so one batch is a single vectorised ``tf.gather`` of exactly ``B x w x w`` pixels:
+  no per-patch Python, no per-step copies of whole images, no padding of unequal photos.
+- **Randomness is stateless and keyed by the step number** (``(seed, width, step)``), so the
+  patches of step ``n`` are the same on every run, in any ``num_parallel_calls`` order, and a
+  resumed run continues with exactly the patches an uninterrupted run would have drawn.
+- Batches are built by a parallel ``map`` over step numbers and prefetched, so the model never
+  waits for data (``scripts/bench_train.py`` measures that).
+
+Augmentation (flips, 90-degree rotations, brightness, contrast) is applied to training batches
+only; validation patches are a fixed, seeded set cut once with numpy.
+
+The flat tensor is captured in the dataset's graph; TensorFlow caps a graph constant at 2 GB,
+about 130 million pixels at float32: lower ``data.scale`` for more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from segmenter.config import AugmentConfig
+from segmenter.errors import DataError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PatchSource",
+    "eligible_images",
+    "training_dataset",
+    "validation_patches",
+]
+
+
+def eligible_images(items: Sequence[Any], width: int, split: str = "train") -> list[Any]:
+    """The images at least ``width`` pixels tall and wide; smaller ones are skipped with a warning.
+
+    Args:
+        items: ``LabelledImage``-like objects with ``stem``, ``image`` and ``land``.
+        width: the patch width.
+        split: ``train`` or ``test``, for the warning.
+    """
+    kept, skipped = [], []
+    for item in items:
+        height, wide = item.land.shape[:2]
+        (kept if height >= width and wide >= width else skipped).append(item)
+    if skipped:
+        shown = ", ".join(f"{s.stem} ({s.land.shape[0]}x{s.land.shape[1]})" for s in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        log.warning(
+            "patch width %d: skipping %d %s image(s) smaller than the patch: %s%s",
+            width,
+            len(skipped),
+            split,
+            shown,
+            more,
+        )
+    return kept
+
+
+@dataclass
+class PatchSource:
+    """Eligible images packed into one flat ``(pixels, 4)`` float32 array with offsets.
+
+    Attributes:
+        pixels: RGB in channels 0-2, land fraction in channel 3, images one after another.
+        offsets: index of each image's first pixel in ``pixels``.
+        heights, widths: each image's size.
+    """
+
+    pixels: np.ndarray
+    offsets: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+
+    @classmethod
+    def from_images(cls, items: Sequence[Any]) -> PatchSource:
+        """Pack ``LabelledImage``-like items (``image`` HxWx3, ``land`` HxW)."""
+        if not items:
+            raise DataError("no images to cut patches from")
+        parts, offsets, heights, widths = [], [], [], []
+        total = 0
+        for item in items:
+            image = np.asarray(item.image, dtype=np.float32)
+            land = np.asarray(item.land, dtype=np.float32)
+            height, wide = land.shape
+            if image.shape != (height, wide, 3):
+                raise DataError(
+                    f"{item.stem}: photo {image.shape} and label {land.shape} sizes differ"
+                )
+            parts.append(np.concatenate([image, land[..., None]], axis=-1).reshape(-1, 4))
+            offsets.append(total)
+            heights.append(height)
+            widths.append(wide)
+            total += height * wide
+        return cls(
+            pixels=np.concatenate(parts, axis=0),
+            offsets=np.asarray(offsets, dtype=np.int64),
+            heights=np.asarray(heights, dtype=np.int64),
+            widths=np.asarray(widths, dtype=np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+def _step_seed(seed: int, width: int, step):
+    """The stateless seed of one training step: same (seed, width, step) -> same patches."""
+    import tensorflow as tf
+
+    base = tf.constant([seed % (2**31), width], dtype=tf.int64)
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int64))
+
+
+def _draw_geometry(batch_size: int, augment: AugmentConfig, seed_pair):
+    """Per patch: transpose, left-right and up-down flags that together give the flips/rotations.
+
+    A rotation by k quarter turns is k=1 transpose + up-down, k=2 left-right + up-down, k=3
+    transpose + left-right; random flips are XOR-ed on top, which yields all 8 symmetries of the
+    square when both are on.
+    """
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(seed_pair, num=2)
+    transpose = tf.zeros([batch_size], tf.bool)
+    flip_lr = tf.zeros([batch_size], tf.bool)
+    flip_ud = tf.zeros([batch_size], tf.bool)
+    if augment.rotate90:
+        quarter = tf.random.stateless_uniform([batch_size], seeds[0], 0, 4, dtype=tf.int32)
+        transpose = tf.logical_or(tf.equal(quarter, 1), tf.equal(quarter, 3))
+        flip_lr = tf.logical_or(tf.equal(quarter, 2), tf.equal(quarter, 3))
+        flip_ud = tf.logical_or(tf.equal(quarter, 1), tf.equal(quarter, 2))
+    if augment.flip:
+        coins = tf.random.stateless_uniform([2, batch_size], seeds[1]) < 0.5
+        flip_lr = tf.math.logical_xor(flip_lr, coins[0])
+        flip_ud = tf.math.logical_xor(flip_ud, coins[1])
+    return transpose, flip_lr, flip_ud
+
+
+def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentConfig, seed_pair):
+    """Cut ``batch_size`` random patches: a random image each, then a random corner in it.
+
+    Flips and rotations are applied to the gather indices rather than to the pixels, so they
+    cost nothing beyond the single gather that cuts the patches.
+    """
+    import tensorflow as tf
+
+    pixels, offsets, heights, widths = source_tensors
+    index_type = offsets.dtype
+    seeds = tf.random.experimental.stateless_split(seed_pair, num=3)
+    count = tf.shape(offsets, out_type=tf.int64)[0]
+    index = tf.cast(
+        tf.random.stateless_uniform([batch_size], seeds[0], minval=0, maxval=count, dtype=tf.int64),
+        index_type,
+    )
+    image_w = tf.gather(widths, index)
+    room_y = tf.gather(heights, index) - width + 1
+    room_x = image_w - width + 1
+    unit = tf.random.stateless_uniform([2, batch_size], seeds[1], dtype=tf.float32)
+    top = tf.minimum(tf.cast(unit[0] * tf.cast(room_y, tf.float32), index_type), room_y - 1)
+    left = tf.minimum(tf.cast(unit[1] * tf.cast(room_x, tf.float32), index_type), room_x - 1)
+
+    span = tf.range(width, dtype=index_type)
+    down = tf.broadcast_to(span[None, :, None], [batch_size, width, width])  # output row
+    across = tf.broadcast_to(span[None, None, :], [batch_size, width, width])  # output column
+    if augment.flip or augment.rotate90:
+        transpose, flip_lr, flip_ud = _draw_geometry(batch_size, augment, seeds[2])
+        last = width - 1
+        down = tf.where(flip_ud[:, None, None], last - down, down)
+        across = tf.where(flip_lr[:, None, None], last - across, across)
+        down, across = (
+            tf.where(transpose[:, None, None], across, down),
+            tf.where(transpose[:, None, None], down, across),
+        )
+    flat = (
+        (tf.gather(offsets, index) + top * image_w + left)[:, None, None]
+        + down * image_w[:, None, None]
+        + across
+    )
+    return tf.gather(pixels, flat)  # (batch, width, width, 4)
+
+
+def _photometric(image, augment: AugmentConfig, seed_pair):
+    """Brightness shift and contrast change per patch, fused into one multiply-add and a clip."""
+    import tensorflow as tf
+
+    if augment.contrast <= 0 and augment.brightness <= 0:
+        return image
+    batch = tf.shape(image)[0]
+    seeds = tf.random.experimental.stateless_split(seed_pair, num=2)
+    factor = tf.random.stateless_uniform(
+        [batch, 1, 1, 1], seeds[0], 1.0 - augment.contrast, 1.0 + augment.contrast
+    )
+    delta = tf.random.stateless_uniform(
+        [batch, 1, 1, 1], seeds[1], -augment.brightness, augment.brightness
+    )
+    if augment.contrast > 0:
+        mean = tf.reduce_mean(image, axis=[1, 2], keepdims=True)
+        shift = mean * (1.0 - factor) + delta
+    else:
+        factor, shift = tf.ones_like(factor), delta
+    return tf.clip_by_value(image * factor + shift, 0.0, 1.0)
+
+
+def training_dataset(
+    items: Sequence[Any] | PatchSource,
+    width: int,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    start_step: int = 0,
+    steps: int,
+    augment: AugmentConfig | None = None,
+):
+    """Batches ``(image (B, w, w, 3), land (B, w, w, 1))`` for steps ``start_step .. steps - 1``.
+
+    Args:
+        items: eligible training images (see :func:`eligible_images`) or a packed source.
+        width, batch_size: patch width and patches per batch (the global batch).
+        seed: ``train.seed``; with ``width`` and the step number it fixes every patch.
+        start_step: first step (a resumed run starts at its checkpoint's step).
+        steps: one past the last step.
+        augment: ``train.augment``; ``None`` disables augmentation.
+
+    Returns:
+        A finite ``tf.data.Dataset`` of ``steps - start_step`` batches, built by a parallel map
+        and prefetched, sharded by data under multi-worker strategies.
+
+    Raises:
+        DataError: no image is at least ``width`` pixels on both sides.
+    """
+    import tensorflow as tf
+
+    source = items if isinstance(items, PatchSource) else PatchSource.from_images(items)
+    if not len(source) or int(source.heights.min()) < width or int(source.widths.min()) < width:
+        raise DataError(f"patch width {width}: every training image must be at least that large")
+    # int32 indices gather about twice as fast; int64 only for sources over 2^31 pixels.
+    index_type = np.int32 if len(source.pixels) < 2**31 - 1 else np.int64
+    tensors = (
+        tf.constant(source.pixels),
+        tf.constant(source.offsets.astype(index_type)),
+        tf.constant(source.heights.astype(index_type)),
+        tf.constant(source.widths.astype(index_type)),
+    )
+    augment = augment or AugmentConfig(flip=False, rotate90=False, brightness=0.0, contrast=0.0)
+
+    def make_batch(step):
+        seeds = tf.random.experimental.stateless_split(_step_seed(seed, width, step), num=2)
+        patches = _sample_batch(tensors, width, batch_size, augment, seeds[0])
+        image = _photometric(patches[..., :3], augment, seeds[1])
+        land = patches[..., 3:]
+        image = tf.ensure_shape(image, [batch_size, width, width, 3])
+        land = tf.ensure_shape(land, [batch_size, width, width, 1])
+        return image, land
+
+    dataset = tf.data.Dataset.range(start_step, steps)
+    dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = True
+    return dataset.with_options(options)
+
+
+def validation_patches(
+    items: Sequence[Any], width: int, batch_size: int, n_batches: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A fixed, seeded set of test patches: ``n_batches`` pairs ``(image, land[..., None])``.
+
+    The same (seed, width) always gives the same patches, so validation losses of different
+    runs and of a resumed run are comparable. Empty when no test image is large enough.
+    """
+    usable = [item for item in items if min(item.land.shape[:2]) >= width]
+    if not usable:
+        return []
+    rng = np.random.default_rng([seed, width, 7919])
+    batches = []
+    for _ in range(n_batches):
+        images = np.empty((batch_size, width, width, 3), np.float32)
+        lands = np.empty((batch_size, width, width, 1), np.float32)
+        for slot in range(batch_size):
+            item = usable[int(rng.integers(len(usable)))]
+            height, wide = item.land.shape
+            top = int(rng.integers(height - width + 1))
+            left = int(rng.integers(wide - width + 1))
+            images[slot] = item.image[top : top + width, left : left + width]
+            lands[slot, ..., 0] = item.land[top : top + width, left : left + width]
+        batches.append((images, lands))
+    return batches

@@ -1,0 +1,128 @@
+"""Choosing the ``tf.distribute`` strategy and the numeric precision for training.
+
+``train.strategy``:
+
+- ``auto``: several workers in ``TF_CONFIG`` -> multi-worker; several GPUs -> mirrored over
+  them; otherwise TensorFlow's default strategy (which already uses the one GPU, if any).
+- ``default``: TensorFlow's default strategy (one device).
+- ``mirrored``: ``MirroredStrategy`` over every GPU; on a machine without GPUs, over every
+  logical CPU device (useful for tests, which split the CPU in two).
+- ``multiworker``: ``MultiWorkerMirroredStrategy``; the cluster comes from ``TF_CONFIG``.
+
+The global batch is always the config's batch size: ``tf.distribute`` splits each batch across
+replicas, so results do not depend on how many devices there are. ``MultiWorkerMirroredStrategy``
+must be created before TensorFlow runs any operation, so :func:`select_strategy` is the first
+thing training does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from segmenter.config import TrainConfig
+from segmenter.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "describe",
+    "is_chief",
+    "precision",
+    "select_strategy",
+    "tf_config_workers",
+]
+
+
+def tf_config_workers() -> int:
+    """Number of tasks (chief + workers) in ``TF_CONFIG``; 0 when it is unset."""
+    raw = os.environ.get("TF_CONFIG", "").strip()
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except (json.JSONDecodeError, AttributeError):
+        raise ConfigError("TF_CONFIG: not valid JSON with a 'cluster' mapping") from None
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def select_strategy(train_cfg: TrainConfig):
+    """The ``tf.distribute.Strategy`` for ``train.strategy`` (see the module docstring).
+
+    Raises:
+        ConfigError: ``multiworker`` without a ``TF_CONFIG`` cluster.
+    """
+    import tensorflow as tf
+
+    choice = train_cfg.strategy
+    workers = tf_config_workers()
+    gpus = tf.config.list_physical_devices("GPU")
+    if choice == "auto":
+        if workers > 1:
+            choice = "multiworker"
+        elif len(gpus) > 1:
+            choice = "mirrored"
+        else:
+            choice = "default"
+    if choice == "multiworker":
+        if workers < 1:
+            raise ConfigError(
+                "train.strategy: multiworker needs the cluster in the TF_CONFIG environment "
+                "variable (see README, 'Several machines')"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if choice == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        if len(cpus) < 2:
+            log.warning("train.strategy: mirrored on a single CPU device (no GPU found)")
+        return tf.distribute.MirroredStrategy(devices=cpus)
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: Any) -> bool:
+    """Whether this process writes the run directory (only one worker of a cluster does)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def describe(strategy: Any) -> str:
+    """One phrase for the log: strategy name, replicas, and the devices in use."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    device = f"{len(gpus)} GPU(s)" if gpus else "CPU"
+    replicas = strategy.num_replicas_in_sync
+    return f"{type(strategy).__name__} with {replicas} replica(s) on {device}"
+
+
+@contextlib.contextmanager
+def precision(train_cfg: TrainConfig) -> Iterator[str]:
+    """Use ``mixed_float16`` inside the block when ``train.mixed_precision`` is on.
+
+    The model's output layer stays float32 (see :mod:`segmenter.model`). The previous global
+    policy is restored afterwards, so a saved model and later code run in float32.
+    """
+    import keras
+    import tensorflow as tf
+
+    previous = keras.config.dtype_policy().name
+    name = "mixed_float16" if train_cfg.mixed_precision else "float32"
+    if train_cfg.mixed_precision and not tf.config.list_physical_devices("GPU"):
+        log.warning("train.mixed_precision: no GPU found; float16 on a CPU is usually slower")
+    keras.config.set_dtype_policy(name)
+    try:
+        yield name
+    finally:
+        keras.config.set_dtype_policy(previous)

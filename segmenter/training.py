@@ -1,0 +1,504 @@
+"""Training: one model per patch width, with validation, checkpoints, resume and history.
+
+:func:`train` is what ``segmenter train`` calls. For each patch width it builds the residual
+encoder-decoder, trains it for ``train.steps`` batches of random patches (``data/pipeline.py``)
+with Keras' ``fit`` under the chosen ``tf.distribute`` strategy, and every ``validate_every``
+steps:
+
+1. measures the loss and the water IoU on a fixed, seeded set of test patches;
+2. saves a checkpoint (model + optimiser state) to ``state/pw<W>/`` and only then records it
+   in ``state.json`` (so a kill -9 at any moment leaves the previous checkpoint usable);
+3. rewrites the history CSV and the width's status file (from which ``manifest.json`` is made).
+
+A resumed width restarts at its checkpoint's step with the same optimiser state; because the
+patches of step ``n`` depend only on ``(seed, width, n)``, it then sees exactly the batches an
+uninterrupted run would have seen. At most one validation interval of work is redone.
+
+A non-finite training loss stops that width at once (no checkpoint is written after it), marks
+it ``failed`` with a message, and leaves its last good checkpoint in place; the other widths
+still train.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from segmenter.config import Config
+from segmenter.data.pipeline import (
+    PatchSource,
+    eligible_images,
+    training_dataset,
+    validation_patches,
+)
+from segmenter.errors import ConfigError, DataError, RunError
+from segmenter.fileio import atomic_path
+from segmenter.runs import Run, prepare_run
+
+log = logging.getLogger("segmenter.training")
+
+__all__ = ["WidthResult", "train", "water_iou"]
+
+
+@dataclass
+class WidthResult:
+    """What happened to one width in this job."""
+
+    width: int
+    status: str  # "finished", "skipped" (finished earlier) or "failed"
+    steps_done: int
+    steps: int
+    final_loss: float | None = None
+    final_val_loss: float | None = None
+    final_val_water_iou: float | None = None
+    seconds: float = 0.0
+    message: str = ""
+    model_path: str | None = None
+
+    def summary_line(self) -> str:
+        """One line per width for the end of ``segmenter train``."""
+        if self.status == "skipped":
+            return f"pw{self.width}: finished earlier ({self.steps_done} steps); untouched"
+        if self.status == "failed":
+            return f"pw{self.width}: FAILED at step {self.steps_done}/{self.steps}: {self.message}"
+        rate = self.steps_done / self.seconds if self.seconds > 0 else float("nan")
+        parts = [
+            f"pw{self.width}: {self.steps_done} steps in {self.seconds:.0f} s ({rate:.1f} steps/s)",
+            f"loss {_fmt(self.final_loss)}",
+        ]
+        if self.final_val_loss is not None:
+            parts.append(f"val_loss {_fmt(self.final_val_loss)}")
+            parts.append(f"val water IoU {_fmt(self.final_val_water_iou, 3)}")
+        else:
+            parts.append("no validation")
+        return ", ".join(parts) + (f" -> {self.model_path}" if self.model_path else "")
+
+
+@dataclass
+class _Progress:
+    """Per-width mutable state shared by the Keras callback and the training loop."""
+
+    step: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds_before: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    failed: str = ""
+    last_checkpoint: int = 0
+
+    def seconds(self) -> float:
+        return self.seconds_before + (time.monotonic() - self.started)
+
+
+def water_iou(land_true: np.ndarray, land_pred: np.ndarray) -> float | None:
+    """IoU of the water class (land < 0.5) between labels and predictions.
+
+    ``None`` when neither has any water (the IoU is undefined there, not perfect).
+    """
+    water_true = np.asarray(land_true) < 0.5
+    water_pred = np.asarray(land_pred) < 0.5
+    union = np.logical_or(water_true, water_pred).sum()
+    if union == 0:
+        return None
+    return float(np.logical_and(water_true, water_pred).sum() / union)
+
+
+def train(
+    cfg: Config,
+    out: str | Path,
+    *,
+    widths: list[int] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    dataset: Any = None,
+    progress: bool | None = None,
+) -> list[WidthResult]:
+    """Train every configured patch width (or only ``widths``) into the run directory ``out``.
+
+    Args:
+        cfg: the resolved config.
+        out: the run directory.
+        widths: ``--patch-width`` values; ``None`` trains every width of ``train.widths``.
+        resume: continue unfinished widths from their checkpoints; finished ones are untouched.
+        overwrite: start the run (or, with ``widths``, those widths) again.
+        dataset: an already loaded ``Dataset`` (tests and scripts); default: load ``cfg.data``.
+        progress: draw Keras' progress bar; default: when stdout is a terminal.
+
+    Returns:
+        One :class:`WidthResult` per width; ``failed`` ones carry the reason.
+
+    Raises:
+        SegmenterError: bad widths, no training pairs, an unusable run directory.
+    """
+    from segmenter.distribute import describe, is_chief, select_strategy
+    from segmenter.tfenv import start_tensorflow
+
+    start_tensorflow()
+    # MultiWorkerMirroredStrategy must exist before TensorFlow runs any operation.
+    strategy = select_strategy(cfg.train)
+    chief = is_chief(strategy)
+    chosen = _chosen_widths(cfg, widths)
+    run = prepare_run(
+        out, cfg, chosen, resume=resume, overwrite=overwrite, partial=widths is not None,
+        write=chief,
+    )
+    log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,
+             describe(strategy))
+
+    if dataset is None:
+        from segmenter.data.ontario import load_dataset
+
+        dataset = load_dataset(cfg.data)
+        log.info("%s", dataset.summary())
+    if not dataset.train:
+        raise DataError(f"{cfg.data.source}: no training pairs (train/ is empty)")
+    recorded = run.data_fingerprint()
+    if recorded and recorded != dataset.fingerprint and (resume or widths is not None):
+        raise RunError(
+            f"{run.path}: the data differ from the data this run was trained on "
+            f"(fingerprint {dataset.fingerprint} != {recorded}); use another --out"
+        )
+    if not dataset.test:
+        log.warning("no test pairs: validation is off (no val_loss, no water IoU, no val score)")
+
+    if progress is None:
+        progress = sys.stdout.isatty()
+    results = []
+    for width in chosen:
+        status = run.status(width) or {}
+        if status.get("status") == "finished" and run.model_path(width).is_file():
+            results.append(WidthResult(
+                width, "skipped", int(status.get("steps_done", 0)), cfg.train.steps,
+                status.get("final_loss"), status.get("final_val_loss"),
+                status.get("final_val_water_iou"),
+            ))
+            log.info("%s", results[-1].summary_line())
+            continue
+        result = _train_width(run, cfg, dataset, width, strategy, chief, resume, progress)
+        log.info("%s", result.summary_line())
+        results.append(result)
+    return results
+
+
+def _chosen_widths(cfg: Config, widths: list[int] | None) -> list[int]:
+    configured = list(cfg.train.widths)
+    if not widths:
+        return configured
+    chosen = []
+    for width in widths:
+        if width not in cfg.train.widths:
+            raise ConfigError(
+                f"--patch-width {width}: not in train.widths "
+                f"({', '.join(map(str, configured))}); add it with its batch size"
+            )
+        if width not in chosen:
+            chosen.append(width)
+    return chosen
+
+
+def _train_width(
+    run: Run,
+    cfg: Config,
+    dataset: Any,
+    width: int,
+    strategy: Any,
+    chief: bool,
+    resume: bool,
+    progress: bool,
+) -> WidthResult:
+    from segmenter.distribute import precision
+
+    steps, every = cfg.train.steps, cfg.train.validate_every
+    batch_size = cfg.train.widths[width]
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        log.warning("pw%d: batch size %d does not divide over %d replicas; replicas get "
+                    "unequal shares", width, batch_size, replicas)
+    train_items = eligible_images(dataset.train, width, "train")
+    if not train_items:
+        raise DataError(
+            f"patch width {width}: no training image is at least {width}x{width} pixels "
+            f"(lower the width or raise data.scale)"
+        )
+    test_items = eligible_images(dataset.test, width, "test") if dataset.test else []
+    val_batches = validation_patches(
+        test_items, width, batch_size, cfg.train.validation_batches, seed=cfg.train.seed
+    )
+    if dataset.test and not val_batches:
+        log.warning("pw%d: no test image is large enough; validation is off for this width",
+                    width)
+
+    state = run.read_state(width) if resume else None
+    if state is not None and int(state.get("batch_size", batch_size)) != batch_size:
+        raise RunError(f"{run.path}: pw{width} checkpoint has another batch size")
+    tracker = _Progress(step=int(state["step"]) if state else 0)
+    if state:
+        tracker.rows = list(state.get("history", []))
+        tracker.seconds_before = float(state.get("seconds", 0.0))
+        tracker.last_checkpoint = tracker.step
+        log.info("pw%d: resuming at step %d/%d", width, tracker.step, steps)
+
+    with precision(cfg.train):
+        with strategy.scope():
+            keras.utils.set_random_seed(cfg.train.seed)
+            model = _compiled_model(cfg, state)
+        loss_fn = _loss(cfg)
+        tracker.started = time.monotonic()
+        callback = _WidthCallback(run, cfg, width, batch_size, model, loss_fn, val_batches,
+                                  tracker, chief, dataset.fingerprint, progress)
+        callbacks: list[Any] = [callback]
+        if cfg.train.tensorboard and chief:
+            callbacks.append(keras.callbacks.TensorBoard(
+                log_dir=str(run.tensorboard_dir(width)), write_graph=False
+            ))
+        source = PatchSource.from_images(train_items)
+        if chief:
+            run.write_status(width, _status(tracker, "running", steps, batch_size,
+                                            dataset.fingerprint))
+        for first, epochs, per_epoch in _segments(tracker.step, steps, every):
+            batches = training_dataset(
+                source, width, batch_size, seed=cfg.train.seed, start_step=first,
+                steps=first + epochs * per_epoch, augment=cfg.train.augment,
+            )
+            initial = first // every
+            model.fit(batches, epochs=initial + epochs, initial_epoch=initial,
+                      steps_per_epoch=per_epoch, verbose=0, callbacks=callbacks, shuffle=False)
+            if tracker.failed:
+                break
+        callback.close()
+
+    if tracker.failed:
+        if chief:
+            run.write_status(width, {**_status(tracker, "failed", steps, batch_size,
+                                               dataset.fingerprint),
+                                     "message": tracker.failed})
+        return WidthResult(width, "failed", tracker.step, steps, seconds=tracker.seconds(),
+                           message=tracker.failed)
+    return _finish(run, cfg, width, batch_size, model, tracker, chief, dataset.fingerprint)
+
+
+def _segments(start: int, steps: int, every: int) -> list[tuple[int, int, int]]:
+    """``fit`` calls as (first step, epochs, steps per epoch): whole intervals, then the rest.
+
+    An epoch is one validation interval, so Keras' ``on_epoch_end`` is where validation and
+    checkpoints happen; a shorter last interval needs its own ``fit`` call.
+    """
+    remaining = steps - start
+    full, rest = divmod(max(remaining, 0), every)
+    segments = []
+    if full:
+        segments.append((start, full, every))
+    if rest:
+        segments.append((start + full * every, 1, rest))
+    return segments
+
+
+def _loss(cfg: Config):
+    from segmenter.losses import get_loss
+
+    return get_loss(cfg.train.loss, from_logits=cfg.model.activation == "linear")
+
+
+def _compiled_model(cfg: Config, state: dict[str, Any] | None):
+    """Build and compile the model; restore weights and optimiser state from a checkpoint."""
+    from segmenter.model import build_model
+
+    model = build_model(cfg.model)
+    rate: Any = cfg.train.learning_rate
+    if cfg.train.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(
+            cfg.train.learning_rate, decay_steps=cfg.train.steps, alpha=0.05
+        )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=rate),
+        loss=_loss(cfg),
+        jit_compile=bool(cfg.train.jit_compile),
+    )
+    if state is not None:
+        model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(state["checkpoint_path"])
+        except (OSError, ValueError) as exc:
+            where = state["checkpoint_path"]
+            raise RunError(f"{where}: cannot restore checkpoint ({exc})") from exc
+    return model
+
+
+def _status(tracker: _Progress, status: str, steps: int, batch_size: int,
+            fingerprint: str) -> dict[str, Any]:
+    last = tracker.rows[-1] if tracker.rows else {}
+    return {
+        "status": status,
+        "steps_done": tracker.last_checkpoint if status != "finished" else tracker.step,
+        "steps": steps,
+        "batch_size": batch_size,
+        "final_loss": last.get("loss"),
+        "final_val_loss": last.get("val_loss"),
+        "final_val_water_iou": last.get("val_water_iou"),
+        "seconds": round(tracker.seconds(), 2),
+        "data_fingerprint": fingerprint,
+    }
+
+
+def _finish(run: Run, cfg: Config, width: int, batch_size: int, model: Any, tracker: _Progress,
+            chief: bool, fingerprint: str) -> WidthResult:
+    """Save the final float32 model, the loss curve and the status; drop the checkpoints."""
+    from segmenter.model import build_model
+
+    result = WidthResult(width, "finished", tracker.step, cfg.train.steps)
+    last = tracker.rows[-1] if tracker.rows else {}
+    result.final_loss = last.get("loss")
+    result.final_val_loss = last.get("val_loss")
+    result.final_val_water_iou = last.get("val_water_iou")
+    result.seconds = tracker.seconds()
+    if not chief:
+        return result
+    # An uncompiled float32 copy: prediction needs neither the optimiser nor mixed precision.
+    final = build_model(cfg.model)
+    final.set_weights(model.get_weights())
+    with atomic_path(run.model_path(width)) as tmp:
+        final.save(tmp)
+    result.model_path = str(run.model_path(width))
+    _plot_history(run, width, tracker.rows)
+    run.write_status(width, _status(tracker, "finished", cfg.train.steps, batch_size,
+                                    fingerprint))
+    shutil.rmtree(run.state_dir(width), ignore_errors=True)
+    if run.state_dir(width).parent.is_dir() and not any(run.state_dir(width).parent.iterdir()):
+        run.state_dir(width).parent.rmdir()
+    return result
+
+
+def _plot_history(run: Run, width: int, rows: list[dict[str, Any]]) -> None:
+    """The loss curve (training and validation loss, validation water IoU) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in rows]
+    figure, (loss_axis, iou_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
+    loss_axis.plot(steps, [_nan(row.get("loss")) for row in rows], "o-", label="training")
+    if any(row.get("val_loss") is not None for row in rows):
+        loss_axis.plot(steps, [_nan(row.get("val_loss")) for row in rows], "s-",
+                       label="validation")
+    loss_axis.set(xlabel="step", ylabel="loss", title=f"pw{width}: loss")
+    loss_axis.legend()
+    iou_axis.plot(steps, [_nan(row.get("val_water_iou")) for row in rows], "s-", color="C2")
+    iou_axis.set(xlabel="step", ylabel="water IoU", title=f"pw{width}: validation water IoU",
+                 ylim=(0, 1))
+    figure.tight_layout()
+    with atomic_path(run.plot_path(width)) as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+    plt.close(figure)
+
+
+class _WidthCallback(keras.callbacks.Callback):
+    """Progress bar, non-finite loss check, validation, checkpoint and history per interval."""
+
+    def __init__(self, run: Run, cfg: Config, width: int, batch_size: int, model: Any,
+                 loss_fn: Any, val_batches: list, tracker: _Progress, chief: bool,
+                 fingerprint: str, progress: bool) -> None:
+        super().__init__()
+        import tensorflow as tf
+
+        self.run, self.cfg, self.width, self.batch_size = run, cfg, width, batch_size
+        self.net, self.loss_fn, self.val_batches = model, loss_fn, val_batches
+        self.tracker, self.chief, self.fingerprint = tracker, chief, fingerprint
+        self.infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self.bar = None
+        if progress:
+            self.bar = keras.utils.Progbar(
+                cfg.train.steps, stateful_metrics=["loss", "val_loss", "water_iou"],
+                unit_name="step",
+            )
+            self.bar.update(tracker.step)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.tracker.step += 1
+        loss = float((logs or {}).get("loss", float("nan")))
+        if not math.isfinite(loss):
+            self.tracker.failed = (
+                f"training loss became {loss} at step {self.tracker.step}; stopped this width, "
+                f"last good checkpoint at step {self.tracker.last_checkpoint} kept "
+                f"(lower train.learning_rate or check the data)"
+            )
+            self.model.stop_training = True
+            return
+        if self.bar is not None:
+            self.bar.update(self.tracker.step, values=[("loss", loss)])
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.tracker.failed:
+            return
+        logs = logs if logs is not None else {}
+        row: dict[str, Any] = {"step": self.tracker.step, "loss": float(logs.get("loss", "nan"))}
+        val_loss, iou = self._validate()
+        row.update(val_loss=val_loss, val_water_iou=iou, seconds=round(self.tracker.seconds(), 2))
+        if val_loss is not None:
+            logs["val_loss"] = val_loss
+            if iou is not None:
+                logs["val_water_iou"] = iou
+        self.tracker.rows.append(row)
+        log_line = (
+            f"pw{self.width} step {row['step']}/{self.cfg.train.steps}: loss {row['loss']:.4f}"
+        )
+        if val_loss is not None:
+            log_line += f", val_loss {val_loss:.4f}, val water IoU {_fmt(iou, 3)}"
+        if self.bar is not None:
+            self.bar.update(self.tracker.step, values=[("val_loss", val_loss or float("nan")),
+                                                       ("water_iou", iou or float("nan"))])
+            sys.stdout.write("\n")
+        log.info("%s", log_line)
+        self._checkpoint()
+
+    def _validate(self) -> tuple[float | None, float | None]:
+        if not self.val_batches:
+            return None, None
+        losses, truths, preds = [], [], []
+        for images, lands in self.val_batches:
+            pred = np.asarray(self.infer(images))
+            losses.append(float(self.loss_fn(lands, pred)))
+            truths.append(lands)
+            preds.append(pred)
+        return float(np.mean(losses)), water_iou(np.concatenate(truths), np.concatenate(preds))
+
+    def _checkpoint(self) -> None:
+        tracker = self.tracker
+        if not self.chief:
+            tracker.last_checkpoint = tracker.step
+            return
+        name = f"ckpt-{tracker.step:08d}.keras"
+        with atomic_path(self.run.state_dir(self.width) / name) as tmp:
+            self.net.save(tmp)
+        self.run.write_state(self.width, {
+            "step": tracker.step,
+            "checkpoint": name,
+            "batch_size": self.batch_size,
+            "seconds": round(tracker.seconds(), 2),
+            "history": tracker.rows,
+        })
+        tracker.last_checkpoint = tracker.step
+        self.run.write_history(self.width, tracker.rows)
+        self.run.write_status(self.width, _status(tracker, "running", self.cfg.train.steps,
+                                                  self.batch_size, self.fingerprint))
+
+    def close(self) -> None:
+        """End the progress bar's line."""
+        if self.bar is not None:
+            sys.stdout.flush()
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
