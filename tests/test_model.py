@@ -1,0 +1,106 @@
+"""The residual encoder-decoder and the losses: shapes, serialisation, refusals."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from segmenter.config import ModelConfig
+from segmenter.losses import BCEDiceLoss, DiceLoss, get_loss, soft_dice
+from segmenter.model import build_model, check_width
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).random((2, 16, 24, 3), dtype=np.float32)
+
+
+def test_output_is_a_float32_probability_of_the_input_size(images):
+    model = build_model(ModelConfig(depth=2, filters=4))
+    out = model(images, training=False).numpy()
+    assert model.input_shape == (None, None, None, 3)
+    assert model.output_shape == (None, None, None, 1)
+    assert out.shape == (2, 16, 24, 1) and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("upsampling", ["bilinear", "transpose"])
+def test_save_load_gives_identical_outputs(tmp_path, images, upsampling):
+    model = build_model(ModelConfig(depth=2, filters=4, upsampling=upsampling))
+    expected = model.predict(images, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
+
+
+def test_get_config_round_trip(images):
+    model = build_model(ModelConfig(depth=2, filters=4, activation="linear"))
+    clone = keras.Model.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(clone(images).numpy(), model(images).numpy(), atol=1e-6)
+    assert clone.layers[-1].activation.__name__ == "linear"
+
+
+def test_width_not_a_multiple_of_2_to_the_depth_is_refused():
+    model = build_model(ModelConfig(depth=2, filters=4))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model(np.zeros((1, 18, 16, 3), np.float32))
+    with pytest.raises(ValueError, match=r"width 20 is not a positive multiple of 2\^depth = 8"):
+        check_width(20, 3)
+    check_width(24, 3)
+
+
+def test_dynamic_sizes_work_inside_a_graph():
+    import tensorflow as tf
+
+    model = build_model(ModelConfig(depth=2, filters=4))
+    infer = tf.function(lambda x: model(x, training=False),
+                        input_signature=[tf.TensorSpec((None, None, None, 3))])
+    assert infer(np.zeros((1, 20, 12, 3), np.float32)).shape == (1, 20, 12, 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of 4"):
+        infer(np.zeros((1, 18, 12, 3), np.float32))
+
+
+def test_bad_arguments_raise_value_error():
+    with pytest.raises(ValueError, match="depth must be an int >= 1, got 0"):
+        build_model(ModelConfig(), depth=0)
+    with pytest.raises(ValueError, match="upsampling"):
+        build_model(ModelConfig(), upsampling="nearest")
+
+
+def test_mixed_precision_keeps_a_float32_output(images):
+    previous = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_model(ModelConfig(depth=2, filters=4))
+        assert model.layers[-1].compute_dtype == "float32"
+        assert model(images).dtype == "float32"
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_losses_values_and_serialisation():
+    land = np.zeros((2, 8, 8, 1), np.float32)
+    land[:, :, 4:] = 1.0
+    assert float(soft_dice(land, land)) == pytest.approx(0.0, abs=1e-6)
+    assert float(soft_dice(land, 1.0 - land)) > 0.9
+    for name in ("mse", "bce", "dice", "bce_dice"):
+        loss = get_loss(name)
+        assert float(loss(land, land * 0.98 + 0.01)) < float(loss(land, 1.0 - land))
+    loss = BCEDiceLoss(dice_weight=0.5)
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(again, BCEDiceLoss) and again.dice_weight == 0.5
+    assert isinstance(keras.losses.deserialize(keras.losses.serialize(DiceLoss())), DiceLoss)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        get_loss("hinge")
+
+
+def test_compiled_model_with_custom_loss_loads_in_safe_mode(tmp_path, images):
+    model = build_model(ModelConfig(depth=2, filters=4))
+    model.compile(optimizer="adam", loss=get_loss("bce_dice"))
+    model.train_on_batch(images, np.ones((2, 16, 24, 1), np.float32))
+    model.save(tmp_path / "c.keras")
+    loaded = keras.saving.load_model(tmp_path / "c.keras", safe_mode=True)
+    assert isinstance(loaded.loss, BCEDiceLoss)

@@ -1,0 +1,84 @@
+"""The run directory: creation, refusals, config compatibility, status and manifest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from segmenter.config import load_config
+from segmenter.errors import RunError
+from segmenter.runs import config_differences, open_run, prepare_run
+
+
+def test_new_run_writes_config_and_existing_run_is_refused(tmp_path):
+    cfg = load_config(None, ["train.steps=7"])
+    run = prepare_run(tmp_path / "run", cfg, [32])
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert open_run(tmp_path / "run").config == cfg
+    with pytest.raises(RunError, match="run exists; use --resume .* or --overwrite"):
+        prepare_run(run.path, cfg, [32])
+    assert prepare_run(run.path, cfg, [32], resume=True).path == run.path
+    run.write_status(32, {"status": "running"})
+    prepare_run(run.path, cfg, [32, 64], overwrite=True)
+    assert not (run.path / "history").exists()
+
+
+def test_resume_with_an_incompatible_config_names_the_keys(tmp_path):
+    cfg = load_config(None)
+    prepare_run(tmp_path, cfg, [32])
+    other = load_config(None, ["train.learning_rate=0.01", "model.filters=8",
+                               "train.widths={32: 7}", "train.strategy=mirrored"])
+    with pytest.raises(RunError) as info:
+        prepare_run(tmp_path, other, [32], resume=True)
+    message = str(info.value)
+    assert "model.filters, train.learning_rate, train.widths.32" in message
+    assert "strategy" not in message
+
+
+def test_separate_width_jobs_share_a_run(tmp_path):
+    cfg = load_config(None)
+    first = prepare_run(tmp_path / "r", cfg, [32], partial=True)
+    first.write_status(32, {"status": "running"})
+    second = prepare_run(tmp_path / "r", cfg, [64], partial=True)
+    second.write_status(64, {"status": "running"})
+    with pytest.raises(RunError, match="widths 32 already started"):
+        prepare_run(tmp_path / "r", cfg, [32], partial=True)
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert set(manifest["widths"]) == {"32", "64"}
+    assert manifest["versions"]["tensorflow"]
+
+
+def test_non_run_folder_and_missing_runs_are_refused(tmp_path):
+    (tmp_path / "stuff.txt").write_text("x")
+    with pytest.raises(RunError, match="not empty and is not a segmenter run"):
+        prepare_run(tmp_path, load_config(None), [32])
+    with pytest.raises(RunError, match="run directory not found"):
+        open_run(tmp_path / "nope")
+    with pytest.raises(RunError, match="no config.yaml"):
+        open_run(tmp_path)
+    with pytest.raises(RunError, match="cannot create run directory"):
+        prepare_run(tmp_path / "stuff.txt" / "run", load_config(None), [32])
+
+
+def test_finished_widths_and_scores_come_from_status_files(tmp_path):
+    run = prepare_run(tmp_path, load_config(None), [32, 64])
+    run.write_status(32, {"status": "finished", "final_val_water_iou": 0.8})
+    run.write_status(64, {"status": "running"})
+    run.model_path(32).parent.mkdir()
+    run.model_path(32).write_bytes(b"")
+    assert run.finished_widths() == [32]
+    assert run.val_score(32) == pytest.approx(0.8)
+    assert run.val_score(64) is None
+    with pytest.raises(RunError, match="no finished model for patch width 64"):
+        run.load_model(64)
+    rows = [{"step": 3, "loss": 0.5, "val_loss": None, "val_water_iou": None, "seconds": 1.0}]
+    run.write_history(32, rows)
+    assert run.read_history(32)[0]["loss"] == 0.5
+    assert run.read_history(32)[0]["val_loss"] is None
+
+
+def test_config_differences_ignore_execution_keys():
+    base = load_config(None)
+    assert config_differences(base, load_config(None, ["train.jit_compile=true"])) == []
+    assert config_differences(base, load_config(None, ["data.scale=0.25"])) == ["data.scale"]
