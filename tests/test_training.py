@@ -1,0 +1,155 @@
+"""Training end to end on tiny data: run layout, reproducibility, NaN, bad input, kill -9."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_data import TINY_SETTINGS, tiny_dataset, tiny_yaml
+
+from segmenter.config import load_config
+from segmenter.errors import ConfigError, DataError
+from segmenter.runs import open_run
+from segmenter.training import train, water_iou
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _losses(run_dir: Path, width: int = 16) -> list[list[float]]:
+    with (run_dir / "history" / f"pw{width}.csv").open() as handle:
+        return [[float(v) for v in (r["loss"], r["val_loss"])] for r in csv.DictReader(handle)]
+
+
+def test_training_writes_the_run_layout_and_is_reproducible(tmp_path, caplog):
+    cfg = load_config(None, TINY_SETTINGS)
+    with caplog.at_level(logging.INFO, logger="segmenter"):
+        results = train(cfg, tmp_path / "a", dataset=tiny_dataset())
+    again = train(cfg, tmp_path / "b", dataset=tiny_dataset())
+    assert [r.status for r in results] == ["finished"]
+    assert "pw16: 6 steps in" in caplog.text and "val water IoU" in caplog.text
+
+    run = open_run(tmp_path / "a")
+    assert run.finished_widths() == [16]
+    for name in ("config.yaml", "manifest.json", "models/pw16.keras", "history/pw16.csv",
+                 "history/pw16.json", "plots/pw16_loss.png"):
+        assert (run.path / name).is_file(), name
+    assert not (run.path / "state").exists()
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    assert manifest["widths"]["16"]["steps_done"] == 6
+    assert manifest["data_fingerprint"] == "tiny"
+    assert manifest["versions"]["keras"]
+    assert [row["step"] for row in run.read_history(16)] == [3.0, 6.0]
+    assert 0.0 <= run.val_score(16) <= 1.0
+
+    model = run.load_model(16)
+    other = open_run(tmp_path / "b").load_model(16)
+    patch = tiny_dataset().test[0].image[None, :32, :32]
+    np.testing.assert_allclose(model.predict(patch, verbose=0), other.predict(patch, verbose=0),
+                               atol=1e-4)
+    np.testing.assert_allclose(_losses(run.path), _losses(tmp_path / "b"), rtol=1e-4)
+    assert again[0].final_loss == pytest.approx(results[0].final_loss, rel=1e-4)
+
+
+def test_non_finite_loss_stops_the_width_with_a_message(tmp_path):
+    data = tiny_dataset()
+    for item in data.train:
+        item.land[...] = np.nan  # a corrupt label: the loss cannot be finite
+    results = train(load_config(None, TINY_SETTINGS), tmp_path, dataset=data)
+    assert results[0].status == "failed"
+    assert "training loss became nan at step 1" in results[0].message
+    assert "last good checkpoint at step 0 kept" in results[0].message
+    status = json.loads((tmp_path / "history" / "pw16.json").read_text())
+    assert status["status"] == "failed" and "nan" in status["message"]
+    assert not (tmp_path / "models" / "pw16.keras").exists()
+
+
+def test_no_test_pairs_trains_without_validation(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        results = train(load_config(None, TINY_SETTINGS), tmp_path,
+                        dataset=tiny_dataset(test=False))
+    assert "no test pairs: validation is off" in caplog.text
+    assert results[0].status == "finished" and results[0].final_val_loss is None
+    assert open_run(tmp_path).val_score(16) is None
+
+
+def test_bad_input_is_refused_before_training(tmp_path):
+    cfg = load_config(None, TINY_SETTINGS)
+    with pytest.raises(DataError, match="no training pairs"):
+        train(cfg, tmp_path / "a", dataset=tiny_dataset(n_train=0))
+    with pytest.raises(DataError, match="patch width 16: no training image is at least 16x16"):
+        train(cfg, tmp_path / "b", dataset=tiny_dataset(size=12))
+    with pytest.raises(ConfigError, match="--patch-width 48: not in train.widths"):
+        train(cfg, tmp_path / "c", widths=[48], dataset=tiny_dataset())
+
+
+def test_cli_refusals_are_one_line(runner, tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = runner("train", "--out", tmp_path / "file" / "run", *_sets())
+    assert result.exit_code == 1
+    assert "cannot create run directory" in result.output
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(load_config(None, TINY_SETTINGS).to_yaml())
+    result = runner("train", "--out", tmp_path / "run", *_sets())
+    assert result.exit_code == 1 and "run exists; use --resume" in result.output
+    result = runner("train", "--out", tmp_path / "run", "--resume", *_sets(),
+                    "--set", "train.learning_rate=0.5")
+    assert result.exit_code == 1
+    assert "config differs in train.learning_rate" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def _sets() -> list[str]:
+    out = []
+    for item in TINY_SETTINGS:
+        out += ["--set", item]
+    return out
+
+
+def test_water_iou():
+    truth = np.array([0.0, 0.0, 1.0, 1.0])
+    assert water_iou(truth, np.array([0.1, 0.9, 0.9, 0.2])) == pytest.approx(1 / 3)
+    assert water_iou(np.ones(3), np.ones(3)) is None
+
+
+def test_kill_9_mid_run_then_resume(tmp_path):
+    """A real `segmenter train` killed with SIGKILL continues from its last checkpoint."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_yaml(steps=240, every=10))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "segmenter", "-q", "train", "--config", str(config),
+               "--out", str(out)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    state = out / "state" / "pw16" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["step"] >= 20:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read().decode()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    assert 20 <= killed_at < 240
+
+    # No --config: the run's saved config is used.
+    resumed = subprocess.run(
+        [sys.executable, "-m", "segmenter", "train", "--out", str(out), "--resume"],
+        env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at step {killed_at}/240" in resumed.stderr, resumed.stderr
+    run = open_run(out)
+    assert run.finished_widths() == [16]
+    steps = [int(row["step"]) for row in run.read_history(16)]
+    assert steps == list(range(10, 241, 10))
