@@ -90,20 +90,31 @@ def window_weight(window: int) -> np.ndarray:
 def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize an (H, W) or (H, W, C) float32 array: area averaging down, bilinear up.
 
-    Area averaging when shrinking keeps every source pixel's contribution (no aliasing of fine
-    texture such as waves); bilinear when enlarging gives a smooth map without blocks.
+    Area averaging (Pillow's ``BOX``) when shrinking is what the data loader applies to
+    training photos, so the models see photos prepared the same way at prediction; bilinear
+    when enlarging gives a smooth map without blocks. Pillow works one float channel at a
+    time without TensorFlow's allocator, which keeps the peak memory of a 25-megapixel photo
+    low.
     """
-    import tensorflow as tf
+    from PIL import Image
 
     height, width = values.shape[:2]
     if (height, width) == tuple(shape):
         return values.astype(np.float32, copy=False)
-    squeeze = values.ndim == 2
-    tensor = tf.convert_to_tensor(values[..., None] if squeeze else values, dtype=tf.float32)
     shrink = shape[0] <= height and shape[1] <= width
-    method = "area" if shrink else "bilinear"
-    out = tf.image.resize(tensor, shape, method=method).numpy()
-    return out[..., 0] if squeeze else out
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    size = (int(shape[1]), int(shape[0]))
+
+    def one(channel: np.ndarray) -> np.ndarray:
+        pil = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), mode="F")
+        return np.asarray(pil.resize(size, method), dtype=np.float32)
+
+    if values.ndim == 2:
+        return np.array(one(values))  # writable (Pillow's buffer is read-only)
+    out = np.empty((shape[0], shape[1], values.shape[2]), np.float32)
+    for channel in range(values.shape[2]):
+        out[..., channel] = one(values[..., channel])
+    return out
 
 
 def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -337,7 +348,8 @@ def predict_land(
         merged[uncovered] = UNCOVERED_VALUE
     del merged_weight, uncovered, small
 
-    land_prob = np.clip(resize_map(merged, (height, width)), 0.0, 1.0)
+    land_prob = resize_map(merged, (height, width))
+    np.clip(land_prob, 0.0, 1.0, out=land_prob)
     per_scale = {w: resize_map(m, (height, width)) for w, m in scale_maps.items()}
     info["coverage"] = round(sum(s["coverage"] for s in info["widths"].values()), 3)
     info["uncovered_pixels"] = n_uncovered

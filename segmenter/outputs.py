@@ -80,9 +80,18 @@ def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
 # Images
 
 
-def to_uint8(values: np.ndarray) -> np.ndarray:
-    """[0, 1] floats to 0-255 bytes (rounded; NaN as 0)."""
-    return np.round(np.nan_to_num(np.clip(values, 0.0, 1.0)) * 255.0).astype(np.uint8)
+def to_uint8(values: np.ndarray, rows: int = 512) -> np.ndarray:
+    """[0, 1] floats to 0-255 bytes (rounded; NaN as 0), a band of rows at a time.
+
+    Banding keeps the float temporaries of a 25-megapixel map to a few megabytes.
+    """
+    out = np.empty(values.shape, np.uint8)
+    for top in range(0, values.shape[0], rows):
+        band = np.nan_to_num(values[top : top + rows], nan=0.0).astype(np.float32)
+        np.clip(band, 0.0, 1.0, out=band)
+        band *= 255.0
+        out[top : top + rows] = np.rint(band)
+    return out
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -114,12 +123,12 @@ def overlay(
     photo explains both in words, so the picture reads without this documentation.
     """
     height, width = water_prob.shape
-    alpha = (MAX_TINT * np.clip(water_prob, 0.0, 1.0))[..., None].astype(np.float32)
-    photo = np.clip(image[..., :3], 0.0, 1.0).astype(np.float32) * 255.0
-    blended = photo * (1.0 - alpha) + WATER_TINT * alpha
-    del photo, alpha
-    out = np.round(blended).astype(np.uint8)
-    del blended
+    out = np.empty((height, width, 3), np.uint8)
+    for top in range(0, height, 256):  # bands: float temporaries stay small on big photos
+        rows = slice(top, top + 256)
+        alpha = (MAX_TINT * np.clip(water_prob[rows], 0.0, 1.0))[..., None].astype(np.float32)
+        photo = np.clip(image[rows, :, :3], 0.0, 1.0).astype(np.float32) * 255.0
+        out[rows] = np.rint(photo * (1.0 - alpha) + WATER_TINT * alpha)
     thickness = max(1, round(min(height, width) / 400))
     out[mask_edge(water, thickness)] = EDGE_COLOUR
     legend = legend_strip(max(width, 640), float(water.mean()) if water.size else 0.0, method)
@@ -197,7 +206,7 @@ def write_prediction(
     written: dict[str, str] = {}
     write_bytes(paths["water_prob"], png_bytes(to_uint8(water_prob)))
     written["water_prob"] = str(paths["water_prob"])
-    write_bytes(paths["water_mask"], png_bytes(np.where(water, 255, 0).astype(np.uint8)))
+    write_bytes(paths["water_mask"], png_bytes(water.astype(np.uint8) * np.uint8(255)))
     written["water_mask"] = str(paths["water_mask"])
     write_bytes(paths["overlay"], png_bytes(overlay(image, water_prob, water, method)))
     written["overlay"] = str(paths["overlay"])

@@ -77,3 +77,20 @@ def test_bad_shapes_are_refused():
         water_mask(np.zeros((4, 4)), np.zeros((5, 4, 3)), PostprocessConfig())
     with pytest.raises(ValueError, match="needs the photo"):
         water_mask(np.zeros((4, 4)), None, PostprocessConfig())
+
+
+def test_fast_assignment_and_medians_match_scikit_learn_and_numpy():
+    from sklearn.mixture import GaussianMixture
+
+    from segmenter.postprocess import _features, assign_components, component_medians
+
+    rng = np.random.default_rng(5)
+    prob = rng.random(20000).astype(np.float32)
+    rgb = rng.random((20000, 3)).astype(np.float32)
+    gmm = GaussianMixture(4, random_state=0).fit(_features(prob, rgb))
+    labels = assign_components(gmm, prob, rgb)
+    assert (labels == gmm.predict(_features(prob, rgb))).mean() > 0.999
+    medians = component_medians(labels, prob, 5)
+    for comp in range(4):
+        assert medians[comp] == pytest.approx(np.median(prob[labels == comp]), abs=1e-3)
+    assert medians[4] is None
