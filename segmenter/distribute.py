@@ -74,7 +74,9 @@ def select_strategy(train_cfg: TrainConfig):
                 "train.strategy: multiworker needs the cluster in the TF_CONFIG environment "
                 "variable (see README, 'Several machines')"
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _patch_keras_multiworker_reduce()
+        return strategy
     if choice == "mirrored":
         if gpus:
             return tf.distribute.MirroredStrategy()
@@ -83,6 +85,35 @@ def select_strategy(train_cfg: TrainConfig):
             log.warning("train.strategy: mirrored on a single CPU device (no GPU found)")
         return tf.distribute.MirroredStrategy(devices=cpus)
     return tf.distribute.get_strategy()
+
+
+def _patch_keras_multiworker_reduce() -> None:
+    """Work around Keras 3.15 ``fit`` under MultiWorkerMirroredStrategy (checked: 3.15.1).
+
+    Keras averages each train step's logs across workers with ``strategy.reduce("MEAN", v,
+    axis=0)``, which fails on the scalar loss ("Invalid reduction dimension 0 for input with 0
+    dimensions"), so no multi-worker ``fit`` can run. The logs are scalars: their mean over
+    replicas is ``axis=None``. Only that branch is replaced; everything else is Keras' own.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_segmenter_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
+            strategy
+        ):
+            import tensorflow as tf
+
+            return tf.nest.map_structure(
+                lambda value: strategy.reduce("MEAN", value, axis=None), values
+            )
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._segmenter_patched = True  # type: ignore[attr-defined]
+    tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def is_chief(strategy: Any) -> bool:

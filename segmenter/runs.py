@@ -352,6 +352,10 @@ def prepare_run(
     path = Path(path)
     if resume and overwrite:
         raise RunError("--resume and --overwrite cannot be used together")
+    if not write:
+        # A non-chief worker of a multi-worker job: the chief alone checks and writes the run
+        # directory (checking here too would race with the chief creating it).
+        return Run(path, config)
     exists = path.exists()
     if exists and not path.is_dir():
         raise RunError(f"{path}: exists and is not a directory")

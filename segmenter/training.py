@@ -250,6 +250,7 @@ def _train_width(
         with strategy.scope():
             keras.utils.set_random_seed(cfg.train.seed)
             model = _compiled_model(cfg, state)
+        _avoid_multiworker_build_reduce(model, strategy, width, batch_size)
         loss_fn = _loss(cfg)
         tracker.started = time.monotonic()
         callback = _WidthCallback(run, cfg, width, batch_size, model, loss_fn, val_batches,
@@ -283,6 +284,28 @@ def _train_width(
         return WidthResult(width, "failed", tracker.step, steps, seconds=tracker.seconds(),
                            message=tracker.failed)
     return _finish(run, cfg, width, batch_size, model, tracker, chief, dataset.fingerprint)
+
+
+def _avoid_multiworker_build_reduce(model: Any, strategy: Any, width: int,
+                                    batch_size: int) -> None:
+    """Work around Keras 3.15 ``fit`` failing at once under MultiWorkerMirroredStrategy.
+
+    Before training, Keras builds the model symbolically from a first batch that it averages
+    across workers with ``strategy.reduce`` on the ``(x, y)`` tuple, which the collective
+    all-reduce cannot take ("Attempt to convert a value (PerReplica ...)"). Only shapes and
+    dtypes matter for that build, so a local example batch is used instead.
+    """
+    if type(strategy).__name__ not in {"CollectiveAllReduceStrategy",
+                                       "MultiWorkerMirroredStrategy"}:
+        return
+    example = (np.zeros((batch_size, width, width, 3), np.float32),
+               np.zeros((batch_size, width, width, 1), np.float32))
+
+    def build_locally(iterator: Any = None, data_batch: Any = None) -> None:
+        with strategy.scope():
+            model._symbolic_build(data_batch=example)
+
+    model._maybe_symbolic_build = build_locally
 
 
 def _segments(start: int, steps: int, every: int) -> list[tuple[int, int, int]]:

@@ -1,0 +1,81 @@
+"""tf.distribute: strategy choice, MirroredStrategy on 2 logical CPUs, 2 local workers.
+
+The multi-worker test starts two real worker processes that talk over loopback (gRPC) under
+MultiWorkerMirroredStrategy; it takes about half a minute. Run only it with
+``python -m pytest tests/test_distribute.py -k multiworker``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_data import TINY_SETTINGS, tiny_dataset, tiny_yaml
+
+from segmenter.config import load_config
+from segmenter.distribute import is_chief, select_strategy, tf_config_workers
+from segmenter.errors import ConfigError
+from segmenter.runs import open_run
+from segmenter.training import train
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_strategy_choice(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert tf_config_workers() == 0
+    default = select_strategy(load_config(None).train)
+    assert default.num_replicas_in_sync == 1 and is_chief(default)
+    with pytest.raises(ConfigError, match="multiworker needs the cluster in the TF_CONFIG"):
+        select_strategy(load_config(None, ["train.strategy=multiworker"]).train)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}}))
+    assert tf_config_workers() == 2
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        tf_config_workers()
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, caplog):
+    cfg = load_config(None, [*TINY_SETTINGS, "train.strategy=mirrored"])
+    with caplog.at_level(logging.INFO, logger="segmenter"):
+        results = train(cfg, tmp_path, dataset=tiny_dataset())
+    assert "MirroredStrategy with 2 replica(s)" in caplog.text
+    assert results[0].status == "finished"
+    assert open_run(tmp_path).finished_widths() == [16]
+    assert 0.0 < results[0].final_loss < 5.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def test_multiworker_two_local_processes(tmp_path):
+    from segmenter.data.sample import ensure_sample
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_yaml(steps=6, every=3))
+    ensure_sample(load_config(config).data)  # generated once, before the workers start
+    out = tmp_path / "run"
+    ports = [str(_free_port()), str(_free_port())]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(HERE)}
+    workers = [
+        subprocess.Popen([sys.executable, str(HERE / "mw_worker.py"), str(i), *ports,
+                          str(config), str(out)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for worker, (_, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err
+    assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0][1]  # multi-worker
+    run = open_run(out)
+    assert run.finished_widths() == [16]
+    assert [row["step"] for row in run.read_history(16)] == [3.0, 6.0]
