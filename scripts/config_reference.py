@@ -11,7 +11,6 @@ from __future__ import annotations
 import typing
 
 import yaml
-
 from pydantic import BaseModel
 
 from segmenter.config import Config

@@ -116,7 +116,9 @@ class PredictConfig(_Section):
         None, description="Trained widths to predict with (null = every trained width)."
     )
     overlap: float = Field(0.5, ge=0, lt=1, description="Overlap of neighbouring grid windows.")
-    batch_size: int = Field(16, ge=1, description="Windows per inference batch.")
+    batch_size: int = Field(
+        16, ge=1, description="Windows per inference batch (at least; small windows are grouped)."
+    )
     sampling: Literal["grid", "random"] = Field(
         "grid", description="Regular grid, or the notebook's random window positions."
     )
@@ -214,7 +216,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """Split ``section.key=value``; the value is parsed as YAML (``1e-3``, ``true``, ``[32, 64]``)."""
+    """Split ``section.key=value``; the value is parsed as YAML (``1e-3``, ``true``, ``[32]``)."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:

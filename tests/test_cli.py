@@ -39,7 +39,8 @@ def test_user_error_is_one_line_without_traceback(runner, tmp_path):
     result = runner("config", "show", "--config", bad)
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert lines == [f"Error: {bad}: train.steps: input should be greater than or equal to 1 (got 0)"]
+    expected = f"Error: {bad}: train.steps: input should be greater than or equal to 1 (got 0)"
+    assert lines == [expected]
 
 
 def test_verbose_shows_the_traceback(runner, tmp_path):

@@ -78,7 +78,11 @@ def test_base_config_is_overridden(tmp_path):
         ("train:\n  widths: {20: 4}\n", "c.yaml: train.widths.20: patch width must be a"),
         ("train:\n  widths: {32: 0}\n", "c.yaml: train.widths.32: batch size must be >= 1"),
         ("train:\n  widths: {}\n", "c.yaml: train.widths: at least one patch width"),
-        ("model:\n  depth: 6\n", "c.yaml: train.widths.32: patch width must be a positive multiple of 2^model.depth = 64"),
+        (
+            "model:\n  depth: 6\n",
+            "c.yaml: train.widths.32: patch width must be a positive multiple of "
+            "2^model.depth = 64",
+        ),
         ("predict:\n  widths: [33]\n", "c.yaml: predict.widths: 33 is not a positive multiple"),
         ("train: 3\n", "c.yaml: train: must be a mapping"),
         ("- a\n- b\n", "c.yaml: a config must be a YAML mapping of sections, got list"),
@@ -167,5 +171,6 @@ def test_config_validate_cli(runner, tmp_path):
     bad = write(tmp_path, "train:\n  stpes: 3\n", "bad.yaml")
     result = runner("config", "validate", bad)
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {bad}: train.stpes: unknown key; did you mean 'train.steps'?"
+    expected = f"Error: {bad}: train.stpes: unknown key; did you mean 'train.steps'?"
+    assert result.output.strip() == expected
     assert "Traceback" not in result.output

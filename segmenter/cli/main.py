@@ -8,7 +8,6 @@ stderr and exit code 1; ``-v`` shows the traceback as well.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -60,11 +59,11 @@ class LazyGroup(click.Group):
     """A group that imports a command's module only when that command runs."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name, spec in COMMANDS.items() if _available(spec[0])]
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         spec = COMMANDS.get(cmd_name)
-        if spec is None or not _available(spec[0]):
+        if spec is None:
             return None
         module = importlib.import_module(spec[0])
         command = getattr(module, spec[1])
@@ -73,7 +72,7 @@ class LazyGroup(click.Group):
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, spec[2]) for name, spec in COMMANDS.items() if _available(spec[0])]
+        rows = [(name, spec[2]) for name, spec in COMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -99,10 +98,6 @@ class LazyGroup(click.Group):
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {first} (run with -v for the traceback)"
             ) from None
-
-
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def setup_logging(verbosity: int) -> None:
