@@ -12,8 +12,9 @@ allowed, and suggests the nearest valid key for a typo.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,7 +50,7 @@ class DataConfig(_Section):
         None, description="Local cache of remote files (default $SEGMENTER_CACHE or ~/.cache)."
     )
     scale: float = Field(0.5, gt=0, le=1, description="Resize factor applied to photos/labels.")
-    water_class: int | str = Field(
+    water_class: Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1)] = Field(
         2, description="Water in .mat labels: a class number, or a name looked up in 'labels'."
     )
     label_water_value: int = Field(
@@ -177,23 +178,42 @@ def load_config(
 ) -> Config:
     """Resolve a config: ``base`` (default: schema defaults) < YAML file < ``--set`` overrides.
 
+    All layers are merged first and validated once, so a later layer can repair an earlier one
+    (``--set model.depth=4 --set train.widths={64: 8}`` works in either order). An error names
+    the layer that supplied the offending key.
+
     Raises:
         ConfigError: one line naming the file (or ``--set``), the key path and what is allowed.
     """
     merged = (base or Config()).to_dict()
+    origins: dict[tuple[Any, ...], tuple[int, str]] = {}
     if path is not None:
-        raw = read_yaml(path)
-        merged = _merge(merged, raw, Config)
-        _validate(merged, origin=str(path))
+        merged = _merge(merged, read_yaml(path), Config, origins, (), (1, str(path)))
     for item in overrides:
-        key, value = parse_override(item)
-        _set_path(merged, key, value, origin=f"--set {item}")
-        _validate(merged, origin="--set")
-    return _validate(merged, origin=str(path) if path is not None else "config")
+        key, text = parse_override(item)
+        parts = _set_path(merged, key, text, origin=f"--set {item}")
+        origins[tuple(parts)] = (2, "--set")
+    return _validate(merged, origins, fallback=str(path) if path is not None else "config")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads YAML 1.2 floats such as ``1e-3`` as numbers."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 exponent floats (``1e-3``); never builds objects."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load``; syntax errors name the line."""
+    """Read a YAML mapping safely; syntax errors name the line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -202,7 +222,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -215,32 +235,54 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """Split ``section.key=value``; the value is parsed as YAML (``1e-3``, ``true``, ``[32]``)."""
+def parse_override(item: str) -> tuple[str, str]:
+    """Split ``section.key=value`` into the dotted key and the value's text."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {item}: expected section.key=value")
+    return key, text
+
+
+def _parse_value(text: str, annotation: Any) -> Any:
+    """A ``--set`` value: text for string keys (``data.source=2024``), YAML for the rest."""
+    stripped = text.strip()
+    if annotation is str:
+        return text
+    if annotation == (str | None):
+        return None if stripped in {"null", "~", ""} else text
+    if not stripped:
+        return ""
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        return safe_load(text)
     except yaml.YAMLError:
-        value = text
-    return key, value
+        return text
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any], schema: type[BaseModel]) -> dict:
+def _merge(
+    base: dict[str, Any],
+    update: dict[str, Any],
+    schema: type[BaseModel],
+    origins: dict[tuple[Any, ...], tuple[int, str]],
+    prefix: tuple[Any, ...],
+    origin: tuple[int, str],
+) -> dict:
     """Deep-merge ``update`` into ``base`` through sections; other values are replaced whole.
 
     A mapping such as ``train.widths`` given in YAML replaces the default mapping, so a file that
-    lists two widths trains two widths. Unknown keys are carried along for validation to reject.
+    lists two widths trains two widths. An empty section (``train:``) changes nothing. Unknown
+    keys are carried along for validation to reject. ``origins`` records who set each key.
     """
     out = dict(base)
     for key, value in update.items():
         sub = _section_type(schema, key)
+        if sub is not None and value is None:
+            continue
         if sub is not None and isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, sub)
+            out[key] = _merge(out[key], value, sub, origins, (*prefix, key), origin)
         else:
             out[key] = value
+            origins[(*prefix, key)] = origin
     return out
 
 
@@ -250,7 +292,7 @@ def _section_type(schema: type[BaseModel], key: Any) -> type[BaseModel] | None:
     return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+def _set_path(tree: dict[str, Any], dotted: str, text: str, origin: str) -> list[Any]:
     parts = [int(p) if p.isdigit() else p for p in dotted.split(".")]
     node: Any = tree
     schema: type[BaseModel] | None = Config
@@ -265,66 +307,99 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, origin: str) -> Non
         schema = _section_type(schema, part) if schema is not None else None
         node = node[part]
     last = parts[-1]
-    if schema is not None and isinstance(last, str) and last not in schema.model_fields:
-        raise ConfigError(_unknown_key_message(origin, parts, schema))
-    node[last] = value
+    annotation = None
+    if schema is not None and isinstance(last, str):
+        if last not in schema.model_fields:
+            raise ConfigError(_unknown_key_message(origin, parts, schema))
+        annotation = schema.model_fields[last].annotation
+    node[last] = _parse_value(text, annotation)
+    return parts
 
 
-def _validate(tree: dict[str, Any], origin: str) -> Config:
+def _validate(
+    tree: dict[str, Any], origins: dict[tuple[Any, ...], tuple[int, str]], fallback: str
+) -> Config:
     try:
         cfg = Config.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc.errors()[0], origin)) from None
-    _check_consistency(cfg, origin)
+        errors = exc.errors()
+        loc = _clean_loc(list(errors[0].get("loc", ())))
+        origin = _origin_of([tuple(loc)], origins, fallback)
+        raise ConfigError(_format_error(errors, origin)) from None
+    problem = _consistency_problem(cfg)
+    if problem is not None:
+        keys, message = problem
+        raise ConfigError(f"{_origin_of(keys, origins, fallback)}: {message}")
     return cfg
 
 
-def _check_consistency(cfg: Config, origin: str) -> None:
-    """Rules that span keys: widths that the network can take."""
+def _origin_of(
+    keys: list[tuple[Any, ...]], origins: dict[tuple[Any, ...], tuple[int, str]], fallback: str
+) -> str:
+    """The highest-precedence layer that set any of ``keys`` (or a key inside/around them)."""
+    best: tuple[int, str] | None = None
+    for key in keys:
+        for set_key, origin in origins.items():
+            n = min(len(key), len(set_key))
+            if key[:n] == set_key[:n] and (best is None or origin[0] > best[0]):
+                best = origin
+    return best[1] if best else fallback
+
+
+def _consistency_problem(cfg: Config) -> tuple[list[tuple[Any, ...]], str] | None:
+    """Rules that span keys (widths the network can take): the keys involved and a message."""
     multiple = 2**cfg.model.depth
+    depth = ("model", "depth")
     if not cfg.train.widths:
-        raise ConfigError(f"{origin}: train.widths: at least one patch width is needed")
+        return [("train", "widths")], "train.widths: at least one patch width is needed"
     for width, batch in cfg.train.widths.items():
+        key = ("train", "widths", width)
         if width < multiple or width % multiple:
-            raise ConfigError(
-                f"{origin}: train.widths.{width}: patch width must be a positive multiple of "
+            return [key, depth], (
+                f"train.widths.{width}: patch width must be a positive multiple of "
                 f"2^model.depth = {multiple} (model.depth = {cfg.model.depth})"
             )
         if width > 8192:
-            raise ConfigError(f"{origin}: train.widths.{width}: patch width must be <= 8192")
+            return [key], f"train.widths.{width}: patch width must be <= 8192"
         if batch < 1:
-            raise ConfigError(
-                f"{origin}: train.widths.{width}: batch size must be >= 1 (got {batch})"
-            )
+            return [key], f"train.widths.{width}: batch size must be >= 1 (got {batch})"
     for width in cfg.predict.widths or []:
         if width < multiple or width % multiple:
-            raise ConfigError(
-                f"{origin}: predict.widths: {width} is not a positive multiple of "
+            return [("predict", "widths"), depth], (
+                f"predict.widths: {width} is not a positive multiple of "
                 f"2^model.depth = {multiple}"
             )
     for width, count in cfg.predict.random_windows.items():
         if count < 1 or width < 1:
-            raise ConfigError(
-                f"{origin}: predict.random_windows.{width}: window count must be >= 1 "
-                f"(got {count})"
+            return [("predict", "random_windows", width)], (
+                f"predict.random_windows.{width}: window count must be >= 1 (got {count})"
             )
+    return None
 
 
-def _format_error(err: dict[str, Any], origin: str) -> str:
-    loc = list(err.get("loc", ()))
+def _format_error(errors: list[dict[str, Any]], origin: str) -> str:
+    err = errors[0]
+    raw_loc = list(err.get("loc", ()))
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return _unknown_key_message(origin, loc, _schema_at(loc[:-1]))
-    loc = _clean_loc(loc)
+        return _unknown_key_message(origin, raw_loc, _schema_at(raw_loc[:-1]))
+    loc = _clean_loc(raw_loc)
     where = ".".join(str(p) for p in loc).replace(".[key]", " (a key)") or "(top level)"
-    message = str(err.get("msg", "invalid value"))
+    # A union (``int | str``) fails once per member: say every way the value could be right.
+    messages = []
+    for other in errors:
+        if _clean_loc(list(other.get("loc", ()))) == loc:
+            text = _lower_first(str(other.get("msg", "invalid value")))
+            if text not in messages:
+                messages.append(text)
+    message = " or ".join(messages)
     if kind in {"model_type", "model_attributes_type", "dict_type"} and loc:
         message = "must be a mapping of keys"
     shown = err.get("input")
     got = "" if kind == "missing" else f" (got {shown!r})"
     if isinstance(shown, dict | list) and len(repr(shown)) > 60:
         got = f" (got a {_kind(shown)})"
-    return f"{origin}: {where}: {_lower_first(message)}{got}"
+    return f"{origin}: {where}: {message}{got}"
 
 
 def _clean_loc(loc: list[Any]) -> list[Any]:

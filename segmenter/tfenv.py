@@ -12,35 +12,50 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
+def native_stderr_captured() -> Iterator[None]:
+    """Send fd 2 to a temporary file; replay it only if the block fails.
+
+    A fatal native abort (say, a CPU without the instructions TensorFlow was built for) then
+    still explains itself, while a normal start stays quiet.
+    """
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no real fd 2 (embedded interpreters)
         yield
         return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
-def start_tensorflow(verbose: bool = False) -> None:
-    """Import TensorFlow and enumerate devices once; quietly unless ``verbose``."""
+def start_tensorflow(verbose: bool | None = None) -> None:
+    """Import TensorFlow and enumerate devices once; quietly unless ``verbose``.
+
+    ``verbose`` defaults to whether segmenter's logger shows debug messages (``-v``).
+    """
+    if verbose is None:
+        verbose = logging.getLogger("segmenter").isEnabledFor(logging.DEBUG)
     if "tensorflow" in sys.modules and not verbose:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")
-    context = contextlib.nullcontext() if verbose else _native_stderr_silenced()
+    context = contextlib.nullcontext() if verbose else native_stderr_captured()
     with context:
         import tensorflow as tf
 

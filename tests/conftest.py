@@ -18,15 +18,18 @@ REAL_DIR = Path(os.environ.get("SEGMENTER_REAL_DIR", REPO.parent / "shared" / "r
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    import tensorflow as tf
+    from segmenter.tfenv import native_stderr_captured
 
-    cpus = tf.config.list_physical_devices("CPU")
-    try:
-        tf.config.set_logical_device_configuration(
-            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-        )
-    except RuntimeError:  # TensorFlow already initialised (e.g. a plugin imported it)
-        pass
+    with native_stderr_captured():  # TensorFlow's C++ start-up lines are noise here
+        import tensorflow as tf
+
+        cpus = tf.config.list_physical_devices("CPU")
+        try:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+            )
+        except RuntimeError:  # TensorFlow already initialised (e.g. a plugin imported it)
+            pass
 
 
 @pytest.fixture(autouse=True)

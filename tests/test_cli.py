@@ -56,3 +56,24 @@ def test_unknown_command_suggests(runner):
     result = runner("trian")
     assert result.exit_code == 2
     assert "No such command 'trian'" in result.output
+
+
+def test_bad_config_is_reported_before_tensorflow_starts(tmp_path):
+    """A typo must come back at once, not after TensorFlow's 10-second start."""
+    code = (
+        "import sys\n"
+        "from segmenter.cli.main import cli\n"
+        "for args in (['train', '--set', 'train.stepz=1', '--out', sys.argv[1]],\n"
+        "             ['predict', '--run', sys.argv[1], 'x.jpg'],\n"
+        "             ['evaluate', '--run', sys.argv[1]]):\n"
+        "    try:\n"
+        "        cli(args, prog_name='segmenter')\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 1, (args, exc.code)\n"
+        "    assert 'tensorflow' not in sys.modules, args\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "train.stepz: unknown key; did you mean 'train.steps'?" in result.stderr

@@ -174,3 +174,47 @@ def test_config_validate_cli(runner, tmp_path):
     expected = f"Error: {bad}: train.stpes: unknown key; did you mean 'train.steps'?"
     assert result.output.strip() == expected
     assert "Traceback" not in result.output
+
+
+def test_exponent_floats_read_as_numbers(tmp_path):
+    path = write(tmp_path, "train:\n  learning_rate: 1e-3\n")
+    assert load_config(path).train.learning_rate == 0.001
+    assert load_config(None, ["train.learning_rate=5E-4"]).train.learning_rate == 0.0005
+
+
+def test_layers_are_validated_together_in_any_order(tmp_path):
+    fix_widths = "train.widths={64: 4}"
+    for overrides in (["model.depth=6", fix_widths], [fix_widths, "model.depth=6"]):
+        cfg = load_config(None, overrides)
+        assert (cfg.model.depth, cfg.train.widths) == (6, {64: 4})
+    # A file whose depth rejects the default widths is repaired by --set.
+    path = write(tmp_path, "model:\n  depth: 6\n")
+    assert load_config(path, [fix_widths]).train.widths == {64: 4}
+    with pytest.raises(ConfigError, match=rf"^{path}: train.widths.32: patch width"):
+        load_config(path)
+
+
+def test_error_names_the_layer_that_set_the_key(tmp_path):
+    path = write(tmp_path, "train:\n  steps: 3\n")
+    with pytest.raises(ConfigError, match=r"^--set: data.scale: input should be"):
+        load_config(path, ["data.scale=7"])
+
+
+def test_empty_section_changes_nothing(tmp_path):
+    assert load_config(write(tmp_path, "train:\npredict:\n")) == Config()
+
+
+def test_string_keys_keep_the_text_of_set():
+    cfg = load_config(None, ["data.source=2024", "data.endpoint_url=null", "data.test_dir="])
+    assert cfg.data.source == "2024"
+    assert cfg.data.endpoint_url is None
+    assert cfg.data.test_dir == ""
+
+
+@pytest.mark.parametrize("value", ["0", "2.5", "''"])
+def test_water_class_is_a_positive_number_or_a_name(value):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"data.water_class={value}"])
+    message = str(info.value)
+    assert message.startswith("--set: data.water_class: ")
+    assert " or " in message  # both ways of naming the class are mentioned

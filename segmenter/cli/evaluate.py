@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
 
 import click
 
-from segmenter.cli.options import config_options, resolve_config
+from segmenter.cli.options import config_options, progress, resolve_config
 
 log = logging.getLogger("segmenter")
 
@@ -43,9 +44,7 @@ log = logging.getLogger("segmenter")
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @config_options
-@click.pass_context
 def evaluate(
-    ctx: click.Context,
     run_dir: Path,
     source: str | None,
     split: str,
@@ -70,7 +69,7 @@ def evaluate(
     from segmenter import evaluation, predictor
     from segmenter.tfenv import start_tensorflow
 
-    start_tensorflow(verbose=bool(ctx.obj and ctx.obj.get("verbose")))
+    start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     dataset = load_dataset(cfg.data, scale=1.0)
     items = {"test": dataset.test, "train": dataset.train,
@@ -84,12 +83,9 @@ def evaluate(
         raise click.ClickException(f"{dataset.source}: no labelled images in split '{split}'")
     log.info("evaluating %d image(s) of %s (%s)", len(items), dataset.source, used)
 
-    def progress(values):
-        with click.progressbar(values, label="images", file=click.get_text_stream("stderr"),
-                               show_pos=True) as bar:
-            yield from bar
-
-    report = evaluation.evaluate_images(loaded, items, cfg, progress=progress)
+    report = evaluation.evaluate_images(
+        loaded, items, cfg, progress=functools.partial(progress, label="images")
+    )
     report = {"run": str(run.path), "data": dataset.source, "split": used,
               "widths": sorted(loaded.models), **report}
     json_path, csv_path = evaluation.write_report(out_dir, report)

@@ -34,27 +34,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-# Commands that need TensorFlow: it is started (quietly) just before their body runs.
-TF_COMMANDS = {"train", "predict", "evaluate"}
-
-
-def _starting_tensorflow(command: click.Command) -> click.Command:
-    callback = command.callback
-    if callback is None or getattr(callback, "_starts_tensorflow", False):
-        return command
-
-    def run(*args, **kwargs):
-        from segmenter.tfenv import start_tensorflow
-
-        ctx = click.get_current_context()
-        start_tensorflow(verbose=bool(ctx.find_root().obj and ctx.find_root().obj.get("verbose")))
-        return callback(*args, **kwargs)
-
-    run._starts_tensorflow = True  # type: ignore[attr-defined]
-    command.callback = run
-    return command
-
-
 class LazyGroup(click.Group):
     """A group that imports a command's module only when that command runs."""
 
@@ -66,10 +45,7 @@ class LazyGroup(click.Group):
         if spec is None:
             return None
         module = importlib.import_module(spec[0])
-        command = getattr(module, spec[1])
-        if cmd_name in TF_COMMANDS:
-            command = _starting_tensorflow(command)
-        return command
+        return getattr(module, spec[1])
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, spec[2]) for name, spec in COMMANDS.items()]

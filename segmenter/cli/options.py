@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from segmenter.config import Config, load_config
+
+T = TypeVar("T")
 
 config_option = click.option(
     "--config",
@@ -26,6 +28,14 @@ set_option = click.option(
     metavar="SECTION.KEY=VALUE",
     help="Override one config key (repeatable), e.g. --set train.steps=100.",
 )
+
+
+def progress(items: Iterable[T], label: str) -> Iterator[T]:
+    """Iterate with a progress bar on stderr (click hides it when stderr is not a terminal)."""
+    with click.progressbar(
+        items, label=label, file=click.get_text_stream("stderr"), show_pos=True
+    ) as bar:
+        yield from bar
 
 
 def config_options(func: Callable[..., Any]) -> Callable[..., Any]:

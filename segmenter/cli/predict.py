@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 import click
 
-from segmenter.cli.options import config_options, resolve_config
+from segmenter.cli.options import config_options, progress, resolve_config
 
 log = logging.getLogger("segmenter")
 
@@ -30,9 +31,7 @@ log = logging.getLogger("segmenter")
 )
 @config_options
 @click.option("--overwrite", is_flag=True, help="Replace earlier predictions in --out.")
-@click.pass_context
 def predict(
-    ctx: click.Context,
     run_dir: Path,
     inputs: tuple[str, ...],
     out_dir: Path | None,
@@ -58,7 +57,7 @@ def predict(
     from segmenter.tfenv import start_tensorflow
 
     predictor.check_overwrite(out_dir, outputs.unique_stems([r.name for r in refs]), overwrite)
-    start_tensorflow(verbose=bool(ctx.obj and ctx.obj.get("verbose")))
+    start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     log.info(
         "predicting %d photo(s) with widths %s -> %s",
@@ -67,17 +66,13 @@ def predict(
 
     lines: list[str] = []
 
-    def progress(items):
-        with click.progressbar(items, label="photos", file=click.get_text_stream("stderr"),
-                               show_pos=True) as bar:
-            yield from bar
-
     def report(line: str) -> None:
         lines.append(line)
         click.echo(line)
 
     _, failures = predictor.predict_inputs(
-        refs, loaded, cfg, out_dir, run_path=str(run.path), report=report, progress=progress
+        refs, loaded, cfg, out_dir, run_path=str(run.path), report=report,
+        progress=functools.partial(progress, label="photos"),
     )
     done = len(refs) - len(failures)
     click.echo(f"{done} of {len(refs)} photo(s) predicted into {out_dir}")
