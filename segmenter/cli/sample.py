@@ -11,12 +11,22 @@ from segmenter.config import SampleConfig
 _DEFAULTS = SampleConfig()
 
 
+def _schema_range(key: str) -> click.IntRange:
+    """The bounds of ``data.sample.<key>`` as the schema declares them (the one source)."""
+    limits: dict[str, int] = {}
+    for item in SampleConfig.model_fields[key].metadata:
+        for bound in ("ge", "le"):
+            if getattr(item, bound, None) is not None:
+                limits[bound] = getattr(item, bound)
+    return click.IntRange(limits.get("ge"), limits.get("le"))
+
+
 @click.command("sample-data")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--n",
     "n",
-    type=click.IntRange(2, 10_000),
+    type=_schema_range("n"),
     default=_DEFAULTS.n,
     show_default=True,
     help="Number of scenes (about a quarter go to test/).",
@@ -24,21 +34,27 @@ _DEFAULTS = SampleConfig()
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Scene seed.")
 @click.option(
     "--size",
-    type=click.IntRange(64, 8192),
+    type=_schema_range("size"),
     default=_DEFAULTS.size,
     show_default=True,
     help="Photo width in pixels (height is 3/4 of it).",
 )
-def sample_data(folder: Path, n: int, seed: int, size: int) -> None:
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace FOLDER if it is not empty (everything in it is deleted).",
+)
+def sample_data(folder: Path, n: int, seed: int, size: int, overwrite: bool) -> None:
     """Write generated shoreline / pond scenes to FOLDER in the Ontario layout.
 
     FOLDER/train and FOLDER/test receive <stem>.JPG photos with <stem>_mres.mat labels
     (key 'class': 1 = land, 2 = water; 'labels' = land, water). The same n, seed and size
     always give the same files; `data.source: sample` generates them into the cache instead.
+    FOLDER must be new or empty unless --overwrite; it appears only once complete.
     """
     from segmenter.data.sample import write_sample
 
-    counts = write_sample(folder, n=n, size=size, seed=seed)
+    counts = write_sample(folder, n=n, size=size, seed=seed, overwrite=overwrite)
     click.echo(
         f"wrote {n} scenes ({size} px wide, seed {seed}) to {folder}: "
         f"train {counts['train']}, test {counts['test']}"

@@ -26,13 +26,15 @@ import io
 import logging
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 from scipy import ndimage
 
-from segmenter.config import DataConfig
+from segmenter.config import DataConfig, SampleConfig
 from segmenter.errors import DataError
 from segmenter.fileio import write_bytes
 
@@ -68,33 +70,44 @@ def n_test_scenes(n: int) -> int:
     return min(n - 1, max(1, round(n * TEST_SHARE)))
 
 
-def write_sample(folder: str | os.PathLike, n: int, size: int, seed: int) -> dict[str, int]:
+def write_sample(
+    folder: str | os.PathLike, n: int, size: int, seed: int, *, overwrite: bool = False
+) -> dict[str, int]:
     """Write ``n`` scenes ``size`` pixels wide into ``folder/train`` and ``folder/test``.
+
+    The folder appears complete or not at all: the scenes are written into a temporary
+    sibling folder which is then renamed. An existing non-empty ``folder`` is refused (old and
+    new scenes would mix) unless ``overwrite``, which replaces it and everything in it.
 
     Returns:
         The number of scenes written to each sub-folder.
+
+    Raises:
+        DataError: ``n`` or ``size`` outside the ``data.sample`` schema's limits, a non-empty
+            folder without ``overwrite``, a file in the way, or a write failure (names it).
     """
-    if n < 2:
-        raise DataError(f"sample: need at least 2 scenes (one train, one test), got {n}")
-    if size < 64:
-        raise DataError(f"sample: scenes must be at least 64 pixels wide, got {size}")
-    folder = Path(folder)
-    n_test = n_test_scenes(n)
-    counts = {"train": 0, "test": 0}
-    for index in range(n):
-        split = "test" if index >= n - n_test else "train"
-        scene = make_scene(index, size, seed)
-        _write_scene(folder / split, scene)
-        counts[split] += 1
-    return counts
+    return _publish(Path(folder), validated_spec(n=n, size=size, seed=seed), overwrite, None)
+
+
+def validated_spec(n: int, size: int, seed: int) -> SampleConfig:
+    """``n``, ``size`` and ``seed`` checked against the schema (the one source of limits)."""
+    try:
+        return SampleConfig(n=n, size=size, seed=seed)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(part) for part in err["loc"])
+        msg = str(err["msg"])
+        raise DataError(
+            f"sample.{key}: {msg[:1].lower()}{msg[1:]} (got {err.get('input')!r})"
+        ) from None
 
 
 def ensure_sample(data_cfg: DataConfig) -> str:
     """The folder of the generated sample, generating it into the cache on first use.
 
-    The folder is keyed by generator version, n, size and seed, and appears atomically (it is
-    written under a temporary name, then renamed), so an interrupted or concurrent run never
-    leaves a half-written sample behind.
+    The folder is keyed by generator version, n, size and seed, and appears atomically (see
+    :func:`write_sample`), so an interrupted or concurrent run never leaves a half-written
+    sample behind.
     """
     from segmenter.data.storage import cache_root
 
@@ -109,21 +122,67 @@ def ensure_sample(data_cfg: DataConfig) -> str:
     log.info(
         "generating the built-in sample (%d scenes, %d px wide) in %s", spec.n, spec.size, folder
     )
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    # An existing folder without the marker is an incomplete leftover: replace it.
+    _publish(folder, spec, overwrite=True, marker=_COMPLETE)
+    return str(folder)
+
+
+def _publish(
+    folder: Path, spec: SampleConfig, overwrite: bool, marker: str | None
+) -> dict[str, int]:
+    """Generate into a temporary sibling of ``folder``, then rename it onto ``folder``.
+
+    With a ``marker``, the file is written last inside the new folder, and a ``folder`` that
+    already holds it (a concurrent run that finished first) is kept as it is.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: is a file; expected a folder")
+    if not overwrite and folder.is_dir() and any(folder.iterdir()):
+        raise DataError(
+            f"{folder}: folder is not empty (old and new scenes would mix); "
+            "choose a new folder or pass --overwrite to replace it"
+        )
+    staging: Path | None = None
     try:
-        shutil.rmtree(staging, ignore_errors=True)
-        write_sample(staging, spec.n, spec.size, spec.seed)
-        (staging / _COMPLETE).write_text("ok\n", encoding="utf-8")
-        if folder.exists():  # an incomplete leftover, or a concurrent run that just finished
-            if (folder / _COMPLETE).is_file():
-                return str(folder)
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = _sibling(folder, "tmp")
+        counts = _write_scenes(staging, spec.n, spec.size, spec.seed)
+        if marker:
+            (staging / marker).write_text("ok\n", encoding="utf-8")
+            if (folder / marker).is_file():
+                return counts
+        if folder.is_dir() and any(folder.iterdir()):
+            # rename() only replaces an empty folder: move the old one aside first.
+            old = _sibling(folder, "old")
+            os.replace(folder, old / folder.name)
+            os.replace(staging, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
     except OSError as exc:
         raise DataError(f"{folder}: cannot write the sample ({exc.strerror or exc})") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(folder)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return counts
+
+
+def _sibling(folder: Path, kind: str) -> Path:
+    """A new hidden folder beside ``folder`` (mkdir, so it gets the usual permissions)."""
+    path = folder.with_name(f".{folder.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.{kind}")
+    path.mkdir()
+    return path
+
+
+def _write_scenes(folder: Path, n: int, size: int, seed: int) -> dict[str, int]:
+    n_test = n_test_scenes(n)
+    counts = {"train": 0, "test": 0}
+    for index in range(n):
+        split = "test" if index >= n - n_test else "train"
+        scene = make_scene(index, size, seed)
+        _write_scene(folder / split, scene)
+        counts[split] += 1
+    return counts
 
 
 def _write_scene(folder: Path, scene: Scene) -> None:

@@ -12,6 +12,7 @@ from skimage.filters import threshold_otsu
 
 from segmenter.data.ontario import load_dataset
 from segmenter.data.sample import ensure_sample, make_scene, write_sample
+from segmenter.errors import DataError
 
 
 def _iou(predicted: np.ndarray, truth: np.ndarray) -> float:
@@ -70,9 +71,17 @@ def test_generator_is_deterministic(tmp_path: Path) -> None:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     photo = Path("train/scene_000.JPG")
     assert (tmp_path / "a" / photo).read_bytes() != (tmp_path / "c" / photo).read_bytes()
-    # Scene i does not depend on how many scenes are written.
-    one = make_scene(1, 64, seed=5)
-    np.testing.assert_array_equal(one.water, make_scene(1, 64, seed=5).water)
+    # Scene i does not depend on how many scenes are written: scene_001 is in train/ when
+    # three are written and in test/ when two are; both equal a fresh generation.
+    write_sample(tmp_path / "d", n=2, size=64, seed=5)
+    fresh = make_scene(1, 64, seed=5)
+    for written in (tmp_path / "a" / "train", tmp_path / "d" / "test"):
+        classes = loadmat(written / "scene_001_mres.mat")["class"]
+        np.testing.assert_array_equal(classes == 2, fresh.water)
+        assert (written / "scene_001.JPG").read_bytes() == (
+            tmp_path / "a" / "train" / "scene_001.JPG"
+        ).read_bytes()
+    assert not np.array_equal(make_scene(1, 64, seed=6).water, fresh.water)
 
 
 def test_ontario_layout(tmp_path: Path) -> None:
@@ -99,6 +108,76 @@ def test_sample_data_cli(runner, tmp_path: Path) -> None:
 def test_sample_data_cli_rejects_bad_sizes(runner, tmp_path: Path) -> None:
     result = runner("sample-data", tmp_path, "--size", "10")
     assert result.exit_code == 2 and "--size" in result.output
+
+
+def test_sample_limits_come_from_the_schema(runner, tmp_path: Path) -> None:
+    """The CLI's ranges are the schema's, and write_sample reports the schema's key."""
+    from segmenter.cli.sample import sample_data
+    from segmenter.config import SampleConfig
+
+    schema = SampleConfig.model_json_schema()["properties"]
+    ranges = {
+        p.name: (getattr(p.type, "min", None), getattr(p.type, "max", None))
+        for p in sample_data.params
+    }
+    for key in ("n", "size"):
+        assert ranges[key] == (schema[key]["minimum"], schema[key]["maximum"])
+    with pytest.raises(DataError, match=r"^sample\.n: input should be greater than or equal to 2"):
+        write_sample(tmp_path / "x", n=1, size=64, seed=0)
+    with pytest.raises(DataError, match=r"^sample\.size: input should be less than or equal to"):
+        write_sample(tmp_path / "x", n=2, size=10**6, seed=0)
+    assert not (tmp_path / "x").exists()
+
+
+def test_sample_data_refuses_a_non_empty_folder(runner, tmp_path: Path) -> None:
+    """Old and new scenes would mix (same stems in train/ and test/): refused, one line."""
+    out = tmp_path / "out"
+    assert runner("sample-data", out, "--n", "4", "--size", "64").exit_code == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    result = runner("sample-data", out, "--n", "2", "--size", "64", "--seed", "1")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: {out}: folder is not empty")
+    assert "--overwrite" in errors[0]
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # untouched
+
+    result = runner("sample-data", out, "--n", "2", "--size", "64", "--seed", "1", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.rglob("*.JPG")) == ["scene_000.JPG", "scene_001.JPG"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary leftovers
+    dataset = load_dataset(data_cfg(source=str(out)), progress=False)
+    assert [i.stem for i in dataset.train] == ["scene_000"]
+    assert [i.stem for i in dataset.test] == ["scene_001"]
+
+
+def test_sample_data_into_an_empty_folder(runner, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert runner("sample-data", tmp_path / "empty", "--n", "2", "--size", "64").exit_code == 0
+    assert (tmp_path / "empty" / "train" / "scene_000.JPG").is_file()
+    assert not (tmp_path / "empty" / "COMPLETE").exists()  # the cache's marker only
+
+
+def test_interrupted_generation_leaves_nothing(monkeypatch, tmp_path: Path) -> None:
+    """A failure part-way leaves neither a half-written folder nor a temporary one."""
+    import segmenter.data.sample as sample_module
+
+    calls = []
+
+    def failing(index: int, size: int, seed: int):
+        calls.append(index)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return make_scene(index, size, seed)
+
+    monkeypatch.setattr(sample_module, "make_scene", failing)
+    with pytest.raises(DataError, match=r"out: cannot write the sample \(No space left"):
+        write_sample(tmp_path / "out", n=3, size=64, seed=0)
+    assert list(tmp_path.iterdir()) == []
+    cfg = data_cfg(source="sample", cache_dir=str(tmp_path / "cache"), sample={"n": 3, "size": 64})
+    calls.clear()
+    with pytest.raises(DataError, match="cannot write the sample"):
+        ensure_sample(cfg)
+    assert list((tmp_path / "cache" / "sample").iterdir()) == []
 
 
 def test_source_sample_is_generated_once_into_the_cache(tmp_path: Path) -> None:
