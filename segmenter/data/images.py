@@ -23,11 +23,17 @@ from pathlib import PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 
 from segmenter.errors import DataError
 
-# Photos of several gigapixels are legitimate aerial imagery, not decompression bombs.
-Image.MAX_IMAGE_PIXELS = None
+#: Largest photo decoded, in pixels. Pillow's default guard (179 Mpx) rejects legitimate
+#: aerial mosaics; this raises it (process-wide: Pillow has one setting) but keeps a cap, so a
+#: decompression bomb still fails cleanly instead of exhausting memory.
+MAX_PIXELS = 2_000_000_000
+# Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that.
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS // 2:
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 LABEL_PNG_SUFFIX = "_label.png"
@@ -76,10 +82,21 @@ def load_photo(
             pil = Image.open(io.BytesIO(data))
             full = (pil.height, pil.width)
             target = scaled_shape(full, scale)
+            # The region of the decoded pixels that the full photo covers: after a reduced
+            # decode by f, ceil(w / f) pixels of which only w / f are the photo.
+            box = (0.0, 0.0, float(pil.width), float(pil.height))
             if pil.format == "JPEG" and target != full and pil.mode in ("RGB", "L", "CMYK"):
-                pil.draft(pil.mode, (target[1], target[0]))
+                drafted = pil.draft(pil.mode, (target[1], target[0]))
+                if drafted is not None:
+                    box = tuple(float(v) for v in drafted[1])
             pil.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        DecompressionBombError,
+    ) as exc:
         raise DataError(f"{name}: not a readable image ({_reason(exc)})") from None
 
     if pil.mode == "P":
@@ -89,9 +106,11 @@ def load_photo(
         pil = pil.convert("RGB")
     elif pil.mode == "1":
         pil = pil.convert("L")
-    if pil.mode in ("RGB", "L") and (pil.height, pil.width) != target:
-        # 8-bit: resize in Pillow before converting to float (4x less memory to touch).
-        pil = pil.resize((target[1], target[0]), Image.Resampling.BOX)
+    whole = box == (0.0, 0.0, float(pil.width), float(pil.height))
+    if pil.mode in ("RGB", "L") and ((pil.height, pil.width) != target or not whole):
+        # 8-bit: resize in Pillow before converting to float (4x less memory to touch). The
+        # box maps exactly the full photo onto the target, as resize_land does for the label.
+        pil = pil.resize((target[1], target[0]), Image.Resampling.BOX, box=box)
     image = _to_float_rgb(np.asarray(pil), name, notes)
     return _resize_float(image, target), full, notes
 
@@ -182,6 +201,13 @@ def read_mat_label(data: bytes, name: str, water_class: int | str) -> np.ndarray
 
 def _water_number(water_class: int | str, labels: np.ndarray | None, name: str) -> int:
     if isinstance(water_class, int):
+        if labels is not None:
+            names = label_names(labels)
+            if not 1 <= water_class <= len(names):
+                raise DataError(
+                    f"{name}: water_class {water_class} is not a class of this file: its "
+                    f"labels are 1..{len(names)} {names}"
+                )
         return water_class
     if labels is None:
         raise DataError(
@@ -224,7 +250,13 @@ def read_png_label(data: bytes, name: str, water_value: int) -> np.ndarray:
             warnings.simplefilter("ignore")
             pil = Image.open(io.BytesIO(data))
             pil.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        DecompressionBombError,
+    ) as exc:
         raise DataError(f"{name}: not a readable label image ({_reason(exc)})") from None
     values = np.asarray(pil)  # for palette images the indices are the class values
     if values.ndim == 3:
@@ -253,5 +285,11 @@ def _resize_float(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _reason(exc: BaseException) -> str:
+    """Why a decode failed, in words (Pillow's own messages name a BytesIO object)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "unrecognised image format"
+    if isinstance(exc, DecompressionBombError):
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # where Pillow refuses
+        return f"over the {limit:,} pixel limit for one image"
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -118,3 +118,74 @@ def test_resized_labels_are_honest_land_fractions() -> None:
     small = images.resize_land(land, (2, 2))
     np.testing.assert_allclose(small, [[0.25, 1.0], [0.25, 1.0]])
     assert small.dtype == np.float32
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("shape", "scale", "axis"),
+    [((75, 100), 0.3, 0), ((99, 133), 0.2, 0), ((99, 133), 0.2, 1)],
+)
+def test_reduced_jpeg_decode_stays_aligned_with_the_label(shape, scale, axis) -> None:
+    """A JPEG decoded at reduced size (Image.draft) has its edges where the label has them.
+
+    The sizes are not multiples of the reduction factor, so the reduced decode has a partly
+    padded last row / column. Pillow's BOX filter rounds each window to whole input pixels,
+    so single edges may differ by a fraction of a pixel either way; averaged over every edge
+    position the offset must vanish (it was +0.13 to +0.30 px when the padding was ignored).
+    """
+    offsets = []
+    for edge in range(8, shape[axis] - 8):
+        land = np.ones(shape, np.float32)
+        if axis == 0:
+            land[:edge] = 0
+        else:
+            land[:, :edge] = 0
+        rgb = np.repeat((64 + land * 128).astype(np.uint8)[..., None], 3, axis=2)  # no clipping
+        image, full, _ = images.load_photo(_jpeg(rgb), "edge.jpg", scale)
+        assert full == shape
+        label = images.resize_land(land, image.shape[:2])
+        photo_land = (image.mean(axis=-1) * 255 - 64) / 128
+        # Total land along the axis = where the edge sits, in output pixels.
+        offsets.append(float((photo_land - label).sum(axis=axis).mean()))
+    assert abs(np.mean(offsets)) < 0.03, np.mean(offsets)
+    assert np.max(np.abs(offsets)) < 0.45
+
+
+def test_unrecognised_image_says_so_without_python_object_names() -> None:
+    for decode in (
+        lambda: images.decode_photo(b"hello, not an image", "x.png"),
+        lambda: images.read_png_label(b"hello, not an image", "x_label.png", 255),
+    ):
+        with pytest.raises(DataError) as info:
+            decode()
+        message = str(info.value)
+        assert message.startswith("x") and "(unrecognised image format)" in message
+        assert "BytesIO" not in message and "0x" not in message
+
+
+def test_decompression_bomb_guard_stays_on_and_names_the_file(monkeypatch) -> None:
+    assert Image.MAX_IMAGE_PIXELS is not None  # importing segmenter must not switch it off
+    assert Image.MAX_IMAGE_PIXELS * 2 >= images.MAX_PIXELS  # but large photos are allowed
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # refuse above 20 pixels
+    data = _png(np.zeros((6, 8, 3), np.uint8))
+    with pytest.raises(DataError, match=r"^huge\.png: not a readable image \(over the 20 pixel"):
+        images.decode_photo(data, "huge.png")
+    with pytest.raises(DataError, match=r"^huge_label\.png: not a readable label image \(over"):
+        images.read_png_label(_png(np.zeros((6, 8), np.uint8)), "huge_label.png", 255)
+
+
+def test_water_class_number_beyond_labels_names_the_file() -> None:
+    data = _mat(**{"class": np.ones((2, 2), np.uint8), "labels": ["land ", "water"]})
+    for number in (3, 0, -1):
+        with pytest.raises(
+            DataError, match=rf"^x_mres\.mat: water_class {number} is not a class of this file"
+        ):
+            images.read_mat_label(data, "x_mres.mat", number)
+    assert images.read_mat_label(data, "x_mres.mat", 2).shape == (2, 2)
+    # Without 'labels' the number cannot be checked against names: accepted as it is.
+    assert images.read_mat_label(_mat(**{"class": np.ones((2, 2))}), "x.mat", 7).min() == 1
