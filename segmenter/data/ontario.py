@@ -116,26 +116,44 @@ def find_pairs(storage: Storage, subdir: str) -> tuple[list[Pair], list[str]]:
         else:
             log.debug("ignoring %s (neither a photo nor a label)", storage.display(path))
 
-    pairs: list[Pair] = []
+    # Each label goes to one photo. Kinds are assigned in order of preference, so that with
+    # a.JPG, a_mres.JPG and a_mres.mat the label is a.JPG's (<stem>_mres.mat, the Ontario
+    # convention) rather than a_mres.JPG's (<stem>.mat), and a_mres.JPG is reported.
     problems: list[str] = []
+    chosen: dict[str, str] = {}  # photo stem -> label path
     used: set[str] = set()
+    for suffix in LABEL_SUFFIXES:
+        for stem in sorted(photos):
+            label = labels.get(stem, {}).get(suffix)
+            if stem not in chosen and label is not None and label not in used:
+                chosen[stem] = label
+                used.add(label)
+
+    owners = {path: stem for stem, path in chosen.items()}
+    pairs: list[Pair] = []
     for stem in sorted(photos):
         found = sorted(photos[stem], key=_photo_preference)
         for extra in found[1:]:
             problems.append(f"{storage.display(extra)}: another photo has the same stem; skipped")
-        options = labels.get(stem, {})
-        label = next((options[s] for s in LABEL_SUFFIXES if s in options), None)
-        if label is None:
-            problems.append(f"{storage.display(found[0])}: photo has no label; skipped")
-        else:
-            used.add(label)
-            pairs.append(Pair(stem=stem, photo=found[0], label=label))
+        if stem in chosen:
+            pairs.append(Pair(stem=stem, photo=found[0], label=chosen[stem]))
+            continue
+        taken = sorted(path for path in labels.get(stem, {}).values() if path in owners)
+        why = ""
+        if taken:
+            owner = min(photos[owners[taken[0]]], key=_photo_preference)
+            why = f" ({_name(taken[0])} is the label of {_name(owner)})"
+        problems.append(f"{storage.display(found[0])}: photo has no label{why}; skipped")
     for path in sorted(set(label_stems) - used):
         if any(stem in photos for stem in label_stems[path]):
             problems.append(f"{storage.display(path)}: the photo has a preferred label; ignored")
         else:
             problems.append(f"{storage.display(path)}: label has no photo; skipped")
     return pairs, problems
+
+
+def _name(path: str) -> str:
+    return PurePosixPath(path).name
 
 
 def _photo_preference(path: str) -> int:
@@ -185,8 +203,9 @@ def load_dataset(
         refresh: list remote folders again instead of trusting cached listings.
 
     Raises:
-        DataError: missing source, no pairs at all, or (unless ``data.skip_bad``) the first bad
-            pair, as one line naming the file.
+        DataError: missing source, no pairs in the train folder, no training image left after
+            skipping bad pairs, or (unless ``data.skip_bad``) the first bad pair, as one line
+            naming the file or folder.
     """
     scale = data_cfg.scale if scale is None else scale
     source = data_cfg.source
@@ -209,13 +228,15 @@ def load_dataset(
             data_cfg.seed,
         )
 
-    splits = {"train": _pairs_in(storage, train_dir)}
+    train_pairs, warned = _pairs_in(storage, train_dir)
+    if not train_pairs:
+        # Even with pairs in test/: there would be nothing to train on.
+        see = " (see the warnings above)" if warned else ""
+        raise DataError(f"{storage.display(train_dir)}: no photo/label pairs found{see}")
+    splits = {"train": train_pairs}
     if use_test:
-        splits["test"] = _pairs_in(storage, test_dir)
+        splits["test"] = _pairs_in(storage, test_dir)[0]
     pairs_found = sum(len(p) for p in splits.values())
-    if pairs_found == 0:
-        where = storage.display(train_dir)
-        raise DataError(f"{where}: no photo/label pairs found (see the warnings above)")
 
     skipped: list[str] = []
     loaded: dict[str, list[LabelledImage]] = {}
@@ -223,8 +244,11 @@ def load_dataset(
         loaded[split] = _load_all(storage, pairs, data_cfg, scale, split, progress, skipped)
     if skipped:
         log.warning("skipped %d bad pair(s): %s", len(skipped), "; ".join(skipped))
-    if not any(loaded.values()):
-        raise DataError(f"{storage.url}: every pair was bad; nothing left to load")
+    if not loaded["train"]:
+        raise DataError(
+            f"{storage.display(train_dir)}: no training images: every pair was bad "
+            "(see the warnings above)"
+        )
 
     if use_test:
         train, test = loaded["train"], loaded["test"]
@@ -232,6 +256,7 @@ def load_dataset(
         train, test = split_by_seed(loaded["train"], data_cfg.test_ratio, data_cfg.seed)
     if not test:
         log.warning("%s: no test images (too few pairs to hold any out)", storage.url)
+    _warn_if_no_water(train + test, [p for ps in splits.values() for p in ps], data_cfg)
     return Dataset(
         train=train,
         test=test,
@@ -244,11 +269,28 @@ def load_dataset(
     )
 
 
-def _pairs_in(storage: Storage, subdir: str) -> list[Pair]:
+def _pairs_in(storage: Storage, subdir: str) -> tuple[list[Pair], bool]:
+    """The pairs under ``subdir``, each problem logged as a warning; whether there were any."""
     pairs, problems = find_pairs(storage, subdir)
     for problem in problems:
         log.warning("%s", problem)
-    return pairs
+    return pairs, bool(problems)
+
+
+def _warn_if_no_water(items: list[LabelledImage], pairs: list[Pair], data_cfg: DataConfig) -> None:
+    """No water in any label at all is almost always the wrong water class, not the data."""
+    if not items or any(float(item.land.min()) < 1.0 for item in items):
+        return
+    keys = []
+    if any(p.label.lower().endswith(".mat") for p in pairs):
+        keys.append(f"data.water_class (now {data_cfg.water_class!r})")
+    if any(p.label.lower().endswith(images.LABEL_PNG_SUFFIX) for p in pairs):
+        keys.append(f"data.label_water_value (now {data_cfg.label_water_value})")
+    log.warning(
+        "no label contains any water (%d images): check %s",
+        len(items),
+        " and ".join(keys) or "data.water_class",
+    )
 
 
 def _load_all(
@@ -274,29 +316,14 @@ def _load_all(
 
 
 def _progress(items: list[Pair], label: str, enabled: bool) -> click.progressbar:
-    """click's bar on stderr; it only draws on a terminal, so logs and tests stay clean."""
-    stream = sys.stderr
-    shown = enabled and stream.isatty()
+    """click's bar on stderr, drawn only on a terminal, so logs and tests stay clean."""
     return click.progressbar(
         items,
         label=label,
-        file=stream if shown else _Null(),
+        file=sys.stderr,
+        hidden=not (enabled and sys.stderr.isatty()),
         show_pos=True,
-        item_show_func=None,
     )
-
-
-class _Null:
-    """A sink for the progress bar when it is not shown."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        return None
-
-    def isatty(self) -> bool:
-        return False
 
 
 def split_by_seed(

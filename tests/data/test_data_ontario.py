@@ -13,6 +13,7 @@ from data_helpers import data_cfg
 from PIL import Image
 from scipy.io import loadmat, savemat
 
+from segmenter.data.images import resize_land
 from segmenter.data.ontario import find_pairs, load_dataset, split_by_seed
 from segmenter.data.storage import open_storage
 from segmenter.errors import DataError
@@ -85,6 +86,28 @@ def test_photo_extensions_and_label_preference(tmp_path: Path) -> None:
     assert len(problems) == 1 and "x.mat: the photo has a preferred label" in problems[0]
 
 
+def test_each_label_pairs_with_one_photo(tmp_path: Path) -> None:
+    """a_mres.mat is a.JPG's label (<stem>_mres.mat), not also a_mres.JPG's (<stem>.mat)."""
+    train = tmp_path / "train"
+    _write_photo(train / "a.JPG")
+    _write_photo(train / "a_mres.JPG")
+    _write_mat(train / "a_mres.mat", np.ones((12, 16)))
+    pairs, problems = find_pairs(open_storage(str(tmp_path), data_cfg()), "train")
+    assert [(p.stem, p.photo, p.label) for p in pairs] == [("a", "train/a.JPG", "train/a_mres.mat")]
+    assert problems == [
+        f"{tmp_path}/train/a_mres.JPG: photo has no label (a_mres.mat is the label of a.JPG); "
+        "skipped"
+    ]
+    # With its own label the second photo pairs too.
+    _write_mat(train / "a_mres_mres.mat", np.ones((12, 16)))
+    pairs, problems = find_pairs(open_storage(str(tmp_path), data_cfg()), "train")
+    assert {p.stem: p.label for p in pairs} == {
+        "a": "train/a_mres.mat",
+        "a_mres": "train/a_mres_mres.mat",
+    }
+    assert problems == []
+
+
 def test_unpaired_files_are_reported_and_skipped(scenes_copy: Path, caplog) -> None:
     train = scenes_copy / "train"
     (train / "scene_000_mres.mat").unlink()  # a photo with no label
@@ -121,6 +144,23 @@ def test_scale_and_binarisation(scenes_dir: Path) -> None:
     assert half.train[0].land.min() >= 0 and half.train[0].land.max() <= 1
     assert half.train[0].water_fraction == pytest.approx(first.water_fraction, abs=1e-6)
     assert half.fingerprint != full.fingerprint
+    # Photo and label stay aligned: the reduced photo is the full photo area-averaged
+    # exactly as the label is (the JPEG decoded at reduced size, so not bit-identical).
+    for scale in (0.5, 0.3):
+        small = load_dataset(data_cfg(source=str(scenes_dir)), scale=scale, progress=False)
+        for big, little in zip(full.train, small.train, strict=True):
+            shape = little.land.shape
+            np.testing.assert_array_equal(little.land, resize_land(big.land, shape))
+            resized = np.stack([resize_land(big.image[..., c], shape) for c in range(3)], -1)
+            inner = (slice(1, -1), slice(1, -1))
+            error = {
+                (dy, dx): np.abs(
+                    np.roll(little.image, (dy, dx), (0, 1))[inner] - resized[inner]
+                ).mean()
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+            }
+            assert error[0, 0] < 0.03 and min(error, key=error.get) == (0, 0), error
 
 
 def test_water_class_by_name(scenes_dir: Path) -> None:
@@ -214,7 +254,7 @@ def test_missing_local_path(runner, tmp_path: Path) -> None:
 def test_empty_folder(runner, tmp_path: Path) -> None:
     (tmp_path / "train").mkdir()
     line = _error_line(_run_data(runner, tmp_path))
-    assert line.startswith(f"Error: {tmp_path}/train: no photo/label pairs found")
+    assert line == f"Error: {tmp_path}/train: no photo/label pairs found"  # no warnings to see
     line = _error_line(_run_data(runner, tmp_path / "train"))
     assert line == f"Error: {tmp_path}/train/train: folder not found"
 
@@ -276,3 +316,46 @@ def test_greyscale_photo_loads_with_a_note(scenes_copy: Path, caplog) -> None:
         dataset = load_dataset(data_cfg(source=str(scenes_copy)), progress=False)
     assert dataset.train[0].image.shape[-1] == 3
     assert "scene_000.JPG: greyscale photo converted to RGB" in caplog.text
+
+
+def test_empty_train_folder_with_test_pairs_is_an_error(runner, scenes_copy: Path) -> None:
+    for path in (scenes_copy / "train").iterdir():
+        path.unlink()
+    line = _error_line(_run_data(runner, scenes_copy))
+    assert line == f"Error: {scenes_copy}/train: no photo/label pairs found"
+
+
+def test_every_training_pair_bad_under_skip_bad_is_an_error(runner, scenes_copy: Path) -> None:
+    for photo in (scenes_copy / "train").glob("*.JPG"):
+        photo.write_bytes(b"junk")  # test/ stays good
+    result = _run_data(runner, scenes_copy, "data.skip_bad=true")
+    line = _error_line(result)
+    assert line == (
+        f"Error: {scenes_copy}/train: no training images: every pair was bad "
+        "(see the warnings above)"
+    )
+    assert "skipped 3 bad pair(s)" in result.output
+
+
+@pytest.mark.parametrize("kind", ["mat", "png"])
+def test_no_water_in_any_label_is_warned_naming_the_key(tmp_path: Path, caplog, kind) -> None:
+    for split in ("train", "test"):
+        _write_photo(tmp_path / split / "a.png")
+        if kind == "mat":
+            _write_mat(tmp_path / split / "a_mres.mat", np.full((12, 16), 2))  # no labels key
+        else:
+            Image.fromarray(np.zeros((12, 16), np.uint8)).save(tmp_path / split / "a_label.png")
+    with caplog.at_level(logging.WARNING, logger="segmenter"):
+        load_dataset(data_cfg(source=str(tmp_path), water_class=5), progress=False)
+    key = "data.water_class (now 5)" if kind == "mat" else "data.label_water_value (now 255)"
+    assert f"no label contains any water (2 images): check {key}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="segmenter"):
+        load_dataset(data_cfg(source=str(tmp_path), water_class=2, label_water_value=0))
+    assert "no label contains any water" not in caplog.text
+
+
+def test_progress_bar_is_silent_off_a_terminal(scenes_dir: Path, capsys) -> None:
+    load_dataset(data_cfg(source=str(scenes_dir)), progress=True)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
