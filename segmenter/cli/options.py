@@ -18,7 +18,7 @@ config_option = click.option(
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="YAML config (default: built-in defaults).",
+    help="YAML config, layered over the defaults (predict, evaluate: over the run's config).",
 )
 
 set_option = click.option(
