@@ -43,6 +43,10 @@ READ_TIMEOUT_S = 30
 MAX_ATTEMPTS = 2
 # s3fs's own retry loop on top of botocore's (default 5, with back-off).
 S3FS_RETRIES = 2
+#: Added to "not found" for S3 sources: the folder listings are cached, and may be stale.
+REFRESH_HINT = (
+    " (folder listings are cached: if the bucket changed since, run `segmenter data --refresh`)"
+)
 
 
 def cache_root(data_cfg: DataConfig | None = None) -> Path:
@@ -90,7 +94,15 @@ class Storage:
         return sorted(_join(subdir, name) for name in entry["files"])
 
     def isdir(self, subdir: str = "") -> bool:
-        """Whether ``subdir`` exists (for S3: whether any object has that prefix)."""
+        """Whether ``subdir`` exists (for S3: whether any object has that prefix).
+
+        For S3, a direct sub-folder is looked up in the source's own listing, which is cached
+        (it found something), so that a missing ``test/`` costs no request on later runs.
+        """
+        subdir = subdir.strip("/")
+        if self.remote and subdir and "/" not in subdir:
+            parent = self._listing("")
+            return parent is not None and subdir in parent["dirs"]
         return self._listing(subdir) is not None
 
     def read_bytes(self, path: str) -> bytes:
@@ -124,8 +136,13 @@ class Storage:
         """
         if not self.remote or not paths:
             return
-        for start in range(0, len(paths), chunk):
-            batch = [_join(self.root, p) for p in paths[start : start + chunk]]
+        # The cache's cat() reads every cached file into memory: ask only for the others.
+        cached = getattr(self.fs, "_check_file", None)
+        missing = [_join(self.root, p) for p in paths]
+        if cached is not None:
+            missing = [full for full in missing if not cached(full)]
+        for start in range(0, len(missing), chunk):
+            batch = missing[start : start + chunk]
             try:
                 self.fs.cat(batch)
             except _io_errors(True) as exc:
@@ -170,7 +187,9 @@ class Storage:
             except (OSError, ValueError, KeyError, TypeError):
                 log.debug("ignoring unreadable cached listing %s", cached)
         listing = self._remote_listing(subdir)
-        write_json(cached, {"path": full, "listing": listing})
+        if listing is not None:
+            # Not-found is never cached: a folder uploaded later is seen on the next run.
+            write_json(cached, {"path": full, "listing": listing})
         return listing
 
     def _remote_listing(self, subdir: str) -> dict[str, Any] | None:
@@ -178,7 +197,7 @@ class Storage:
         try:
             entries = self.fs.fs.ls(full, detail=True, refresh=True)
         except FileNotFoundError as exc:
-            if _mentions_bucket(exc):
+            if _not_found_kind(exc) != "key":  # no bucket, or a 404 that is not S3's
                 raise _translate(exc, self.display(subdir), self) from None
             return None
         except _io_errors(True) as exc:
@@ -326,13 +345,14 @@ def expand_inputs(inputs: list[str] | tuple[str, ...], data_cfg: DataConfig) -> 
 
 def _expand_local(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Storage, str]]:
     path = Path(item).expanduser()
-    if globmod.has_magic(item):
-        matches = sorted(Path(p) for p in globmod.glob(str(path)) if is_photo_name(p))
-        files = [p for p in matches if p.is_file()]
-    elif path.is_dir():
+    # A path that exists is taken literally, even with glob characters ("a[1].jpg").
+    if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and is_photo_name(p.name))
     elif path.is_file():
         files = [path]
+    elif globmod.has_magic(item):
+        matches = sorted(Path(p) for p in globmod.glob(str(path)) if is_photo_name(p))
+        files = [p for p in matches if p.is_file()]
     else:
         raise DataError(f"{item}: no such file or folder")
     out = []
@@ -346,6 +366,12 @@ def _expand_local(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Stora
 
 def _expand_s3(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Storage, str]]:
     root = item.split("://", 1)[1].strip("/")
+    # An object that exists is taken literally, even with glob characters ("a[1].jpg").
+    parent, _, name = root.rpartition("/")
+    if parent and is_photo_name(name):
+        storage = open_storage("s3://" + parent, data_cfg)
+        if name in storage.list(""):
+            return [(_stem(name), storage.display(name), storage, name)]
     if globmod.has_magic(root):
         bucket = open_storage("s3://" + root.split("/", 1)[0], data_cfg)
         try:
@@ -363,14 +389,9 @@ def _expand_s3(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Storage,
             storage = folders[parent]
             out.append((_stem(name), storage.display(name), storage, name))
         return out
-    parent, _, name = root.rpartition("/")
-    if parent and is_photo_name(name):
-        storage = open_storage("s3://" + parent, data_cfg)
-        if name in storage.list(""):
-            return [(_stem(name), storage.display(name), storage, name)]
     storage = open_storage(item, data_cfg)
     if not storage.isdir(""):
-        raise DataError(f"{item}: no such file or folder in the bucket")
+        raise DataError(f"{item}: no such file or folder in the bucket{REFRESH_HINT}")
     names = [n for n in storage.list("") if is_photo_name(n)]
     return [(_stem(n), storage.display(n), storage, n) for n in names]
 
@@ -435,9 +456,24 @@ def _io_errors(remote: bool) -> tuple[type[BaseException], ...]:
     )
 
 
-def _mentions_bucket(exc: BaseException) -> bool:
-    text = f"{exc} {exc.__cause__ or ''}"
-    return "NoSuchBucket" in text or "bucket does not exist" in text.lower()
+def _not_found_kind(exc: BaseException) -> str:
+    """What a remote "not found" means: ``bucket``, ``key`` (object or prefix) or ``http``.
+
+    s3fs raises a bare FileNotFoundError for a prefix with nothing under it, and translates
+    S3's NoSuchBucket / NoSuchKey; a server that is not S3 (a wrong endpoint_url) answers a
+    plain 404, without an S3 error code, which says nothing about the folder.
+    """
+    codes = set()
+    for item in _chain(exc):
+        response = getattr(item, "response", None)
+        if isinstance(response, dict):
+            codes.add(str(response.get("Error", {}).get("Code", "")))
+    text = " ".join(str(item) for item in _chain(exc))
+    if "NoSuchBucket" in codes or "NoSuchBucket" in text:
+        return "bucket"
+    if codes - {"NoSuchKey", ""}:
+        return "http"
+    return "key"
 
 
 def _translate(exc: BaseException, where: str, storage: Storage) -> DataError:
@@ -448,9 +484,17 @@ def _translate(exc: BaseException, where: str, storage: Storage) -> DataError:
     names = {type(e).__name__ for e in _chain(exc)}
     text = " ".join(str(e) for e in _chain(exc))
     if isinstance(exc, FileNotFoundError):
-        if storage.remote and _mentions_bucket(exc):
+        if not storage.remote:
+            return DataError(f"{where}: file not found")
+        kind = _not_found_kind(exc)
+        if kind == "bucket":
             return DataError(f"{where}: bucket '{bucket}' not found on {endpoint}")
-        return DataError(f"{where}: file not found")
+        if kind == "http":
+            return DataError(
+                f"{where}: {endpoint} answered 404 Not Found without an S3 error code "
+                f"(is it an S3 endpoint, and does bucket '{bucket}' exist?)"
+            )
+        return DataError(f"{where}: file not found{REFRESH_HINT}")
     if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
         hint = (
             " (the bucket is not public: set data.anon: false and provide AWS credentials)"
