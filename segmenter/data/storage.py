@@ -13,7 +13,9 @@ cached file is never re-checked against the server.
 Folder listings are cached as well, as small JSON files under ``<cache>/remote/<endpoint>/
 listings``, so that a second run makes no request at all (it can run offline). The price is
 that files added to the bucket later are not seen until the listing is refreshed: pass
-``refresh=True`` (``segmenter data --refresh``) or delete the ``listings`` folder. Each read is
+``refresh=True`` (``segmenter data --refresh``) or delete the ``listings`` folder. Only listings
+that found something are cached (a folder missing today is looked for again next run); whether
+a sub-folder such as ``test/`` exists is read from the source's own listing. Each read is
 checked against the size in the listing; a truncated download (an interrupted first run) is
 detected, dropped from the cache and fetched again.
 """

@@ -83,7 +83,7 @@ def test_truncated_cache_file_is_downloaded_again(s3, tmp_path: Path) -> None:
 
 def test_missing_bucket(s3, tmp_path: Path) -> None:
     cfg = data_cfg(source="s3://no-such-bucket/ontario", endpoint_url=s3.endpoint)
-    with pytest.raises(DataError, match=r"^s3://no-such-bucket/ontario/train: bucket "):
+    with pytest.raises(DataError, match=r"^s3://no-such-bucket/ontario: bucket "):
         load_dataset(cfg, progress=False)
 
 
@@ -117,7 +117,7 @@ def test_cli_reports_s3_errors_in_one_line(runner, s3) -> None:
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert lines == [
-        f"Error: s3://no-such-bucket/x/train: bucket 'no-such-bucket' not found on {s3.endpoint}"
+        f"Error: s3://no-such-bucket/x: bucket 'no-such-bucket' not found on {s3.endpoint}"
     ]
     assert "Traceback" not in result.output
 
@@ -189,3 +189,113 @@ def test_expand_inputs_errors(s3, tmp_path: Path) -> None:
         expand_inputs([str(empty)], cfg)
     with pytest.raises(DataError, match="no such file or folder in the bucket"):
         expand_inputs([f"s3://{PUBLIC_BUCKET}/nothing/here"], cfg)
+
+
+def test_missing_remote_folder_is_not_cached(s3, scenes_dir: Path, tmp_path: Path) -> None:
+    """A folder uploaded after a run that did not find it is seen without --refresh."""
+    prefix = "later/ontario"
+    cfg = data_cfg(
+        source=f"s3://{PUBLIC_BUCKET}/{prefix}", endpoint_url=s3.endpoint, cache_dir=str(tmp_path)
+    )
+    with pytest.raises(DataError, match=rf"^s3://{PUBLIC_BUCKET}/{prefix}/train: folder not"):
+        load_dataset(cfg, progress=False)
+    s3.upload_folder(scenes_dir, PUBLIC_BUCKET, prefix)
+    assert len(load_dataset(cfg, progress=False).train) == 3
+
+
+def test_second_run_without_test_folder_stays_offline(scenes_dir: Path, tmp_path: Path) -> None:
+    """No test/ (seeded split): the missing folder costs no request on the second run."""
+    server = start_s3_server()
+    try:
+        make_public_bucket(server, PUBLIC_BUCKET, scenes_dir / "train", "only/train")
+        cfg = data_cfg(
+            source=f"s3://{PUBLIC_BUCKET}/only",
+            endpoint_url=server.endpoint,
+            cache_dir=str(tmp_path),
+        )
+        first = load_dataset(cfg, progress=False)
+    finally:
+        server.stop()
+    assert first.split == "seeded"
+    assert load_dataset(cfg, progress=False).fingerprint == first.fingerprint
+
+
+def test_a_404_from_a_server_that_is_not_s3(tmp_path: Path) -> None:
+    """A wrong endpoint_url answering plain 404s is not reported as a missing folder."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return None
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        cfg = data_cfg(source="s3://bucket/ontario", endpoint_url=endpoint, cache_dir=str(tmp_path))
+        with pytest.raises(DataError) as info:
+            load_dataset(cfg, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(info.value)
+    assert message.startswith(f"s3://bucket/ontario: {endpoint} answered 404 Not Found")
+    assert "is it an S3 endpoint" in message and "folder not found" not in message
+
+
+def test_prefetch_on_a_warm_cache_reads_nothing(s3, tmp_path: Path, monkeypatch) -> None:
+    """The cache's cat() reads cached files into memory: prefetch asks only for the others."""
+    from fsspec.implementations.cached import WholeFileCacheFileSystem
+
+    cfg = data_cfg(source=ONTARIO_URL, endpoint_url=s3.endpoint, cache_dir=str(tmp_path))
+    load_dataset(cfg, progress=False)
+    storage = open_storage(ONTARIO_URL, cfg)
+    paths = storage.list("train")
+    asked: list[list[str]] = []
+    original = WholeFileCacheFileSystem.cat
+
+    def recording_cat(self, path, *args, **kwargs):
+        asked.append(list(path))
+        return original(self, path, *args, **kwargs)
+
+    # A class attribute: the cache's __getattribute__ ignores instance attributes.
+    monkeypatch.setattr(WholeFileCacheFileSystem, "cat", recording_cat)
+    storage.prefetch(paths)
+    assert asked == []  # every file is cached: nothing fetched, nothing read
+    storage.fs.pop_from_cache(f"{storage.root}/{paths[0]}")
+    storage.prefetch(paths)
+    assert asked == [[f"{storage.root}/{paths[0]}"]]  # the spy works: only the missing one
+
+
+def test_expand_inputs_takes_existing_names_with_brackets_literally(
+    s3, scenes_dir: Path, tmp_path: Path
+) -> None:
+    photo = (scenes_dir / "train" / "scene_000.JPG").read_bytes()
+    (tmp_path / "a[1].JPG").write_bytes(photo)
+    (tmp_path / "a1.JPG").write_bytes(photo)  # what the name matches as a glob pattern
+    cfg = data_cfg(endpoint_url=s3.endpoint, cache_dir=str(tmp_path / "cache"))
+    refs = expand_inputs([str(tmp_path / "a[1].JPG")], cfg)
+    assert [(ref.name, ref.path) for ref in refs] == [("a[1]", str(tmp_path / "a[1].JPG"))]
+    assert [ref.name for ref in expand_inputs([str(tmp_path / "a[12].JPG")], cfg)] == ["a1"]
+
+    s3.client().put_object(Bucket=PUBLIC_BUCKET, Key="odd/b[1].JPG", Body=photo)
+    s3.client().put_object(Bucket=PUBLIC_BUCKET, Key="odd/b1.JPG", Body=photo)
+    refs = expand_inputs([f"s3://{PUBLIC_BUCKET}/odd/b[1].JPG"], cfg)
+    assert [ref.name for ref in refs] == ["b[1]"] and refs[0].read_bytes() == photo
+
+
+def test_object_missing_from_a_cached_listing_hints_at_refresh(s3, tmp_path: Path) -> None:
+    cfg = data_cfg(endpoint_url=s3.endpoint, cache_dir=str(tmp_path))
+    first = f"{ONTARIO_URL}/train/scene_000.JPG"
+    assert len(expand_inputs([first], cfg)) == 1  # caches the listing of train/
+    photo = s3.client().get_object(Bucket=PUBLIC_BUCKET, Key=f"{PUBLIC_PREFIX}/train/scene_000.JPG")
+    key = f"{PUBLIC_PREFIX}/train/added_later.JPG"
+    s3.client().put_object(Bucket=PUBLIC_BUCKET, Key=key, Body=photo["Body"].read())
+    try:
+        with pytest.raises(DataError, match=r"added_later\.JPG: no such file .*--refresh"):
+            expand_inputs([f"{ONTARIO_URL}/train/added_later.JPG"], cfg)
+    finally:
+        s3.client().delete_object(Bucket=PUBLIC_BUCKET, Key=key)
