@@ -8,6 +8,7 @@ Kept apart from the click command so scripts (benchmarks, the evaluation) call t
 
 from __future__ import annotations
 
+import glob
 import logging
 import time
 from collections.abc import Callable
@@ -92,21 +93,50 @@ def predict_photo(loaded: LoadedModels, image: np.ndarray, cfg: Config,
     )
 
 
-def check_overwrite(out_dir: Path, stems: list[str], overwrite: bool) -> None:
-    """Refuse to replace earlier predictions in ``out_dir`` unless ``overwrite``.
+def existing_outputs(out_dir: Path, stems: list[str],
+                     names: tuple[str, ...] = (outputs.SUMMARY_JSON, outputs.SUMMARY_CSV)
+                     ) -> list[Path]:
+    """Files in ``out_dir`` that predicting ``stems`` could replace, in a stable order.
+
+    ``names`` are whole-folder files (by default the ``predictions.json`` / ``.csv``
+    summary); per stem, the three PNGs and every optional map: the float ``.npy`` and the
+    per-width ``_water_prob_pw<W>`` PNG / ``.npy`` of any width (the widths and the
+    ``save_float`` / ``save_scales`` options can change between runs, and an earlier run's
+    maps would otherwise sit beside the new ones, unannounced).
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = [out_dir / name for name in names if (out_dir / name).exists()]
+    for stem in stems:
+        found += [p for p in outputs.output_paths(out_dir, stem).values() if p.exists()]
+        pattern = glob.escape(stem) + "_water_prob"
+        found += sorted(out_dir.glob(pattern + ".npy"))
+        found += sorted(out_dir.glob(pattern + "_pw*"))
+    return found
+
+
+def check_overwrite(out_dir: Path, stems: list[str], overwrite: bool,
+                    names: tuple[str, ...] = (outputs.SUMMARY_JSON, outputs.SUMMARY_CSV),
+                    what: str = "predictions") -> None:
+    """Refuse to replace earlier results in ``out_dir`` unless ``overwrite``.
+
+    Args:
+        out_dir: the output folder.
+        stems: photo stems that will be written (see :func:`existing_outputs`).
+        overwrite: the ``--overwrite`` flag.
+        names: whole-folder files that will be written (``evaluate`` passes its report's).
+        what: the kind of results, for the message.
 
     Raises:
         RunError: naming the folder and the first file that would be replaced.
     """
-    if overwrite or not out_dir.exists():
+    if overwrite:
         return
-    candidates = [out_dir / outputs.SUMMARY_JSON]
-    for stem in stems:
-        candidates.extend(outputs.output_paths(out_dir, stem).values())
-    existing = [p for p in candidates if p.exists()]
+    existing = existing_outputs(out_dir, stems, names)
     if existing:
         raise RunError(
-            f"{out_dir}: already holds predictions ({existing[0].name}); pass --overwrite to "
+            f"{out_dir}: already holds {what} ({existing[0].name}); pass --overwrite to "
             f"replace them or choose another --out"
         )
 

@@ -55,7 +55,8 @@ def test_evaluate_json_reports_both_masks(runner, run_dir, scenes, tmp_path):
 
 
 def test_evaluate_table_and_default_out(runner, run_dir, scenes):
-    result = runner("evaluate", "--run", run_dir, "--data", scenes, "--split", "all")
+    result = runner("evaluate", "--run", run_dir, "--data", scenes, "--split", "all",
+                    "--overwrite")
     assert result.exit_code == 0, result.output
     assert "overall (4 images)" in result.output and "water_iou" in result.output
     assert (run_dir / "evaluation" / "evaluation.csv").is_file()
@@ -83,10 +84,27 @@ def test_scores_are_those_of_the_masks(tmp_path):
     assert mask_counts.tp == 4 and base.tp == 4
 
 
-def test_evaluate_on_the_real_photo(runner, run_dir, real_dir):
+def test_evaluate_on_the_real_photo(runner, run_dir, real_dir, tmp_path):
     result = runner("evaluate", "--run", run_dir, "--data", real_dir, "--json",
+                    "--out", tmp_path / "eval",
                     "--set", "postprocess.subsample=20000")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["split"] == "all" and report["images"][0]["size"] == [2504, 5008]
     assert {"water_iou", "mean_iou", "f1", "accuracy"} <= set(report["overall"])
+
+
+def test_evaluate_refuses_to_overwrite_without_flag(runner, run_dir, scenes, tmp_path):
+    out = tmp_path / "eval"
+    first = runner("evaluate", "--run", run_dir, "--data", scenes, "--out", out)
+    assert first.exit_code == 0, first.output
+    stamp = (out / "evaluation.json").stat().st_mtime_ns
+    again = runner("evaluate", "--run", run_dir, "--data", scenes, "--out", out)
+    assert again.exit_code == 1
+    assert "--overwrite" in again.output and "evaluation.json" in again.output
+    assert (out / "evaluation.json").stat().st_mtime_ns == stamp
+    (out / "evaluation.json").unlink()  # the CSV alone is refused too
+    assert runner("evaluate", "--run", run_dir, "--data", scenes, "--out", out).exit_code == 1
+    forced = runner("evaluate", "--run", run_dir, "--data", scenes, "--out", out, "--overwrite")
+    assert forced.exit_code == 0, forced.output
+    assert (out / "evaluation.json").is_file()

@@ -148,3 +148,17 @@ def test_output_names_stay_inside_out():
     for name in ("../x.jpg", "a/../../b.png", "/abs/c.tif", "..", "../..", "..."):
         stem = safe_stem(name)
         assert "/" not in stem and "\\" not in stem and not stem.startswith(".")
+
+
+@pytest.mark.parametrize("name", ["predictions.csv", "shore_water_prob.npy",
+                                  "shore_water_prob_pw32.png", "shore_water_prob_pw32.npy"])
+def test_check_overwrite_sees_every_file_a_prediction_writes(tmp_path, name):
+    from segmenter.errors import RunError
+    from segmenter.predictor import check_overwrite
+
+    (tmp_path / name).write_bytes(b"earlier")
+    if name.startswith("shore"):
+        check_overwrite(tmp_path, ["other"], overwrite=False)  # another photo's files: fine
+    with pytest.raises(RunError, match=name.replace(".", r"\.")):
+        check_overwrite(tmp_path, ["shore"], overwrite=False)
+    check_overwrite(tmp_path, ["shore"], overwrite=True)

@@ -43,6 +43,8 @@ log = logging.getLogger("segmenter")
     help="Folder for evaluation.json / evaluation.csv (default: RUN_DIR/evaluation).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier evaluation.json / evaluation.csv in the output folder.")
 @config_options
 def evaluate(
     run_dir: Path,
@@ -50,6 +52,7 @@ def evaluate(
     split: str,
     out_dir: Path | None,
     as_json: bool,
+    overwrite: bool,
     config_path: Path | None,
     overrides: tuple[str, ...],
 ) -> None:
@@ -69,6 +72,10 @@ def evaluate(
     from segmenter import evaluation, predictor
     from segmenter.tfenv import start_tensorflow
 
+    predictor.check_overwrite(
+        out_dir, [], overwrite, names=(evaluation.EVALUATION_JSON, evaluation.EVALUATION_CSV),
+        what="an evaluation",
+    )
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     dataset = load_dataset(cfg.data, scale=1.0)
