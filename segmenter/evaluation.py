@@ -36,7 +36,8 @@ def score_masks(land_prob: np.ndarray, water: np.ndarray, land_label: np.ndarray
                 ) -> tuple[metrics.Confusion, metrics.Confusion]:
     """Confusion counts of the given mask and of the 0.5 threshold against a land label."""
     truth = metrics.water_from_land(land_label)
-    return metrics.confusion(water, truth), metrics.confusion(land_prob <= 0.5, truth)
+    return (metrics.confusion(water, truth),
+            metrics.confusion(metrics.water_from_prob(land_prob, 0.5), truth))
 
 
 def evaluate_images(

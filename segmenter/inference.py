@@ -126,47 +126,84 @@ def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
 # The compiled inference function
 
 
+#: model -> {(h, w, tta, output): tf.function}. The functions reach the model only through a
+#: weak reference, so the cache entry, its traced graphs and the model's weights go away with
+#: the model (a function closing over the model itself would keep it alive for ever).
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+#: what :func:`compiled_infer` does to the model's raw output.
+OUTPUTS = ("raw", "sigmoid", "clip")
 
-def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False, clip: bool = False):
-    """One ``tf.function`` per (model, window size, tta, clip): (B, h, w, 3) -> land (B, h, w).
+
+def head_activation(model: Any) -> str | None:
+    """Name of the activation of the model's last layer (``sigmoid``, ``linear``), if any."""
+    activation = getattr(model.layers[-1], "activation", None) if model.layers else None
+    return getattr(activation, "__name__", None)
+
+
+def output_transform(model: Any, cfg: Config) -> str:
+    """How to read ``model``'s output as a probability of land (one of :data:`OUTPUTS`).
+
+    ``raw``: the model ends in a sigmoid (every model training saves now). A model with a
+    linear head (an older run's, or a checkpoint) outputs logits when its loss works on logits
+    (``bce``, ``dice``, ``bce_dice``): ``sigmoid``; trained with ``mse`` it outputs raw values
+    as the notebook's did: ``clip`` to [0, 1].
+    """
+    from segmenter.losses import LOGIT_LOSSES
+
+    head = head_activation(model) or cfg.model.activation
+    if head != "linear":
+        return "raw"
+    return "sigmoid" if cfg.train.loss in LOGIT_LOSSES else "clip"
+
+
+def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
+                   output: str = "raw"):
+    """One ``tf.function`` per (model, window size, tta, output): (B, h, w, 3) -> (B, h, w).
 
     The spatial size is part of the signature (Keras' bilinear upsampling needs it static) and
     the batch size is not, so the last, shorter batch does not trigger a second trace.
 
     The model is called with ``training=False`` (BatchNorm uses its moving statistics, dropout
-    is off). With ``tta`` the batch is run once with its flipped copies stacked along the batch
-    axis and the un-flipped predictions are averaged. ``clip`` bounds the output of a linear
-    (MSE-trained) model to [0, 1] so it can be averaged with, and read as, a probability.
+    is off). ``output`` turns the raw output into a probability (:func:`output_transform`):
+    ``sigmoid`` of logits, ``clip`` of a linear MSE model's values to [0, 1], or ``raw`` as
+    is. With ``tta`` the batch is run once with its flipped copies stacked along the batch
+    axis and the un-flipped probabilities are averaged.
     """
     import tensorflow as tf
 
+    if output not in OUTPUTS:
+        raise ValueError(f"compiled_infer: output must be one of {OUTPUTS}, got {output!r}")
     cache = _COMPILED.setdefault(model, {})
-    key = (int(size[0]), int(size[1]), bool(tta), bool(clip))
+    key = (int(size[0]), int(size[1]), bool(tta), output)
     if key in cache:
         return cache[key]
+    model_ref = weakref.ref(model)
+
+    def run(windows):
+        out = tf.cast(model_ref()(windows, training=False), tf.float32)[..., 0]
+        if output == "sigmoid":
+            out = tf.sigmoid(out)
+        elif output == "clip":
+            out = tf.clip_by_value(out, 0.0, 1.0)
+        return out
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, key[0], key[1], 3], tf.float32)],
     )
     def infer(windows):
-        if tta:
-            batch = tf.shape(windows)[0]
-            stacked = tf.concat(
-                [windows, windows[:, :, ::-1], windows[:, ::-1, :], windows[:, ::-1, ::-1]],
-                axis=0,
-            )
-            out = tf.cast(model(stacked, training=False), tf.float32)[..., 0]
-            parts = [out[i * batch : (i + 1) * batch] for i in range(4)]
-            out = (
-                parts[0] + parts[1][:, :, ::-1] + parts[2][:, ::-1, :] + parts[3][:, ::-1, ::-1]
-            ) / 4.0
-        else:
-            out = tf.cast(model(windows, training=False), tf.float32)[..., 0]
-        if clip:
-            out = tf.clip_by_value(out, 0.0, 1.0)
-        return out
+        if not tta:
+            return run(windows)
+        batch = tf.shape(windows)[0]
+        stacked = tf.concat(
+            [windows, windows[:, :, ::-1], windows[:, ::-1, :], windows[:, ::-1, ::-1]],
+            axis=0,
+        )
+        out = run(stacked)
+        parts = [out[i * batch : (i + 1) * batch] for i in range(4)]
+        return (
+            parts[0] + parts[1][:, :, ::-1] + parts[2][:, ::-1, :] + parts[3][:, ::-1, ::-1]
+        ) / 4.0
 
     cache[key] = infer
     return infer
@@ -191,7 +228,7 @@ def predict_scale(
     sampling: str = "grid",
     random_count: int = 1000,
     tta: bool = False,
-    clip: bool = False,
+    output: str = "raw",
     seed: int = RANDOM_SEED,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Stitch one model's window predictions into a float32 (H, W) map of ``image``.
@@ -199,10 +236,13 @@ def predict_scale(
     The image is reflection-padded by half a window per side (symmetric mode, so even a photo
     smaller than the window can be padded), windows are taken on the padded image, and the
     weighted predictions are accumulated per pixel. Pixels that no window reached (random
-    sampling only) are NaN.
+    sampling only; zero weight sum) are NaN.
 
     Returns:
         The map and a dict with the window count and the coverage factor.
+
+    Raises:
+        SegmenterError: the model predicted NaN or an infinite value.
     """
     height, width = image.shape[:2]
     pad = patches.pad_width(window)
@@ -223,7 +263,7 @@ def predict_scale(
     else:
         raise ConfigError(f"predict.sampling: unknown sampling {sampling!r}")
 
-    infer = compiled_infer(model, (window, window), tta=tta, clip=clip)
+    infer = compiled_infer(model, (window, window), tta=tta, output=output)
     batch_size = effective_batch_size(batch_size, window)
     weight = window_weight(window)
     total = np.zeros((padded_h, padded_w), np.float32)
@@ -233,6 +273,11 @@ def predict_scale(
         for i, (top, left) in enumerate(chunk):
             batch[i] = padded[top : top + window, left : left + window]
         predicted = infer(batch[: len(chunk)]).numpy()
+        if not np.isfinite(predicted).all():
+            raise SegmenterError(
+                f"the model of width {window} predicted non-finite values (NaN or inf); "
+                f"its weights are probably corrupt (retrain that width)"
+            )
         predicted *= weight
         for i, (top, left) in enumerate(chunk):
             total[top : top + window, left : left + window] += predicted[i]
@@ -240,8 +285,9 @@ def predict_scale(
     del padded
     crop = (slice(pad_y, pad_y + height), slice(pad_x, pad_x + width))
     total, weight_sum = total[crop], weight_sum[crop]
+    covered = weight_sum > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        result = np.where(weight_sum > 0, total / weight_sum, np.float32(np.nan))
+        result = np.where(covered, total / weight_sum, np.float32(np.nan))
     info = {
         "windows": len(positions),
         "coverage": patches.coverage_factor(positions, window, height, width),
@@ -283,14 +329,15 @@ def predict_land(
         models: width -> Keras model (as :meth:`segmenter.runs.Run.load_model` gives).
         image: float32 (H, W, 3) RGB in [0, 1] at the photo's own resolution.
         cfg: the run's config with any overrides; ``data.scale``, ``model.activation``,
-            ``predict.*`` are read.
+            ``train.loss`` (how to read a linear output), ``predict.*`` are read.
         weights: width -> validation score, used when ``predict.merge`` is ``weighted`` (each
             width then counts in proportion to how well it did on held-out data).
         keep_scales: also return each width's map at the photo's size (default:
             ``predict.save_scales``).
 
     Raises:
-        SegmenterError: no models, a requested width without a model, a bad image array.
+        SegmenterError: no models, a requested width without a model, a bad image array, a
+            model predicting NaN or inf.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise SegmenterError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
@@ -309,7 +356,6 @@ def predict_land(
     merged_weight = np.zeros(small_shape, np.float32)
     scale_maps: dict[int, np.ndarray] = {}
     info: dict[str, Any] = {"scaled_size": list(small_shape), "widths": {}}
-    clip = cfg.model.activation == "linear"
     for patch_width, model in chosen.items():
         tick = time.perf_counter()
         scale_map, scale_info = predict_scale(
@@ -321,10 +367,11 @@ def predict_land(
             sampling=pcfg.sampling,
             random_count=pcfg.random_windows.get(patch_width, 1000),
             tta=pcfg.tta,
-            clip=clip,
+            output=output_transform(model, cfg),
             seed=RANDOM_SEED + patch_width,
         )
-        covered = np.isfinite(scale_map)
+        # Model outputs are checked finite, so NaN marks exactly the zero weight sums.
+        covered = ~np.isnan(scale_map)
         merged += np.where(covered, scale_map * scale_weights[patch_width], 0.0)
         merged_weight += covered * np.float32(scale_weights[patch_width])
         scale_info["seconds"] = round(time.perf_counter() - tick, 3)

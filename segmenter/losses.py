@@ -17,9 +17,22 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["BCEDiceLoss", "DiceLoss", "LOSSES", "get_loss", "soft_dice"]
+__all__ = ["BCEDiceLoss", "DiceLoss", "LOGIT_LOSSES", "LOSSES", "get_loss", "soft_dice",
+           "uses_logits"]
 
 LOSSES = ("mse", "bce", "dice", "bce_dice")
+#: losses that read a linear model's output as logits (they apply the sigmoid themselves).
+LOGIT_LOSSES = ("bce", "dice", "bce_dice")
+
+
+def uses_logits(activation: str, loss: str) -> bool:
+    """Whether a model with output ``activation`` trained with ``loss`` outputs logits.
+
+    ``linear`` with ``bce``, ``dice`` or ``bce_dice``: the loss applies the sigmoid, so the
+    raw output is a logit and the probability is its sigmoid. ``linear`` with ``mse`` is the
+    notebook's raw value, read as a probability once clipped to [0, 1].
+    """
+    return activation == "linear" and loss in LOGIT_LOSSES
 
 
 def soft_dice(y_true, y_prob, smooth: float = 1.0):

@@ -79,6 +79,16 @@ def water_from_land(land: np.ndarray) -> np.ndarray:
     return np.asarray(land) < 0.5
 
 
+def water_from_prob(land_prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The plain-threshold water mask of a probability-of-land map: ``land_prob <= threshold``.
+
+    The one convention of predictions everywhere (``postprocess`` method ``global``, the
+    evaluation's 0.5 baseline, the validation water IoU during training): a pixel exactly at
+    the threshold is water.
+    """
+    return np.asarray(land_prob) <= threshold
+
+
 def scores(pred_water: np.ndarray, true_water: np.ndarray) -> dict[str, float]:
     """All metrics of a predicted water mask against the true one."""
     return confusion(pred_water, true_water).scores()

@@ -46,7 +46,7 @@ from segmenter.runs import Run, prepare_run
 
 log = logging.getLogger("segmenter.training")
 
-__all__ = ["WidthResult", "train", "water_iou"]
+__all__ = ["WidthResult", "train", "validation_scores"]
 
 
 @dataclass
@@ -98,17 +98,22 @@ class _Progress:
         return self.seconds_before + (time.monotonic() - self.started)
 
 
-def water_iou(land_true: np.ndarray, land_pred: np.ndarray) -> float | None:
-    """IoU of the water class (land < 0.5) between labels and predictions.
+def validation_scores(lands: np.ndarray, raw: np.ndarray, cfg: Config) -> float:
+    """Water IoU of a model's raw validation output against land labels.
 
-    ``None`` when neither has any water (the IoU is undefined there, not perfect).
+    The raw output is read as a probability the way the saved model's output is
+    (:func:`segmenter.losses.uses_logits`: the sigmoid of logits; an MSE-trained linear output
+    as is, which thresholds like its clipped value), then water is ``prob <= 0.5`` and the
+    label's water ``land < 0.5``: the same masks and scores :mod:`segmenter.metrics` gives
+    ``evaluate`` (1.0 when neither side has any water).
     """
-    water_true = np.asarray(land_true) < 0.5
-    water_pred = np.asarray(land_pred) < 0.5
-    union = np.logical_or(water_true, water_pred).sum()
-    if union == 0:
-        return None
-    return float(np.logical_and(water_true, water_pred).sum() / union)
+    from segmenter import metrics
+    from segmenter.losses import uses_logits
+
+    raw = np.asarray(raw, np.float32)
+    prob = 1.0 / (1.0 + np.exp(-raw)) if uses_logits(cfg.model.activation, cfg.train.loss) else raw
+    truth = metrics.water_from_land(lands)
+    return metrics.confusion(metrics.water_from_prob(prob, 0.5), truth).scores()["water_iou"]
 
 
 def train(
@@ -325,9 +330,9 @@ def _segments(start: int, steps: int, every: int) -> list[tuple[int, int, int]]:
 
 
 def _loss(cfg: Config):
-    from segmenter.losses import get_loss
+    from segmenter.losses import get_loss, uses_logits
 
-    return get_loss(cfg.train.loss, from_logits=cfg.model.activation == "linear")
+    return get_loss(cfg.train.loss, from_logits=uses_logits(cfg.model.activation, cfg.train.loss))
 
 
 def _compiled_model(cfg: Config, state: dict[str, Any] | None):
@@ -373,7 +378,13 @@ def _status(tracker: _Progress, status: str, steps: int, batch_size: int,
 
 def _finish(run: Run, cfg: Config, width: int, batch_size: int, model: Any, tracker: _Progress,
             chief: bool, fingerprint: str) -> WidthResult:
-    """Save the final float32 model, the loss curve and the status; drop the checkpoints."""
+    """Save the final float32 model, the loss curve and the status; drop the checkpoints.
+
+    A linear model trained with a loss on logits (``bce``, ``dice``, ``bce_dice``) is saved
+    with a sigmoid head (the activation has no weights), so every saved model outputs the
+    probability of land; an MSE-trained linear model keeps its raw output, as the notebook's.
+    """
+    from segmenter.losses import uses_logits
     from segmenter.model import build_model
 
     result = WidthResult(width, "finished", tracker.step, cfg.train.steps)
@@ -385,7 +396,8 @@ def _finish(run: Run, cfg: Config, width: int, batch_size: int, model: Any, trac
     if not chief:
         return result
     # An uncompiled float32 copy: prediction needs neither the optimiser nor mixed precision.
-    final = build_model(cfg.model)
+    head = "sigmoid" if uses_logits(cfg.model.activation, cfg.train.loss) else None
+    final = build_model(cfg.model, activation=head) if head else build_model(cfg.model)
     final.set_weights(model.get_weights())
     with atomic_path(run.model_path(width)) as tmp:
         final.save(tmp)
@@ -430,12 +442,9 @@ class _WidthCallback(keras.callbacks.Callback):
                  loss_fn: Any, val_batches: list, tracker: _Progress, chief: bool,
                  fingerprint: str, progress: bool) -> None:
         super().__init__()
-        import tensorflow as tf
-
         self.run, self.cfg, self.width, self.batch_size = run, cfg, width, batch_size
         self.net, self.loss_fn, self.val_batches = model, loss_fn, val_batches
         self.tracker, self.chief, self.fingerprint = tracker, chief, fingerprint
-        self.infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         self.bar = None
         if progress:
             self.bar = keras.utils.Progbar(
@@ -485,13 +494,18 @@ class _WidthCallback(keras.callbacks.Callback):
     def _validate(self) -> tuple[float | None, float | None]:
         if not self.val_batches:
             return None, None
+        from segmenter.inference import compiled_infer
+
+        # The raw output (logits of a linear model): what the loss compares during training.
+        infer = compiled_infer(self.net, (self.width, self.width))
         losses, truths, preds = [], [], []
         for images, lands in self.val_batches:
-            pred = np.asarray(self.infer(images))
-            losses.append(float(self.loss_fn(lands, pred)))
+            raw = infer(images).numpy()[..., None]
+            losses.append(float(self.loss_fn(lands, raw)))
             truths.append(lands)
-            preds.append(pred)
-        return float(np.mean(losses)), water_iou(np.concatenate(truths), np.concatenate(preds))
+            preds.append(raw)
+        iou = validation_scores(np.concatenate(truths), np.concatenate(preds), self.cfg)
+        return float(np.mean(losses)), iou
 
     def _checkpoint(self) -> None:
         tracker = self.tracker

@@ -99,13 +99,13 @@ def test_scales_merge_by_mean_or_by_validation_score(image):
     low = pointwise_model(kernel=(0, 0, 0), bias=0.2, activation="linear")
     high = pointwise_model(kernel=(0, 0, 0), bias=0.8, activation="linear")
     models = {16: low, 32: high}
-    mean = inference.predict_land(models, image, cfg_with("model.activation=linear"),
-                                  keep_scales=True)
+    mse = ("model.activation=linear", "train.loss=mse")
+    mean = inference.predict_land(models, image, cfg_with(*mse), keep_scales=True)
     np.testing.assert_allclose(mean.land_prob, 0.5, atol=1e-6)
     assert set(mean.per_scale) == {16, 32}
     np.testing.assert_allclose(mean.per_scale[16], 0.2, atol=1e-6)
     weighted = inference.predict_land(
-        models, image, cfg_with("model.activation=linear", "predict.merge=weighted"),
+        models, image, cfg_with(*mse, "predict.merge=weighted"),
         weights={16: 1.0, 32: 3.0})
     np.testing.assert_allclose(weighted.land_prob, (0.2 + 3 * 0.8) / 4, atol=1e-6)
     with pytest.raises(ConfigError, match="validation score"):
@@ -114,13 +114,101 @@ def test_scales_merge_by_mean_or_by_validation_score(image):
 
 def test_linear_output_is_clipped_and_minmax_rescales(image):
     model = pointwise_model(kernel=(4.0, 0, 0), bias=-1.0, activation="linear")
-    clipped = inference.predict_land({16: model}, image, cfg_with("model.activation=linear"))
+    mse = ("model.activation=linear", "train.loss=mse")
+    clipped = inference.predict_land({16: model}, image, cfg_with(*mse))
     assert clipped.land_prob.min() == 0.0 and clipped.land_prob.max() == 1.0
     stretched = inference.predict_land(
         {16: pointwise_model(kernel=(0.2, 0, 0), bias=0.3, activation="linear")}, image,
-        cfg_with("model.activation=linear", "predict.rescale=minmax"))
+        cfg_with(*mse, "predict.rescale=minmax"))
     assert stretched.land_prob.min() == pytest.approx(0.0, abs=1e-6)
     assert stretched.land_prob.max() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["bce", "dice", "bce_dice"])
+def test_linear_head_with_a_logit_loss_is_read_through_a_sigmoid(image, loss):
+    logits = pointwise_model(kernel=(4.0, -2.0, 1.0), bias=-1.0, activation="linear")
+    probs = pointwise_model(kernel=(4.0, -2.0, 1.0), bias=-1.0, activation="sigmoid")
+    cfg = cfg_with("model.activation=linear", f"train.loss={loss}")
+    assert inference.output_transform(logits, cfg) == "sigmoid"
+    assert inference.output_transform(probs, cfg) == "raw"  # a saved model's sigmoid head
+    got = inference.predict_land({16: logits}, image, cfg).land_prob
+    np.testing.assert_allclose(got, direct(probs, image), atol=1e-5)
+    assert 0.0 < got.min() and got.max() < 1.0
+
+
+def test_non_finite_model_output_is_an_error_naming_the_width(image):
+    model = pointwise_model(bias=float("nan"))
+    with pytest.raises(SegmenterError, match="width 16 predicted non-finite") as caught:
+        inference.predict_land({16: model}, image, cfg_with())
+    assert "\n" not in str(caught.value)
+
+
+def test_compiled_function_cache_does_not_keep_models_alive(image):
+    import gc
+    import weakref
+
+    model = pointwise_model()
+    inference.predict_scale(model, image, 16)
+    assert model in inference._COMPILED
+    alive = weakref.ref(model)
+    before = len(inference._COMPILED)
+    del model
+    gc.collect()
+    assert alive() is None
+    assert len(inference._COMPILED) < before  # its entry (with its traced functions) went too
+
+
+class PositionalModel(keras.Model):
+    """Output = sigmoid(pointwise colour term) + a fixed pattern over the window's own pixels:
+    every window gives a different answer for the same photo pixel, so the stitched value
+    depends on which windows are blended with which weights."""
+
+    def __init__(self, window: int):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
+        axis = np.linspace(0.0, 1.0, window, dtype=np.float32)
+        self.pattern = (0.3 * axis[:, None] - 0.2 * axis[None, :] ** 2)[None, :, :, None]
+
+    def call(self, x, training=False):
+        return self.conv(x) + self.pattern
+
+
+def test_stitching_matches_a_numpy_reference_of_the_smoothstep_blend(image):
+    from segmenter.data import patches
+
+    window, overlap = 16, 0.5
+    model = PositionalModel(window)
+    model(np.zeros((1, window, window, 3), np.float32))
+    model.conv.set_weights([np.array([2.0, 1.0, -3.0], np.float32).reshape(1, 1, 3, 1),
+                            np.array([0.2], np.float32)])
+    got, _ = inference.predict_scale(model, image, window, overlap=overlap, batch_size=4)
+
+    # Reference, written from SPEC.md: mirror-pad by half a window, smoothstep(1.3, 0.3, r)
+    # weights (floored at MIN_WEIGHT), sum of prediction x weight over sum of weight.
+    pad = window // 2
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    axis = np.linspace(-1, 1, window)
+    radius = np.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2)
+    t = np.clip((radius - 1.3) / (0.3 - 1.3), 0, 1)
+    weight = np.maximum(t * t * (3 - 2 * t), inference.MIN_WEIGHT)
+    total = np.zeros(padded.shape[:2])
+    weight_sum = np.zeros(padded.shape[:2])
+    for top, left in patches.grid_windows(*padded.shape[:2], window, overlap):
+        crop = padded[top : top + window, left : left + window]
+        out = np.asarray(model(crop[None]))[0, ..., 0]
+        total[top : top + window, left : left + window] += out * weight
+        weight_sum[top : top + window, left : left + window] += weight
+    reference = (total / weight_sum)[pad : pad + image.shape[0], pad : pad + image.shape[1]]
+    np.testing.assert_allclose(got, reference, atol=2e-5)
+    # a uniform weight (or a misplaced one) would give a visibly different map
+    plain = np.zeros(padded.shape[:2])
+    count = np.zeros(padded.shape[:2])
+    for top, left in patches.grid_windows(*padded.shape[:2], window, overlap):
+        crop = padded[top : top + window, left : left + window]
+        plain[top : top + window, left : left + window] += np.asarray(model(crop[None]))[0, ..., 0]
+        count[top : top + window, left : left + window] += 1
+    uniform = (plain / count)[pad : pad + image.shape[0], pad : pad + image.shape[1]]
+    assert np.abs(uniform - reference).max() > 0.01
 
 
 def test_random_sampling_is_reproducible_and_fills_holes(image, caplog):

@@ -19,7 +19,7 @@ from tiny_data import TINY_SETTINGS, tiny_dataset, tiny_yaml
 from segmenter.config import load_config
 from segmenter.errors import ConfigError, DataError
 from segmenter.runs import open_run
-from segmenter.training import train, water_iou
+from segmenter.training import train, validation_scores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,10 +114,37 @@ def _sets() -> list[str]:
     return out
 
 
-def test_water_iou():
-    truth = np.array([0.0, 0.0, 1.0, 1.0])
-    assert water_iou(truth, np.array([0.1, 0.9, 0.9, 0.2])) == pytest.approx(1 / 3)
-    assert water_iou(np.ones(3), np.ones(3)) is None
+def test_validation_iou_uses_the_metrics_convention_and_reads_logits():
+    truth = np.array([0.0, 0.0, 1.0, 1.0, 0.0])
+    sigmoid = load_config(None, ["train.loss=mse"])
+    # prob exactly 0.5 is water, as in `evaluate` and postprocess `global`
+    assert validation_scores(truth, np.array([0.1, 0.9, 0.9, 0.2, 0.5]), sigmoid) == (
+        pytest.approx(2 / 4))
+    assert validation_scores(np.ones(3), np.ones(3), sigmoid) == 1.0  # no water anywhere
+    logits = load_config(None, ["model.activation=linear", "train.loss=bce"])
+    # logits: -1 -> p 0.27 water, 0.3 -> p 0.57 land; a raw 0.3 would have been water
+    assert validation_scores(truth[:2], np.array([-1.0, 0.3]), logits) == pytest.approx(0.5)
+    assert validation_scores(truth[:2], np.array([-1.0, 0.3]), sigmoid) == 1.0
+
+
+def test_linear_model_with_logit_loss_is_saved_with_a_sigmoid_head(tmp_path):
+    from segmenter.data.pipeline import validation_patches
+    from segmenter.inference import head_activation
+    from segmenter.metrics import confusion, water_from_land, water_from_prob
+
+    cfg = load_config(None, [*TINY_SETTINGS, "model.activation=linear", "train.loss=bce"])
+    results = train(cfg, tmp_path, dataset=tiny_dataset())
+    assert results[0].status == "finished"
+    model = open_run(tmp_path).load_model(16)
+    assert head_activation(model) == "sigmoid"
+    # The recorded validation IoU is the saved model's, thresholded as `evaluate` does.
+    batches = validation_patches(tiny_dataset().test, 16, 4, 1, seed=cfg.train.seed)
+    images = np.concatenate([b[0] for b in batches])
+    lands = np.concatenate([b[1] for b in batches])[..., 0]
+    prob = np.asarray(model(images, training=False))[..., 0]
+    assert 0.0 < prob.min() and prob.max() < 1.0
+    iou = confusion(water_from_prob(prob), water_from_land(lands)).scores()["water_iou"]
+    assert results[0].final_val_water_iou == pytest.approx(iou, abs=1e-6)
 
 
 def test_kill_9_mid_run_then_resume(tmp_path):
