@@ -328,6 +328,7 @@ def prepare_run(
     overwrite: bool = False,
     partial: bool = False,
     write: bool = True,
+    check_only: bool = False,
 ) -> Run:
     """Create, join or reopen the run directory a training job writes into.
 
@@ -344,6 +345,10 @@ def prepare_run(
         resume, overwrite: the ``--resume`` / ``--overwrite`` flags.
         partial: the widths were chosen with ``--patch-width``.
         write: write ``config.yaml`` (False on non-chief workers of a multi-worker job).
+        check_only: apply every rule and raise what would be raised, but change nothing on
+            disk (no ``--overwrite`` clearing, no ``config.yaml``): ``train`` checks first,
+            loads and validates the data, and only then prepares the run for real, so a data
+            error never leaves an overwritten run deleted.
 
     Raises:
         RunError: the folder exists and may not be reused, or holds something else.
@@ -365,6 +370,8 @@ def prepare_run(
         raise RunError(
             f"{path}: folder is not empty and is not a segmenter run; choose another --out"
         )
+    if check_only:
+        write = False
     if non_empty and overwrite and not partial:
         if write:
             shutil.rmtree(path)

@@ -151,12 +151,11 @@ def train(
     strategy = select_strategy(cfg.train)
     chief = is_chief(strategy)
     chosen = _chosen_widths(cfg, widths)
-    run = prepare_run(
-        out, cfg, chosen, resume=resume, overwrite=overwrite, partial=widths is not None,
-        write=chief,
-    )
-    log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,
-             describe(strategy))
+    # Check the run directory first (a refusal is cheap), but change it (--overwrite clears
+    # the old run) only once the data have loaded and can train every chosen width.
+    run_args = dict(resume=resume, overwrite=overwrite, partial=widths is not None,
+                    write=chief)
+    checked = prepare_run(out, cfg, chosen, check_only=True, **run_args)
 
     if dataset is None:
         from segmenter.data.ontario import load_dataset
@@ -165,12 +164,26 @@ def train(
         log.info("%s", dataset.summary())
     if not dataset.train:
         raise DataError(f"{cfg.data.source}: no training pairs (train/ is empty)")
-    recorded = run.data_fingerprint()
+    for width in chosen:
+        if not any(min(item.land.shape[:2]) >= width for item in dataset.train):
+            raise DataError(
+                f"patch width {width}: no training image is at least {width}x{width} pixels "
+                f"(lower the width or raise data.scale)"
+            )
+    # The widths that stay in the run (all of them, unless --overwrite clears them).
+    kept = {} if overwrite and widths is None else {
+        w: st for w, st in checked.statuses().items() if not (overwrite and w in chosen)
+    }
+    recorded = next((str(st["data_fingerprint"]) for st in kept.values()
+                     if st.get("data_fingerprint")), None)
     if recorded and recorded != dataset.fingerprint and (resume or widths is not None):
         raise RunError(
-            f"{run.path}: the data differ from the data this run was trained on "
+            f"{checked.path}: the data differ from the data this run was trained on "
             f"(fingerprint {dataset.fingerprint} != {recorded}); use another --out"
         )
+    run = prepare_run(out, cfg, chosen, **run_args)
+    log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,
+             describe(strategy))
     if not dataset.test:
         log.warning("no test pairs: validation is off (no val_loss, no water IoU, no val score)")
 

@@ -91,6 +91,22 @@ def test_bad_input_is_refused_before_training(tmp_path):
         train(cfg, tmp_path / "c", widths=[48], dataset=tiny_dataset())
 
 
+def test_overwrite_keeps_the_old_run_when_the_data_fail(tmp_path):
+    cfg = load_config(None, TINY_SETTINGS)
+    train(cfg, tmp_path / "run", dataset=tiny_dataset())
+    model = tmp_path / "run" / "models" / "pw16.keras"
+    stamp = model.stat().st_mtime_ns
+    with pytest.raises(DataError, match="no training pairs"):
+        train(cfg, tmp_path / "run", overwrite=True, dataset=tiny_dataset(n_train=0))
+    with pytest.raises(DataError, match="no training image is at least 16x16"):
+        train(cfg, tmp_path / "run", overwrite=True, dataset=tiny_dataset(size=12))
+    with pytest.raises(DataError, match="no training image is at least 16x16"):
+        train(cfg, tmp_path / "run", widths=[16], overwrite=True,
+              dataset=tiny_dataset(size=12))
+    assert model.stat().st_mtime_ns == stamp
+    assert open_run(tmp_path / "run").finished_widths() == [16]
+
+
 def test_cli_refusals_are_one_line(runner, tmp_path):
     (tmp_path / "file").write_text("x")
     result = runner("train", "--out", tmp_path / "file" / "run", *_sets())

@@ -45,8 +45,6 @@ def train(
     kill -9) continues from its last checkpoint; with --resume and no --config, the run's saved
     config is used.
     """
-    if resume and overwrite:
-        raise SegmenterError("--resume and --overwrite cannot be used together")
     if out is None:
         out = Path("runs") / (config_path.stem if config_path is not None else "default")
     base = None
