@@ -3,17 +3,21 @@
 Measures in one run:
 
 (a) the ceiling: each model applied once to the whole scaled photo in one fully convolutional
-    pass (no windows, no overlap), photo megapixels per second over all models;
+    pass (no windows, no overlap): T_w seconds for width w; photo megapixels per second over
+    all models;
 (b) prediction with the default settings (windows, stitching, merge, resize back, GMM),
     photo megapixels per second;
-(c) the coverage factor: window pixels computed per scaled-photo pixel, summed over widths;
+(c) the coverage factor: c_w, window pixels of width w computed per scaled-photo pixel, and
+    its sum over widths;
 (d) peak resident memory of predicting that photo from its file in a fresh child process
     (decode + predict + GMM + the three PNGs), from /proc (VmHWM) or ``resource.getrusage``;
 (e) the GMM step's share of the predict time in (b).
 
-``predict_ratio = b / (a / c)``: how close the windowed prediction comes to the ceiling once the
-extra work that overlapping windows imply by design (c) is accounted for; 1.0 means the
-windowing adds no overhead of its own.
+``predict_ratio = sum_w(c_w * T_w) / T_predict``: the ideal time (each width's whole-image pass
+repeated as often as its windows cover a pixel) over the measured predict time; 1.0 means the
+windowing, stitching, merging and GMM add no overhead of their own. (Multiplying the summed
+coverage by the summed pass times instead, ``b / (a / c)``, counts every width's coverage
+against every width's pass and inflated the ratio about as many times as there are widths.)
 
 Usage::
 
@@ -116,7 +120,7 @@ def main() -> None:
         generated_photo(args.size, photo)
 
         from segmenter import inference, predictor
-        from segmenter.data.images import decode_photo
+        from segmenter.data.images import decode_photo, scaled_shape
         from segmenter.runs import open_run
 
         run = open_run(run_dir)
@@ -126,27 +130,33 @@ def main() -> None:
         megapixels = image.shape[0] * image.shape[1] / 1e6
 
         # (a) ceiling: one fully convolutional pass per model over the scaled photo.
-        small_shape = inference.scaled_shape(image.shape[:2], cfg.data.scale)
+        small_shape = scaled_shape(image.shape[:2], cfg.data.scale)
         small = inference.resize_map(image, small_shape)
         multiple = 2**cfg.model.depth
         pad = [(0, -s % multiple) for s in small_shape] + [(0, 0)]
         whole = np.pad(small, pad, mode="symmetric")[None]
-        ceiling_seconds = 0.0
-        for model in loaded.models.values():
+        pass_seconds: dict[int, float] = {}
+        for patch_width, model in loaded.models.items():
             infer = inference.compiled_infer(model, whole.shape[1:3])
             infer(whole).numpy()  # trace and warm up
             tick = time.perf_counter()
             infer(whole).numpy()
-            ceiling_seconds += time.perf_counter() - tick
+            pass_seconds[patch_width] = time.perf_counter() - tick
         del whole, small
+        ceiling_seconds = sum(pass_seconds.values())
         ceiling = megapixels / ceiling_seconds
 
         # (b, c, e) default prediction, after a warm-up that traces each width's function.
         predictor.predict_photo(loaded, image[:600, :600], cfg)
         result = predictor.predict_photo(loaded, image, cfg)
-        predict_mps = megapixels / result.seconds
+        predict_seconds = result.seconds
+        predict_mps = megapixels / predict_seconds
         coverage = float(result.inference["coverage"])
-        gmm_share = result.gmm_seconds / result.seconds
+        per_width = {int(w): float(info["coverage"])
+                     for w, info in result.inference["widths"].items()}
+        scale_seconds = {int(w): float(info["seconds"])
+                         for w, info in result.inference["widths"].items()}
+        gmm_share = result.gmm_seconds / predict_seconds
         del result
 
         # (d) peak RSS of predicting the photo from its file in a fresh process.
@@ -158,17 +168,24 @@ def main() -> None:
         child_report = json.loads(measured.stdout.strip().splitlines()[-1])
         peak_rss = child_report["peak_rss_mb"]
 
-    ratio = predict_mps / (ceiling / coverage)
+    ideal_seconds = sum(per_width[w] * pass_seconds[w] for w in pass_seconds)
+    ratio = ideal_seconds / predict_seconds
     rows = [
         ("photo", f"{image.shape[1]} x {image.shape[0]} ({megapixels:.1f} MP), "
                   f"scale {cfg.data.scale:g}, widths {sorted(loaded.models)}"),
         ("(a) ceiling, whole image", f"{ceiling:.2f} MP/s ({ceiling_seconds:.1f} s)"),
         ("(b) predict, default", f"{predict_mps:.2f} MP/s ({megapixels / predict_mps:.1f} s)"),
-        ("(c) coverage factor", f"{coverage:.2f}"),
+        ("(c) coverage factor", f"{coverage:.2f} ("
+                                + ", ".join(f"pw{w} {per_width[w]:.2f}" for w in sorted(per_width))
+                                + ")"),
+        *[(f"    pw{w}: pass T_w, c_w*T_w, windowed",
+           f"{pass_seconds[w]:.2f} s, {per_width[w] * pass_seconds[w]:.2f} s, "
+           f"{scale_seconds[w]:.2f} s") for w in sorted(pass_seconds)],
+        ("ideal sum(c_w*T_w)", f"{ideal_seconds:.1f} s"),
         ("(d) peak RSS, child process", f"{peak_rss:.0f} MB "
                                        f"(end to end {child_report['seconds']:.1f} s)"),
         ("(e) GMM share of predict", f"{gmm_share:.3f}"),
-        ("b / (a / c)", f"{ratio:.3f}"),
+        ("ideal / predict time", f"{ratio:.3f}"),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
