@@ -30,6 +30,7 @@ import numpy as np
 
 from segmenter.config import Config
 from segmenter.data import patches
+from segmenter.data.images import scaled_shape
 from segmenter.errors import ConfigError, SegmenterError
 
 log = logging.getLogger(__name__)
@@ -90,24 +91,29 @@ def window_weight(window: int) -> np.ndarray:
 def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize an (H, W) or (H, W, C) float32 array: area averaging down, bilinear up.
 
-    Area averaging (Pillow's ``BOX``) when shrinking is what the data loader applies to
-    training photos, so the models see photos prepared the same way at prediction; bilinear
-    when enlarging gives a smooth map without blocks. Pillow works one float channel at a
-    time without TensorFlow's allocator, which keeps the peak memory of a 25-megapixel photo
+    Shrinking goes through :func:`segmenter.data.images.resize_land` (area averaging, one
+    float channel at a time), exactly what the data loader applies to training photos and
+    labels, so the models see photos prepared the same way at prediction. Enlarging (the
+    merged map back to the photo's size) is bilinear, a smooth map without blocks; Pillow
+    works without TensorFlow's allocator, which keeps the peak memory of a 25-megapixel photo
     low.
     """
     from PIL import Image
 
+    from segmenter.data.images import resize_land
+
     height, width = values.shape[:2]
-    if (height, width) == tuple(shape):
+    shape = (int(shape[0]), int(shape[1]))
+    if (height, width) == shape:
         return values.astype(np.float32, copy=False)
     shrink = shape[0] <= height and shape[1] <= width
-    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-    size = (int(shape[1]), int(shape[0]))
 
     def one(channel: np.ndarray) -> np.ndarray:
+        if shrink:
+            return resize_land(channel, shape)
         pil = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), mode="F")
-        return np.asarray(pil.resize(size, method), dtype=np.float32)
+        return np.asarray(pil.resize((shape[1], shape[0]), Image.Resampling.BILINEAR),
+                          dtype=np.float32)
 
     if values.ndim == 2:
         return np.array(one(values))  # writable (Pillow's buffer is read-only)
@@ -115,11 +121,6 @@ def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     for channel in range(values.shape[2]):
         out[..., channel] = one(values[..., channel])
     return out
-
-
-def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
-    """The (height, width) a photo has after resizing by ``scale`` (at least 1 x 1)."""
-    return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ def load_models(run: Any, cfg: Config) -> LoadedModels:
     """Load the finished models of ``run`` that ``predict.widths`` asks for (null = all).
 
     Raises:
-        RunError: the run has no finished model, or lacks a requested width.
+        RunError: the run has no finished model.
+        ConfigError: ``predict.widths`` names a width the run has not finished.
     """
     finished = run.finished_widths()
     if not finished:
@@ -58,14 +59,10 @@ def load_models(run: Any, cfg: Config) -> LoadedModels:
             f"{run.path}: no finished models (models/pw<W>.keras); train first with "
             f"`segmenter train --out {run.path}`"
         )
-    wanted = cfg.predict.widths or finished
-    missing = [w for w in wanted if w not in finished]
-    if missing:
-        raise RunError(
-            f"{run.path}: predict.widths asks for width {', '.join(map(str, missing))} "
-            f"but the run has finished widths {', '.join(map(str, finished))}"
-        )
-    models = {w: run.load_model(w) for w in sorted(set(wanted))}
+    from segmenter.inference import select_models
+
+    wanted = select_models({w: w for w in finished}, cfg)  # the one check of predict.widths
+    models = {w: run.load_model(w) for w in wanted}
     scores = {w: run.val_score(w) for w in models}
     return LoadedModels(models=models, scores=scores)
 

@@ -249,3 +249,14 @@ def test_large_batch_size_is_one_trace_per_window_size(image):
     inference.predict_scale(model, image[:30], 16, batch_size=5)
     infer = inference.compiled_infer(model, (16, 16))
     assert infer.experimental_get_tracing_count() == 1
+
+
+def test_photo_is_shrunk_exactly_as_the_data_loader_does(image):
+    from segmenter.data import images
+
+    assert inference.scaled_shape is images.scaled_shape
+    shape = images.scaled_shape(image.shape[:2], 0.5)
+    small = inference.resize_map(image, shape)
+    for channel in range(3):
+        np.testing.assert_array_equal(small[..., channel],
+                                      images.resize_land(image[..., channel], shape))
