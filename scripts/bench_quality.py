@@ -169,8 +169,9 @@ def prepare_sources(
     """Write the training source and the validation source; return them and the parts.
 
     The training source has ``train/`` (the fitting part) and ``test/`` (the inner strip that
-    ``segmenter train`` validates on). The validation source has the scored part in ``test/``
-    and an empty ``train/`` (the loaders want the folder; nothing in it is used).
+    ``segmenter train`` validates on). The validation source holds only the scored part, in
+    ``train/`` (the loaders require that folder to have pairs); it is scored as
+    ``segmenter evaluate --data <validation source> --split all`` would.
     """
     ranges = column_ranges(image.shape[1], split)
     parts = {key: cut(key, image, land, cols) for key, cols in ranges.items()}
@@ -180,8 +181,7 @@ def prepare_sources(
             shutil.rmtree(folder)
     write_ontario(train_src, "train", f"{stem}_fit", parts["fit"])
     write_ontario(train_src, "test", f"{stem}_monitor", parts["monitor"])
-    write_ontario(val_src, "test", f"{stem}_score", parts["score"])
-    (val_src / "train").mkdir(parents=True, exist_ok=True)
+    write_ontario(val_src, "train", f"{stem}_score", parts["score"])
     return train_src, val_src, parts
 
 
@@ -361,15 +361,33 @@ def train_segmenter(
     return (time.perf_counter() - started) / 60
 
 
+def recorded_minutes(run_dir: Path) -> float:
+    """Training minutes an existing run recorded (sum over widths of their history's seconds).
+
+    Used with ``--run``: it leaves out the process start and data loading that the wall-clock
+    figure of a fresh run includes, so it is slightly lower.
+    """
+    from segmenter.runs import open_run
+
+    run = open_run(run_dir)
+    seconds = 0.0
+    for width in run.finished_widths():
+        rows = run.read_history(width)
+        if rows and rows[-1].get("seconds") is not None:
+            seconds += float(rows[-1]["seconds"])
+    return seconds / 60
+
+
 def evaluate_segmenter(
     run_dir: Path, val_src: Path, overrides: Sequence[str]
 ) -> dict[str, dict[str, float]]:
     """Score the run on the validation source exactly as ``segmenter evaluate --data`` does.
 
-    Same steps as ``segmenter.cli.evaluate``: the run's saved config with the overrides, the
-    data source swapped, the run's models loaded by :func:`segmenter.predictor.load_models`,
-    the labelled test images loaded at their own resolution, and
-    :func:`segmenter.evaluation.evaluate_images` (predict, mask, score).
+    Same steps as ``segmenter evaluate --run RUN --data VAL --split all``: the run's saved
+    config with the overrides, the data source swapped, the run's models loaded by
+    :func:`segmenter.predictor.load_models`, every labelled image of the validation source
+    loaded at its own resolution, and :func:`segmenter.evaluation.evaluate_images` (predict,
+    mask, score).
 
     Returns:
         ``{"mask": scores of the configured mask (GMM), "threshold": scores at 0.5}``.
@@ -384,7 +402,7 @@ def evaluate_segmenter(
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": str(val_src)})})
     loaded = predictor.load_models(run, cfg)
     dataset = load_dataset(cfg.data, scale=1.0, progress=False)
-    report = evaluation.evaluate_images(loaded, dataset.test, cfg)
+    report = evaluation.evaluate_images(loaded, dataset.train + dataset.test, cfg)
     overall = report["overall"]
     return {"mask": overall, "threshold": overall[evaluation.BASELINE]}
 
@@ -438,9 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows: list[Row] = [] if args.skip_peers else run_peers(fit, target, cfg.data.scale)
 
         run_dir = args.run or work / "run"
-        minutes = 0.0
         if args.run is None:
             minutes = train_segmenter(args.config, train_src, run_dir, args.overrides)
+        else:
+            minutes = recorded_minutes(run_dir)
         grid = evaluate_segmenter(run_dir, val_src, args.overrides)
         label = f"segmenter {args.config.name}"
         method = grid["mask"].get("method", "gmm")

@@ -75,8 +75,9 @@ def test_sources_load_and_peers_score(bench, tmp_path):
     assert [item.stem for item in train.test] == ["tiny_monitor"]
     np.testing.assert_array_equal(train.train[0].land, land[:, :72])
     val = ontario.load_dataset(DataConfig(source=str(val_src)), scale=1.0, progress=False)
-    assert val.train == [] and [item.stem for item in val.test] == ["tiny_score"]
-    np.testing.assert_array_equal(val.test[0].land, land[:, 72:])
+    scored = val.train + val.test
+    assert [item.stem for item in scored] == ["tiny_score"]
+    np.testing.assert_array_equal(scored[0].land, land[:, 72:])
 
     rows = bench.run_peers(parts["fit"], parts["score"], scale=1.0)
     assert [row.method for row in rows] == list(bench.PEERS)
