@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from segmenter.config import TrainConfig
-from segmenter.errors import ConfigError
+from segmenter.errors import ConfigError, SegmenterError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,34 @@ def select_strategy(train_cfg: TrainConfig):
     return tf.distribute.get_strategy()
 
 
+#: the Keras release the private-API workarounds below (and in training.py) were written for.
+KERAS_TESTED = "3.15"
+
+
+def require_keras_private(owner: Any, names: list[str], what: str) -> None:
+    """Raise a one-line error when Keras lacks a private attribute a workaround replaces.
+
+    The workarounds patch ``keras.src`` internals that a Keras release may rename or remove;
+    without this check the failure would be an obscure ``AttributeError`` deep in ``fit`` (or
+    worse, a patch that silently no longer applies).
+
+    Raises:
+        SegmenterError: naming the Keras version, the missing attributes and the fix.
+    """
+    import keras
+
+    missing = [name for name in names if not hasattr(owner, name)]
+    if missing:
+        raise SegmenterError(
+            f"Keras {keras.__version__} lacks {', '.join(missing)} (private API), which the "
+            f"{what} workaround replaces; it was written for Keras {KERAS_TESTED}: install "
+            f"keras=={KERAS_TESTED}.* or use another train.strategy"
+        )
+    if not keras.__version__.startswith(KERAS_TESTED + "."):
+        log.debug("Keras %s: the %s workaround was written for Keras %s", keras.__version__,
+                  what, KERAS_TESTED)
+
+
 def _patch_keras_multiworker_reduce() -> None:
     """Work around Keras 3.15 ``fit`` under MultiWorkerMirroredStrategy (checked: 3.15.1).
 
@@ -95,8 +123,12 @@ def _patch_keras_multiworker_reduce() -> None:
     dimensions"), so no multi-worker ``fit`` can run. The logs are scalars: their mean over
     replicas is ``axis=None``. Only that branch is replaced; everything else is Keras' own.
     """
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
+    try:
+        from keras.src.backend.tensorflow import trainer as tf_trainer
+    except ImportError:
+        tf_trainer = None
+    require_keras_private(tf_trainer, ["reduce_per_replica", "_collective_all_reduce_multi_worker"],
+                          "multi-worker log reduction")
     original = tf_trainer.reduce_per_replica
     if getattr(original, "_segmenter_patched", False):
         return

@@ -63,7 +63,11 @@ class DiceLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_pred = ops.cast(y_pred, "float32")
         prob = ops.sigmoid(y_pred) if self.from_logits else y_pred
-        return soft_dice(y_true, prob, self.smooth)
+        dice = soft_dice(y_true, prob, self.smooth)
+        # One value per sample (all equal), not a scalar: Keras scales a reduced loss by
+        # 1 / replicas under tf.distribute but leaves a scalar alone, so a scalar Dice counted
+        # (and was logged) once per replica: twice the weight on 2 GPUs.
+        return dice * ops.ones((ops.shape(y_pred)[0],), "float32")
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

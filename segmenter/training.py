@@ -316,6 +316,10 @@ def _avoid_multiworker_build_reduce(model: Any, strategy: Any, width: int,
     if type(strategy).__name__ not in {"CollectiveAllReduceStrategy",
                                        "MultiWorkerMirroredStrategy"}:
         return
+    from segmenter.distribute import require_keras_private
+
+    require_keras_private(model, ["_maybe_symbolic_build", "_symbolic_build"],
+                          "multi-worker model build")
     example = (np.zeros((batch_size, width, width, 3), np.float32),
                np.zeros((batch_size, width, width, 1), np.float32))
 
