@@ -163,6 +163,39 @@ def test_linear_model_with_logit_loss_is_saved_with_a_sigmoid_head(tmp_path):
     assert results[0].final_val_water_iou == pytest.approx(iou, abs=1e-6)
 
 
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Stopped mid-interval (step 5 of 9, checkpoint at 3), resumed: same losses, same
+    weights as a run that was never interrupted (same patches per step, restored optimiser)."""
+    from segmenter import training
+
+    cfg = load_config(None, [*TINY_SETTINGS, "train.steps=9"])
+    train(cfg, tmp_path / "full", dataset=tiny_dataset())
+
+    class Interrupted(Exception):
+        pass
+
+    original = training._WidthCallback.on_train_batch_end
+
+    def interrupt(self, batch, logs=None):
+        original(self, batch, logs)
+        if self.tracker.step == 5:
+            raise Interrupted
+
+    monkeypatch.setattr(training._WidthCallback, "on_train_batch_end", interrupt)
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "part", dataset=tiny_dataset())
+    monkeypatch.setattr(training._WidthCallback, "on_train_batch_end", original)
+    state = json.loads((tmp_path / "part" / "state" / "pw16" / "state.json").read_text())
+    assert state["step"] == 3
+    train(cfg, tmp_path / "part", resume=True, dataset=tiny_dataset())
+
+    full, part = open_run(tmp_path / "full"), open_run(tmp_path / "part")
+    assert _losses(part.path) == _losses(full.path)
+    for a, b in zip(full.load_model(16).get_weights(), part.load_model(16).get_weights(),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_kill_9_mid_run_then_resume(tmp_path):
     """A real `segmenter train` killed with SIGKILL continues from its last checkpoint."""
     config = tmp_path / "tiny.yaml"
