@@ -26,6 +26,8 @@ minutes and gigabytes, and the fit does not improve beyond a few hundred thousan
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -117,7 +119,7 @@ def gmm_water_mask(
     else:
         sample_idx = np.arange(n_pixels)
     sample = _features(flat_prob[sample_idx], flat_rgb[sample_idx])
-    n_components = min(pp_cfg.n_components, len(np.unique(sample, axis=0)))
+    n_components = min(pp_cfg.n_components, _distinct_rows(sample, pp_cfg.n_components))
     gmm = GaussianMixture(
         n_components=max(1, n_components),
         covariance_type="full",
@@ -189,7 +191,8 @@ def assign_components(gmm: Any, prob: np.ndarray, rgb: np.ndarray) -> np.ndarray
     log_det = np.log(np.diagonal(gmm.precisions_cholesky_, axis1=1, axis2=2)).sum(axis=1)
     constant = (np.log(gmm.weights_) + log_det).astype(np.float32)[:, None]
     labels = np.empty(prob.shape[0], np.int16)
-    for start in range(0, prob.shape[0], CHUNK_PIXELS):
+
+    def assign_chunk(start: int) -> None:
         stop = min(prob.shape[0], start + CHUNK_PIXELS)
         rows = np.empty((n_features, stop - start), np.float32)
         rows[0] = prob_logit(prob[start:stop])
@@ -207,6 +210,17 @@ def assign_components(gmm: Any, prob: np.ndarray, rgb: np.ndarray) -> np.ndarray
             better = score[comp] > best
             np.maximum(best, score[comp], out=best)
             chunk[better] = comp
+
+    # Chunks write disjoint slices and numpy releases the GIL in every step, so threads scale
+    # with the cores (the BLAS itself is kept single-threaded, see gmm_water_mask).
+    starts = range(0, prob.shape[0], CHUNK_PIXELS)
+    workers = min(len(starts), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        for start in starts:
+            assign_chunk(start)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(assign_chunk, starts))
     return labels
 
 
@@ -275,9 +289,24 @@ def prob_logit(prob: np.ndarray) -> np.ndarray:
     return np.log(p / (1.0 - p))
 
 
-def _features(prob: np.ndarray, rgb: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
-    """Per-pixel features (logit of probability, R, G, B); float64 for fitting, as
-    scikit-learn wants."""
+def _distinct_rows(sample: np.ndarray, enough: int) -> int:
+    """How many distinct feature rows there are, counting exactly only when it matters.
+
+    A flat photo (say, all one colour and probability) has fewer distinct pixels than
+    components; a normal one has thousands in its first few hundred rows, so the full sort of
+    the subsample (0.16 s for 200 k rows) is skipped.
+    """
+    head = len(np.unique(sample[:1000], axis=0))
+    return head if head >= enough else len(np.unique(sample, axis=0))
+
+
+def _features(prob: np.ndarray, rgb: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+    """Per-pixel features (logit of probability, R, G, B).
+
+    float32: scikit-learn's EM keeps the input's precision, and float32 makes each iteration
+    about 20 % faster with the same components (features span about +-9, far from float32's
+    resolution limits).
+    """
     out = np.empty((prob.shape[0], 4), dtype)
     out[:, 0] = prob_logit(prob)
     out[:, 1:] = rgb
