@@ -36,7 +36,7 @@ Peers, all scored on the same validation pixels and the same resolution:
 
 Run from the repository root (a clean clone with the package installed)::
 
-    python scripts/bench_quality.py                 # ~15-20 min on a 2-core CPU
+    python scripts/bench_quality.py                 # ~9 min on a 2-core CPU
     python scripts/bench_quality.py --real /data/real --keep --work /tmp/bq
 
 The last line printed is ``quality water_iou=<...> mean_iou=<...> train_minutes=<...>`` for
