@@ -78,7 +78,8 @@ def evaluate(
     )
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
-    dataset = load_dataset(cfg.data, scale=1.0)
+    need = ("test",) if split == "test" else ("train", "test")
+    dataset = load_dataset(cfg.data, scale=1.0, need=need)
     items = {"test": dataset.test, "train": dataset.train,
              "all": dataset.train + dataset.test}[split]
     used = split

@@ -192,7 +192,11 @@ def load_pair(storage: Storage, pair: Pair, data_cfg: DataConfig, scale: float) 
 
 
 def load_dataset(
-    data_cfg: DataConfig, scale: float | None = None, progress: bool = True, refresh: bool = False
+    data_cfg: DataConfig,
+    scale: float | None = None,
+    progress: bool = True,
+    refresh: bool = False,
+    need: tuple[str, ...] = ("train", "test"),
 ) -> Dataset:
     """Load the configured source (folder, ``s3://`` or ``sample``) into train and test sets.
 
@@ -201,6 +205,8 @@ def load_dataset(
         scale: resize factor; ``None`` means ``data_cfg.scale``.
         progress: draw a progress bar on stderr while files load (only on a terminal).
         refresh: list remote folders again instead of trusting cached listings.
+        need: the splits the caller uses. ``("test",)`` (evaluation) neither loads nor requires
+            ``train/`` when the source has a test folder, so a test-only source can be scored.
 
     Raises:
         DataError: missing source, no pairs in the train folder, no training image left after
@@ -216,10 +222,13 @@ def load_dataset(
     storage = open_storage(source, data_cfg, refresh=refresh)
 
     train_dir = data_cfg.train_dir.strip("/")
-    if not storage.isdir(train_dir):
-        raise DataError(f"{storage.display(train_dir)}: folder not found")
     test_dir = data_cfg.test_dir.strip("/")
     use_test = bool(test_dir) and storage.isdir(test_dir)
+    # Without a test folder the test images are held out of train/, which is then needed.
+    want_train = "train" in need or not use_test
+    want_test = use_test and "test" in need
+    if want_train and not storage.isdir(train_dir):
+        raise DataError(f"{storage.display(train_dir)}: folder not found")
     if test_dir and not use_test:
         log.info(
             "%s: no test folder; holding out %.0f%% of the pairs (seed %d)",
@@ -228,14 +237,15 @@ def load_dataset(
             data_cfg.seed,
         )
 
-    train_pairs, warned = _pairs_in(storage, train_dir)
-    if not train_pairs:
-        # Even with pairs in test/: there would be nothing to train on.
-        see = " (see the warnings above)" if warned else ""
-        raise DataError(f"{storage.display(train_dir)}: no photo/label pairs found{see}")
-    splits = {"train": train_pairs}
-    if use_test:
-        splits["test"] = _pairs_in(storage, test_dir)[0]
+    splits: dict[str, list[Pair]] = {}
+    for split, subdir, wanted in (("train", train_dir, want_train), ("test", test_dir, want_test)):
+        if not wanted:
+            continue
+        splits[split], warned = _pairs_in(storage, subdir)
+        if not splits[split] and (split == "train" or not want_train):
+            # Even with pairs in test/, an empty train/ leaves nothing to train on.
+            see = " (see the warnings above)" if warned else ""
+            raise DataError(f"{storage.display(subdir)}: no photo/label pairs found{see}")
     pairs_found = sum(len(p) for p in splits.values())
 
     skipped: list[str] = []
@@ -244,14 +254,14 @@ def load_dataset(
         loaded[split] = _load_all(storage, pairs, data_cfg, scale, split, progress, skipped)
     if skipped:
         log.warning("skipped %d bad pair(s): %s", len(skipped), "; ".join(skipped))
-    if not loaded["train"]:
+    if want_train and not loaded["train"]:
         raise DataError(
             f"{storage.display(train_dir)}: no training images: every pair was bad "
             "(see the warnings above)"
         )
 
     if use_test:
-        train, test = loaded["train"], loaded["test"]
+        train, test = loaded.get("train", []), loaded.get("test", [])
     else:
         train, test = split_by_seed(loaded["train"], data_cfg.test_ratio, data_cfg.seed)
     if not test:

@@ -359,3 +359,20 @@ def test_progress_bar_is_silent_off_a_terminal(scenes_dir: Path, capsys) -> None
     load_dataset(data_cfg(source=str(scenes_dir)), progress=True)
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_a_test_only_source_can_be_loaded_for_evaluation(scenes_copy: Path) -> None:
+    """`segmenter evaluate --data` on a folder holding only test/ needs no train/."""
+    shutil.rmtree(scenes_copy / "train")
+    dataset = load_dataset(data_cfg(source=str(scenes_copy)), need=("test",))
+    assert dataset.train == []
+    assert len(dataset.test) == len(list((scenes_copy / "test").glob("*.JPG")))
+    with pytest.raises(DataError, match=r"/train: folder not found"):
+        load_dataset(data_cfg(source=str(scenes_copy)))
+
+
+def test_evaluation_does_not_load_train_when_there_is_a_test_folder(scenes_copy: Path) -> None:
+    for photo in (scenes_copy / "train").glob("*.JPG"):
+        photo.write_bytes(b"junk")  # would fail if it were read
+    dataset = load_dataset(data_cfg(source=str(scenes_copy)), need=("test",))
+    assert dataset.test and dataset.train == []
