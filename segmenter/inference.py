@@ -189,8 +189,11 @@ def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
             out = tf.clip_by_value(out, 0.0, 1.0)
         return out
 
+    # Plain Python control flow on constants only: AutoGraph has nothing to convert (and warns
+    # that it cannot convert the closure).
     @tf.function(
         input_signature=[tf.TensorSpec([None, key[0], key[1], 3], tf.float32)],
+        autograph=False,
     )
     def infer(windows):
         if not tta:
