@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Quality benchmark on a real photograph: segmenter against classic peers on a fixed split.
 
-Why this exists: the generated sample scenes are easy (water is darker and smoother than land),
-so a good score there says little about real coastal photos, where dark forest, shadows and dark
-roofs look like water. This script measures segmenter on one real aerial photo with a
+Why this exists: the generated sample scenes come from the same generator as the training
+scenes, so a good score there says little about real coastal photos, where dark forest, shadows
+and dark roofs look like water. This script measures segmenter on one real aerial photo with a
 person-drawn label (``../shared/real``, Ontario layout, water = class 2) and puts the number
 next to what simpler methods reach on exactly the same pixels.
 

@@ -23,6 +23,7 @@ import math
 import time
 import weakref
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,11 +273,12 @@ def predict_scale(
     weight = window_weight(window)
     total = np.zeros((padded_h, padded_w), np.float32)
     weight_sum = np.zeros((padded_h, padded_w), np.float32)
-    batch = np.empty((min(batch_size, len(positions)), window, window, 3), np.float32)
-    for chunk in patches.batched(positions, batch_size):
-        for i, (top, left) in enumerate(chunk):
-            batch[i] = padded[top : top + window, left : left + window]
-        predicted = infer(batch[: len(chunk)]).numpy()
+    # Two batch buffers: while TensorFlow predicts one batch (it releases the GIL), this thread
+    # accumulates the previous batch and cuts the next one, so the model never waits on numpy.
+    size = min(batch_size, len(positions))
+    buffers = [np.empty((size, window, window, 3), np.float32) for _ in range(2)]
+
+    def accumulate(predicted: np.ndarray, chunk: list[tuple[int, int]]) -> None:
         if not np.isfinite(predicted).all():
             raise SegmenterError(
                 f"the model of width {window} predicted non-finite values (NaN or inf); "
@@ -286,6 +288,19 @@ def predict_scale(
         for i, (top, left) in enumerate(chunk):
             total[top : top + window, left : left + window] += predicted[i]
             weight_sum[top : top + window, left : left + window] += weight
+
+    with ThreadPoolExecutor(max_workers=1) as runner:
+        pending = None
+        for number, chunk in enumerate(patches.batched(positions, batch_size)):
+            batch = buffers[number % 2][: len(chunk)]
+            for i, (top, left) in enumerate(chunk):
+                batch[i] = padded[top : top + window, left : left + window]
+            running = runner.submit(lambda b=batch: infer(b).numpy())
+            if pending is not None:
+                accumulate(pending[0].result(), pending[1])
+            pending = (running, chunk)
+        if pending is not None:
+            accumulate(pending[0].result(), pending[1])
     del padded
     crop = (slice(pad_y, pad_y + height), slice(pad_x, pad_x + width))
     total, weight_sum = total[crop], weight_sum[crop]
