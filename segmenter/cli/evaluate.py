@@ -9,19 +9,13 @@ from pathlib import Path
 
 import click
 
-from segmenter.cli.options import config_options, progress, resolve_config
+from segmenter.cli.options import config_options, progress, resolve_config, run_option
 
 log = logging.getLogger("segmenter")
 
 
 @click.command()
-@click.option(
-    "--run",
-    "run_dir",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Run directory written by `segmenter train`.",
-)
+@run_option
 @click.option(
     "--data",
     "source",

@@ -21,6 +21,14 @@ config_option = click.option(
     help="YAML config, layered over the defaults (predict, evaluate: over the run's config).",
 )
 
+run_option = click.option(
+    "--run",
+    "run_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run directory written by `segmenter train`.",
+)
+
 set_option = click.option(
     "--set",
     "overrides",

@@ -27,6 +27,10 @@ from PIL.Image import DecompressionBombError
 
 from segmenter.errors import DataError
 
+#: What Pillow raises for a file that is not a readable image (truncated, corrupt, foreign
+#: format, or larger than the decompression-bomb cap).
+_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, DecompressionBombError)
+
 #: Largest photo decoded, in pixels. Pillow's default guard (179 Mpx) rejects legitimate
 #: aerial mosaics; this raises it (process-wide: Pillow has one setting) but keeps a cap, so a
 #: decompression bomb still fails cleanly instead of exhausting memory.
@@ -90,13 +94,7 @@ def load_photo(
                 if drafted is not None:
                     box = tuple(float(v) for v in drafted[1])
             pil.load()
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        DecompressionBombError,
-    ) as exc:
+    except _UNREADABLE as exc:
         raise DataError(f"{name}: not a readable image ({_reason(exc)})") from None
 
     if pil.mode == "P":
@@ -250,13 +248,7 @@ def read_png_label(data: bytes, name: str, water_value: int) -> np.ndarray:
             warnings.simplefilter("ignore")
             pil = Image.open(io.BytesIO(data))
             pil.load()
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        DecompressionBombError,
-    ) as exc:
+    except _UNREADABLE as exc:
         raise DataError(f"{name}: not a readable label image ({_reason(exc)})") from None
     values = np.asarray(pil)  # for palette images the indices are the class values
     if values.ndim == 3:
