@@ -247,10 +247,14 @@ def parse_override(item: str) -> tuple[str, str]:
 def _parse_value(text: str, annotation: Any) -> Any:
     """A ``--set`` value: text for string keys (``data.source=2024``), YAML for the rest."""
     stripped = text.strip()
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+        unquoted = stripped[1:-1]  # --set 'data.source="2024"' means the text 2024
+    else:
+        unquoted = stripped
     if annotation is str:
-        return text
+        return unquoted
     if annotation == (str | None):
-        return None if stripped in {"null", "~", ""} else text
+        return None if stripped in {"null", "~", ""} else unquoted
     if not stripped:
         return ""
     try:

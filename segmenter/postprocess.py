@@ -277,12 +277,6 @@ def purity_from_histogram(histogram: np.ndarray, is_land: np.ndarray,
     return out
 
 
-def component_medians(labels: np.ndarray, prob: np.ndarray, n_components: int,
-                      bins: int = HISTOGRAM_BINS) -> list[float | None]:
-    """Median probability of each component's pixels (``None`` for an empty component)."""
-    return medians_from_histogram(component_histogram(labels, prob, n_components, bins))
-
-
 def prob_logit(prob: np.ndarray) -> np.ndarray:
     """``log(p / (1 - p))`` of ``p`` clipped to [PROB_EPS, 1 - PROB_EPS], float32."""
     p = np.clip(np.asarray(prob, np.float32), PROB_EPS, 1.0 - PROB_EPS)

@@ -218,3 +218,9 @@ def test_water_class_is_a_positive_number_or_a_name(value):
     message = str(info.value)
     assert message.startswith("--set: data.water_class: ")
     assert " or " in message  # both ways of naming the class are mentioned
+
+
+def test_set_string_values_are_trimmed_and_unquoted():
+    cfg = load_config(None, ["data.source= /data/photos ", "data.train_dir='fit'"])
+    assert cfg.data.source == "/data/photos"
+    assert cfg.data.train_dir == "fit"

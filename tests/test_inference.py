@@ -58,7 +58,9 @@ def test_window_weight_smoothstep():
 
 @pytest.mark.parametrize("window,overlap,tta", [(16, 0.5, False), (32, 0.25, True),
                                                 (64, 0.5, False)])
-def test_stitching_reproduces_a_pointwise_model(image, window, overlap, tta):
+def test_stitching_reproduces_a_pointwise_model(image, window, overlap, tta, monkeypatch):
+    # Tiny batches, so the two-buffer pipeline runs many batches and a shorter last one.
+    monkeypatch.setattr(inference, "MIN_BATCH_PIXELS", 1)
     model = pointwise_model()
     stitched, info = inference.predict_scale(model, image, window, overlap=overlap,
                                              batch_size=3, tta=tta)
@@ -173,9 +175,10 @@ class PositionalModel(keras.Model):
         return self.conv(x) + self.pattern
 
 
-def test_stitching_matches_a_numpy_reference_of_the_smoothstep_blend(image):
+def test_stitching_matches_a_numpy_reference_of_the_smoothstep_blend(image, monkeypatch):
     from segmenter.data import patches
 
+    monkeypatch.setattr(inference, "MIN_BATCH_PIXELS", 1)  # many batches through the pipeline
     window, overlap = 16, 0.5
     model = PositionalModel(window)
     model(np.zeros((1, window, window, 3), np.float32))
@@ -243,9 +246,11 @@ def test_encoder_decoder_model_and_width_selection(image):
         inference.predict_land({16: model}, image[..., 0], cfg)
 
 
-def test_large_batch_size_is_one_trace_per_window_size(image):
+def test_large_batch_size_is_one_trace_per_window_size(image, monkeypatch):
+    monkeypatch.setattr(inference, "MIN_BATCH_PIXELS", 1)  # batches of 8 and 5 windows
     model = pointwise_model()
-    inference.predict_scale(model, image, 16, batch_size=7)
+    _, info = inference.predict_scale(model, image, 16, batch_size=8)
+    assert info["windows"] > 8 and info["windows"] % 8  # several batches, a shorter last one
     inference.predict_scale(model, image[:30], 16, batch_size=5)
     infer = inference.compiled_infer(model, (16, 16))
     assert infer.experimental_get_tracing_count() == 1

@@ -79,10 +79,18 @@ def test_bad_shapes_are_refused():
         water_mask(np.zeros((4, 4)), None, PostprocessConfig())
 
 
-def test_fast_assignment_and_medians_match_scikit_learn_and_numpy():
+def test_fast_assignment_and_medians_match_scikit_learn_and_numpy(monkeypatch):
     from sklearn.mixture import GaussianMixture
 
-    from segmenter.postprocess import _features, assign_components, component_medians
+    from segmenter import postprocess
+    from segmenter.postprocess import (
+        _features,
+        assign_components,
+        component_histogram,
+        medians_from_histogram,
+    )
+
+    monkeypatch.setattr(postprocess, "CHUNK_PIXELS", 1000)  # 20 chunks over the thread pool
 
     rng = np.random.default_rng(5)
     prob = np.clip(rng.random(20000), 1e-3, 1 - 1e-3).astype(np.float32)
@@ -91,7 +99,7 @@ def test_fast_assignment_and_medians_match_scikit_learn_and_numpy():
     gmm = GaussianMixture(4, random_state=0).fit(_features(prob, rgb))
     labels = assign_components(gmm, prob, rgb)
     assert (labels == gmm.predict(_features(prob, rgb))).mean() > 0.999
-    medians = component_medians(labels, prob, 5)
+    medians = medians_from_histogram(component_histogram(labels, prob, 5))
     for comp in range(4):
         assert medians[comp] == pytest.approx(np.median(prob[labels == comp]), abs=1e-3)
     assert medians[4] is None

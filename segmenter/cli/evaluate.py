@@ -27,7 +27,8 @@ log = logging.getLogger("segmenter")
     type=click.Choice(["test", "train", "all"]),
     default="test",
     show_default=True,
-    help="Which labelled images to score (a source without test images falls back to all).",
+    help="Which labelled images to score (a source with no test/ folder and too few pairs "
+    "to hold any out falls back to all).",
 )
 @click.option(
     "--out",

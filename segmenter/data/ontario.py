@@ -254,6 +254,11 @@ def load_dataset(
         loaded[split] = _load_all(storage, pairs, data_cfg, scale, split, progress, skipped)
     if skipped:
         log.warning("skipped %d bad pair(s): %s", len(skipped), "; ".join(skipped))
+    if want_test and not want_train and not loaded["test"]:
+        raise DataError(
+            f"{storage.display(test_dir)}: no test images: every pair was bad "
+            "(see the warnings above)"
+        )
     if want_train and not loaded["train"]:
         raise DataError(
             f"{storage.display(train_dir)}: no training images: every pair was bad "

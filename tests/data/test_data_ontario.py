@@ -376,3 +376,12 @@ def test_evaluation_does_not_load_train_when_there_is_a_test_folder(scenes_copy:
         photo.write_bytes(b"junk")  # would fail if it were read
     dataset = load_dataset(data_cfg(source=str(scenes_copy)), need=("test",))
     assert dataset.test and dataset.train == []
+
+
+def test_a_test_folder_with_only_bad_pairs_is_an_error_for_evaluation(scenes_copy: Path) -> None:
+    for photo in (scenes_copy / "test").glob("*.JPG"):
+        photo.write_bytes(b"junk")
+    cfg = data_cfg(source=str(scenes_copy), skip_bad=True)
+    with pytest.raises(DataError, match=r"/test: no test images: every pair was bad"):
+        load_dataset(cfg, need=("test",))
+    assert load_dataset(cfg).test == []  # training goes on, with validation off
