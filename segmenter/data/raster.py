@@ -58,6 +58,13 @@ def require_rasterio() -> Any:
         raise DataError(
             "reading GeoTIFFs needs rasterio: pip install rasterio (its wheels include GDAL)"
         ) from None
+    # GDAL's own warnings (a tag ignored in a damaged file...) go through the "rasterio"
+    # loggers; without a handler Python prints them raw. The error that matters is reported as
+    # one line by the callers; -v (debug) lets them through.
+    chatty = logging.getLogger("rasterio")
+    if chatty.level == logging.NOTSET and not logging.getLogger("segmenter").isEnabledFor(
+            logging.DEBUG):
+        chatty.setLevel(logging.ERROR)
     return rasterio
 
 
@@ -138,7 +145,10 @@ class Raster:
         except Exception as exc:  # GDAL decode errors surface as several rasterio types
             if isinstance(exc, DataError):
                 raise
-            raise DataError(f"{self.name}: cannot read pixels ({_first_line(exc)})") from None
+            raise DataError(
+                f"{self.name}: cannot read pixels, the file is corrupt or truncated "
+                f"({_gdal_reason(exc)})"
+            ) from None
         image = np.empty((raw.shape[1], raw.shape[2], 3), np.float32)
         scale = np.float32(1.0 / self.value_max)
         for channel in range(3):
@@ -338,6 +348,14 @@ def _sampled_max(raster: Raster) -> float:
         values = values[values != raster.nodata]
     values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     return float(values.max()) if values.size else 0.0
+
+
+def _gdal_reason(exc: BaseException) -> str:
+    """GDAL's own message behind a rasterio error ("Read failed. See previous exception")."""
+    current: BaseException | None = exc
+    while current is not None and "previous exception" in str(current):
+        current = current.__cause__ or current.__context__
+    return _first_line(current or exc)
 
 
 def _first_line(exc: BaseException) -> str:
