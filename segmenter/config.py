@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from segmenter.errors import ConfigError
 
@@ -61,7 +61,7 @@ class DataConfig(_Section):
     )
     seed: int = Field(0, description="Seed of the train/test split when there is no test/.")
     skip_bad: bool = Field(False, description="Skip unreadable pairs with a warning.")
-    bands: list[Annotated[int, Field(ge=1)]] | None = Field(
+    bands: list[int] | None = Field(
         None, min_length=3, max_length=3,
         description="Rasters: the 3 bands (1-based) read as R, G, B (null = the first three).",
     )
@@ -74,6 +74,13 @@ class DataConfig(_Section):
         "wider integer data use).",
     )
     sample: SampleConfig = Field(default_factory=SampleConfig)
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_from_one(cls, bands: list[int] | None) -> list[int] | None:
+        if bands is not None and min(bands) < 1:
+            raise ValueError("band numbers start at 1")
+        return bands
 
 
 class ModelConfig(_Section):
