@@ -394,9 +394,9 @@ def predict_raster(location: str, stem: str, loaded: Any, cfg: Config, out_dir: 
         if cfg.predict.save_scales or cfg.predict.save_float:
             notes.append("predict.save_scales / save_float do not apply to rasters (the "
                          "probability GeoTIFF is float32)")
-        for note in notes:
-            log.warning("%s: %s", location, note) if "no coordinate" in note else \
-                log.info("%s: %s", location, note)
+        for note in notes:  # a missing CRS is a warning: the outputs will not be on a map
+            level = logging.WARNING if "no coordinate" in note else logging.INFO
+            log.log(level, "%s: %s", location, note)
         plan = plan_tiles(raster.height, raster.width, cfg.data.scale, list(models),
                           cfg.predict.overlap, tile_size or cfg.predict.tile_size)
         prob_nodata = geooutputs.prob_nodata(raster)
