@@ -156,7 +156,7 @@ class PredictConfig(_Section):
     save_float: bool = Field(False, description="Also save the float probability map (.npy).")
     save_scales: bool = Field(False, description="Also save each width's probability map.")
     tile_size: int = Field(
-        4096, ge=64, le=65536,
+        2048, ge=64, le=65536,
         description="Rasters: tile edge in pixels; memory follows it, not the raster's size.",
     )
     cog: bool = Field(
