@@ -378,143 +378,274 @@ def predict_raster(location: str, stem: str, loaded: Any, cfg: Config, out_dir: 
     Raises:
         SegmenterError: unreadable raster, bad bands, unsupported settings, a write failure.
     """
-    import rasterio
-
-    from segmenter import geooutputs
     from segmenter.inference import _merge_weights, select_models
 
-    check_supported(cfg)
-    started = time.perf_counter()
     models = select_models(loaded.models, cfg)
     weights = _merge_weights(models, cfg.predict.merge, loaded.scores)
-    out_dir = Path(out_dir)
-    paths = geooutputs.raster_output_paths(out_dir, stem)
-    pp = cfg.postprocess
-    with open_raster(location, cfg.data, storage=storage, relpath=relpath) as raster:
-        notes = list(raster.notes)
-        if cfg.predict.save_scales or cfg.predict.save_float:
-            notes.append("predict.save_scales / save_float do not apply to rasters (the "
-                         "probability GeoTIFF is float32)")
-        for note in notes:  # a missing CRS is a warning: the outputs will not be on a map
-            level = logging.WARNING if "no coordinate" in note else logging.INFO
-            log.log(level, "%s: %s", location, note)
-        plan = plan_tiles(raster.height, raster.width, cfg.data.scale, list(models),
-                          cfg.predict.overlap, tile_size or cfg.predict.tile_size)
-        prob_nodata = geooutputs.prob_nodata(raster)
-        mask_nodata = geooutputs.mask_nodata(raster)
-        total_pixels = raster.height * raster.width
-        rate = min(1.0, 2.0 * pp.subsample / total_pixels)
-        samples_land: list[np.ndarray] = []
-        samples_rgb: list[np.ndarray] = []
-        windows: dict[int, int] = dict.fromkeys(models, 0)
-        valid_pixels = 0
-        prob_path, prob_profile = geooutputs.scratch_raster(out_dir, stem, raster, "float32",
-                                                            prob_nodata)
-        mask_path, mask_profile = geooutputs.scratch_raster(out_dir, stem, raster, "uint8",
-                                                            mask_nodata)
-        try:
-            # Pass 1: probabilities, and a seeded subsample of valid pixels from every tile.
-            with gdal_env(), rasterio.open(prob_path, "w", **prob_profile) as dst:
-                for tile in plan.tiles:
-                    land, image, valid, counts = predict_tile(models, raster, plan, tile, cfg,
-                                                              weights)
-                    for width, count in counts.items():
-                        windows[width] += count
-                    water = 1.0 - land
-                    if prob_nodata is not None:
-                        water[~valid] = prob_nodata
-                    dst.write(water[None], window=tile.core.rio())
-                    n_valid = int(valid.sum())
-                    valid_pixels += n_valid
-                    if n_valid:
-                        rng = np.random.default_rng([pp.seed, tile.index])
-                        pick = rng.random(n_valid) < rate
-                        samples_land.append(land[valid][pick])
-                        samples_rgb.append(image[valid][pick])
-                    del land, image, valid, water
-            if not valid_pixels:
-                raise SegmenterError(f"{location}: every pixel is nodata; nothing to predict")
-            sample_land = np.concatenate(samples_land)
-            sample_rgb = np.concatenate(samples_rgb)
-            del samples_land, samples_rgb
-            if sample_land.size > pp.subsample:
-                keep = np.sort(np.random.default_rng(pp.seed).choice(
-                    sample_land.size, pp.subsample, replace=False))
-                sample_land, sample_rgb = sample_land[keep], sample_rgb[keep]
-            decide = fit_decision(sample_land, sample_rgb, pp)
-            threshold = decide.info
+    with RasterJob(location, stem, list(models), cfg, out_dir, storage=storage,
+                   relpath=relpath, tile_size=tile_size) as job:
+        raster = job.raster
+        for tile in job.plan.tiles:  # pass 1: probabilities and the GMM subsample
+            job.add_probs(tile, tile_pass1(models, raster, job.plan, tile, cfg, weights,
+                                           job.rate, job.prob_nodata))
+        job.fit()
+        for tile in job.plan.tiles:  # pass 2: every pixel assigned, the overview
+            water_prob = job.read_probs(tile)
+            job.add_mask(tile, tile_pass2(raster, tile.core, water_prob, job.decision,
+                                          job.mask_nodata, job.overview_index))
+        return job.finish(vector)
 
-            # Pass 2: assign every pixel of every tile; the overview for the overlay.
-            overview = _Overview(raster.height, raster.width, cfg.predict.overview_size)
-            water_pixels = 0
-            with gdal_env(), rasterio.open(prob_path) as probs, \
-                    rasterio.open(mask_path, "w", **mask_profile) as dst:
-                for tile in plan.tiles:
-                    image, valid = raster.read(tile.core)
-                    water_prob = probs.read(1, window=tile.core.rio())
-                    water = np.zeros(valid.shape, bool)
-                    if valid.any():
-                        water[valid] = decide.water(1.0 - water_prob[valid], image[valid])
-                    mask = np.where(water, np.uint8(MASK_WATER), np.uint8(MASK_LAND))
-                    if mask_nodata is not None:
-                        mask[~valid] = mask_nodata
-                    dst.write(mask[None], window=tile.core.rio())
-                    water_pixels += int(water.sum())
-                    water_prob = np.where(valid, water_prob, 0.0)
-                    overview.add(tile.core, image, water_prob, water)
-                    del image, valid, water_prob, water, mask
-            files: dict[str, str] = {}
-            geooutputs.finish_raster(prob_path, paths["water_prob"], cfg.predict.cog, "AVERAGE")
-            files["water_prob"] = str(paths["water_prob"])
-            geooutputs.finish_raster(mask_path, paths["water_mask"], cfg.predict.cog, "NEAREST")
-            files["water_mask"] = str(paths["water_mask"])
-        finally:
-            for scratch in (prob_path, mask_path):
-                if scratch.exists():
-                    scratch.unlink()
-        fraction = water_pixels / valid_pixels
-        from segmenter import outputs
+
+@dataclass
+class TileProbs:
+    """Pass 1 of one tile: its probability of water and its share of the GMM subsample."""
+
+    water: np.ndarray  # float32 (h, w) over the core; the probability raster's nodata at nodata
+    sample_land: np.ndarray  # float32 (n,) probability of land of the sampled pixels
+    sample_rgb: np.ndarray  # float32 (n, 3) their colour
+    counts: dict[int, int]  # windows predicted per width
+    n_valid: int
+
+
+@dataclass
+class TileMask:
+    """Pass 2 of one tile: its mask and its pixels of the overview."""
+
+    mask: np.ndarray  # uint8 (h, w): MASK_WATER / MASK_LAND / the mask's nodata
+    water_pixels: int
+    overview: tuple[np.ndarray, ...] | None
+
+
+def sample_rate(pp: Any, height: int, width: int) -> float:
+    """Share of valid pixels each tile contributes to the GMM subsample (before the final cut)."""
+    return min(1.0, 2.0 * pp.subsample / (height * width))
+
+
+def tile_pass1(models: Mapping[int, Any], raster: Raster, plan: MosaicPlan, tile: TilePlan,
+               cfg: Config, weights: Mapping[int, float], rate: float,
+               prob_nodata: float | None) -> TileProbs:
+    """Predict one tile and draw its seeded share of the subsample (the same on any machine)."""
+    land, image, valid, counts = predict_tile(models, raster, plan, tile, cfg, weights)
+    water = 1.0 - land
+    if prob_nodata is not None:
+        water[~valid] = prob_nodata
+    n_valid = int(valid.sum())
+    if n_valid:
+        rng = np.random.default_rng([cfg.postprocess.seed, tile.index])
+        pick = rng.random(n_valid) < rate
+        sample_land, sample_rgb = land[valid][pick], image[valid][pick]
+    else:
+        sample_land, sample_rgb = np.empty(0, np.float32), np.empty((0, 3), np.float32)
+    return TileProbs(water.astype(np.float32, copy=False), sample_land, sample_rgb, counts,
+                     n_valid)
+
+
+def tile_pass2(raster: Raster, core: Window, water_prob: np.ndarray, decide: Decision,
+               mask_nodata: int | None, overview_index: OverviewIndex) -> TileMask:
+    """Assign every pixel of one tile by the whole raster's rule; its overview pixels."""
+    image, valid = raster.read(core)
+    water = np.zeros(valid.shape, bool)
+    if valid.any():
+        water[valid] = decide.water(1.0 - water_prob[valid], image[valid])
+    mask = np.where(water, np.uint8(MASK_WATER), np.uint8(MASK_LAND))
+    if mask_nodata is not None:
+        mask[~valid] = mask_nodata
+    water_prob = np.where(valid, water_prob, 0.0)
+    part = overview_index.part(core, image, water_prob, water)
+    return TileMask(mask, int(water.sum()), part)
+
+
+class RasterJob:
+    """One raster's prediction, driven tile by tile by whoever computes the tiles.
+
+    The serial :func:`predict_raster` and the Dask job (:mod:`segmenter.cluster`) both use it:
+    open (plan, scratch GeoTIFFs), :meth:`add_probs` per tile in any order, :meth:`fit` the
+    whole raster's rule on the subsample gathered in tile order, :meth:`add_mask` per tile,
+    :meth:`finish` (COGs, overlay, vectors). A context manager: the raster is closed and the
+    scratch files removed on the way out, whatever happened.
+    """
+
+    def __init__(self, location: str, stem: str, widths: list[int], cfg: Config,
+                 out_dir: Path, *, storage: Any = None, relpath: str = "",
+                 tile_size: int | None = None) -> None:
+        check_supported(cfg)
+        self.location, self.stem, self.cfg = location, stem, cfg
+        self.out_dir = Path(out_dir)
+        self.widths = widths
+        self._opener = open_raster(location, cfg.data, storage=storage, relpath=relpath)
+        self._tile_size = tile_size or cfg.predict.tile_size
+        self.started = time.perf_counter()
+        self._scratch: list[Path] = []
+        self._dst: Any = None
+
+    def __enter__(self) -> RasterJob:
+        import rasterio
+
+        from segmenter import geooutputs
+
+        self.raster = raster = self._opener.__enter__()
+        try:
+            cfg = self.cfg
+            self.notes = list(raster.notes)
+            if cfg.predict.save_scales or cfg.predict.save_float:
+                self.notes.append("predict.save_scales / save_float do not apply to rasters "
+                                  "(the probability GeoTIFF is float32)")
+            for note in self.notes:  # a missing CRS is a warning: the outputs will not be on a map
+                level = logging.WARNING if "no coordinate" in note else logging.INFO
+                log.log(level, "%s: %s", self.location, note)
+            self.plan = plan_tiles(raster.height, raster.width, cfg.data.scale, self.widths,
+                                   cfg.predict.overlap, self._tile_size)
+            self.prob_nodata = geooutputs.prob_nodata(raster)
+            self.mask_nodata = geooutputs.mask_nodata(raster)
+            self.rate = sample_rate(cfg.postprocess, raster.height, raster.width)
+            self.overview_index = OverviewIndex(raster.height, raster.width,
+                                                cfg.predict.overview_size)
+            self.overview = _Overview(self.overview_index)
+            self.paths = geooutputs.raster_output_paths(self.out_dir, self.stem)
+            self.prob_path, prob_profile = geooutputs.scratch_raster(
+                self.out_dir, self.stem, raster, "float32", self.prob_nodata)
+            self._scratch.append(self.prob_path)
+            self.mask_path, self._mask_profile = geooutputs.scratch_raster(
+                self.out_dir, self.stem, raster, "uint8", self.mask_nodata)
+            self._scratch.append(self.mask_path)
+            self._samples: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            self.windows: dict[int, int] = dict.fromkeys(self.widths, 0)
+            self.valid_pixels = 0
+            self.water_pixels = 0
+            self._env = gdal_env()
+            self._env.__enter__()
+            self._dst = rasterio.open(self.prob_path, "w", **prob_profile)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import contextlib
+
+        if self._dst is not None:
+            with contextlib.suppress(Exception):
+                self._dst.close()
+            self._dst = None
+        if getattr(self, "_env", None) is not None:
+            self._env.__exit__(None, None, None)
+            self._env = None
+        for scratch in self._scratch:
+            scratch.unlink(missing_ok=True)
+        self._opener.__exit__(None, None, None)
+
+    def add_probs(self, tile: TilePlan, probs: TileProbs) -> None:
+        """Write a tile's probability of water; keep its share of the subsample."""
+        for width, count in probs.counts.items():
+            self.windows[width] += count
+        self._dst.write(probs.water[None], window=tile.core.rio())
+        self.valid_pixels += probs.n_valid
+        if probs.n_valid:
+            self._samples[tile.index] = (probs.sample_land, probs.sample_rgb)
+
+    def fit(self) -> Decision:
+        """The whole raster's rule, fitted on the subsample of every tile (in tile order)."""
+        import rasterio
+
+        self._dst.close()
+        self._dst = None
+        if not self.valid_pixels:
+            raise SegmenterError(f"{self.location}: every pixel is nodata; nothing to predict")
+        pp = self.cfg.postprocess
+        order = sorted(self._samples)
+        sample_land = np.concatenate([self._samples[i][0] for i in order])
+        sample_rgb = np.concatenate([self._samples[i][1] for i in order])
+        self._samples.clear()
+        if sample_land.size > pp.subsample:
+            keep = np.sort(np.random.default_rng(pp.seed).choice(
+                sample_land.size, pp.subsample, replace=False))
+            sample_land, sample_rgb = sample_land[keep], sample_rgb[keep]
+        self.decision = fit_decision(sample_land, sample_rgb, pp)
+        self._probs = rasterio.open(self.prob_path)
+        self._dst = rasterio.open(self.mask_path, "w", **self._mask_profile)
+        return self.decision
+
+    def read_probs(self, tile: TilePlan) -> np.ndarray:
+        """A tile's probability of water as pass 1 wrote it (the serial pass 2 reads it back)."""
+        return self._probs.read(1, window=tile.core.rio())
+
+    def add_mask(self, tile: TilePlan, result: TileMask) -> None:
+        """Write a tile's mask and its pixels of the overview."""
+        self._dst.write(result.mask[None], window=tile.core.rio())
+        self.water_pixels += result.water_pixels
+        self.overview.put(result.overview)
+
+    def finish(self, vector: bool = False) -> RasterResult:
+        """The COGs, the overview overlay and (``vector``) the GeoJSON files, all in place."""
+        from segmenter import geooutputs, outputs
         from segmenter.fileio import write_bytes
 
+        self._dst.close()
+        self._dst = None
+        self._probs.close()
+        cfg, paths = self.cfg, self.paths
+        files: dict[str, str] = {}
+        geooutputs.finish_raster(self.prob_path, paths["water_prob"], cfg.predict.cog, "AVERAGE")
+        files["water_prob"] = str(paths["water_prob"])
+        geooutputs.finish_raster(self.mask_path, paths["water_mask"], cfg.predict.cog, "NEAREST")
+        files["water_mask"] = str(paths["water_mask"])
+        fraction = self.water_pixels / self.valid_pixels
+        overview = self.overview
         write_bytes(paths["overlay"], outputs.png_bytes(outputs.overlay(
-            overview.image, overview.water_prob, overview.water, pp.method)))
+            overview.image, overview.water_prob, overview.water, cfg.postprocess.method)))
         files["overlay"] = str(paths["overlay"])
+        raster = self.raster
         if vector:
             files.update(geooutputs.write_vectors(
                 paths["water_mask"], paths, raster.crs, raster.transform,
                 cfg.predict.vector_tolerance))
-        size = (raster.height, raster.width)
-    threshold["water_fraction"] = fraction
-    return RasterResult(files=files, size=size, water_fraction=fraction, threshold=threshold,
-                        notes=notes, windows=windows, tiles=len(plan.tiles),
-                        seconds=time.perf_counter() - started)
+        threshold = dict(self.decision.info)
+        threshold["water_fraction"] = fraction
+        return RasterResult(files=files, size=(raster.height, raster.width),
+                            water_fraction=fraction, threshold=threshold, notes=self.notes,
+                            windows=self.windows, tiles=len(self.plan.tiles),
+                            seconds=time.perf_counter() - self.started)
+
+
+class OverviewIndex:
+    """Which pixels of the raster make the overview (nearest pixel, overview-sized)."""
+
+    def __init__(self, height: int, width: int, longest: int) -> None:
+        factor = max(1.0, max(height, width) / longest)
+        self.shape = (max(1, round(height / factor)), max(1, round(width / factor)))
+        self.rows = np.minimum(((np.arange(self.shape[0]) + 0.5) * height / self.shape[0])
+                               .astype(int), height - 1)
+        self.cols = np.minimum(((np.arange(self.shape[1]) + 0.5) * width / self.shape[1])
+                               .astype(int), width - 1)
+
+    def part(self, core: Window, image: np.ndarray, water_prob: np.ndarray,
+             water: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """The overview's rows, columns, image, probability and mask that ``core`` holds."""
+        r = np.nonzero((self.rows >= core.top) & (self.rows < core.bottom))[0]
+        c = np.nonzero((self.cols >= core.left) & (self.cols < core.right))[0]
+        if not r.size or not c.size:
+            return None
+        at = np.ix_(self.rows[r] - core.top, self.cols[c] - core.left)
+        return r, c, image[at], water_prob[at], water[at]
 
 
 class _Overview:
     """An overview-sized copy of the image, probability of water and mask (nearest pixel)."""
 
-    def __init__(self, height: int, width: int, longest: int) -> None:
-        factor = max(1.0, max(height, width) / longest)
-        shape = (max(1, round(height / factor)), max(1, round(width / factor)))
-        self.rows = np.minimum(((np.arange(shape[0]) + 0.5) * height / shape[0]).astype(int),
-                               height - 1)
-        self.cols = np.minimum(((np.arange(shape[1]) + 0.5) * width / shape[1]).astype(int),
-                               width - 1)
+    def __init__(self, index: OverviewIndex) -> None:
+        shape = index.shape
         self.image = np.zeros((*shape, 3), np.float32)
         self.water_prob = np.zeros(shape, np.float32)
         self.water = np.zeros(shape, bool)
 
-    def add(self, core: Window, image: np.ndarray, water_prob: np.ndarray,
-            water: np.ndarray) -> None:
-        r = np.nonzero((self.rows >= core.top) & (self.rows < core.bottom))[0]
-        c = np.nonzero((self.cols >= core.left) & (self.cols < core.right))[0]
-        if not r.size or not c.size:
+    def put(self, part: tuple[np.ndarray, ...] | None) -> None:
+        if part is None:
             return
-        at = np.ix_(self.rows[r] - core.top, self.cols[c] - core.left)
+        r, c, image, water_prob, water = part
         into = np.ix_(r, c)
-        self.image[into] = image[at]
-        self.water_prob[into] = water_prob[at]
-        self.water[into] = water[at]
+        self.image[into] = image
+        self.water_prob[into] = water_prob
+        self.water[into] = water
 
 
 @dataclass
