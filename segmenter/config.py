@@ -169,6 +169,11 @@ class PredictConfig(_Section):
         None, ge=0,
         description="--vector: simplification tolerance in map units (null = one pixel).",
     )
+    scheduler: str | None = Field(
+        None,
+        description="Dask scheduler to predict on: tcp://HOST:8786, or local:N for N local "
+        "worker processes (null = this process only).",
+    )
 
 
 class PostprocessConfig(_Section):

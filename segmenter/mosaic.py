@@ -744,6 +744,11 @@ def predict_raster_ref(ref: Any, stem: str, loaded: Any, cfg: Config, out_dir: P
     storage = getattr(ref, "storage", None)
     result = predict_raster(str(ref.path), stem, loaded, cfg, out_dir, storage=storage,
                             relpath=getattr(ref, "relpath", ""), vector=vector)
+    return raster_fields(stem, result)
+
+
+def raster_fields(stem: str, result: RasterResult) -> tuple[dict[str, Any], str]:
+    """A raster's fields in ``predictions.json`` and its report line."""
     height, width = result.size
     fields = {
         "status": "ok",

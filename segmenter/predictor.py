@@ -169,54 +169,17 @@ def predict_inputs(
         One record per photo (also written to ``predictions.json``/``.csv``) and the failure
         lines, in input order.
     """
-    from segmenter import mosaic
-    from segmenter.data.images import decode_photo
-
     report = report or (lambda line: None)
     stems = outputs.unique_stems([ref.name for ref in refs])
     records: list[dict[str, Any]] = []
     failures: list[str] = []
     pairs = list(zip(refs, stems, strict=True))
     for ref, stem in progress(pairs) if progress else pairs:
-        record: dict[str, Any] = {"input": str(ref.path), "stem": stem}
-        try:
-            if mosaic.is_raster_ref(ref):  # GeoTIFF / COG: tiled, georeferenced outputs
-                fields, line = mosaic.predict_raster_ref(ref, stem, loaded, cfg, out_dir, vector)
-                records.append({**record, **fields})
-                report(line)
-                continue
-            image, notes = decode_photo(ref.read_bytes(), str(ref.path))
-            for note in notes:
-                log.info("%s", note)
-            result = predict_photo(loaded, image, cfg)
-            files = outputs.write_prediction(
-                out_dir, stem, image, result.land_prob, result.water,
-                method=cfg.postprocess.method, per_scale=result.per_scale,
-                save_float=cfg.predict.save_float,
-            )
-        except SegmenterError as exc:
-            message = str(exc)
-            failures.append(message)
-            records.append({**record, "status": "failed", "error": message})
-            report(f"FAILED {ref.path}: {message}")
-            continue
-        fraction = float(result.water.mean())
-        height, width = image.shape[:2]
-        records.append({
-            **record,
-            "status": "ok",
-            "size": [height, width],
-            "water_fraction": round(fraction, 6),
-            "method": result.threshold["method"],
-            "threshold": round(float(result.threshold["threshold"]), 6),
-            "threshold_revised": bool(result.threshold.get("revised", False)),
-            "seconds": round(result.seconds, 3),
-            "notes": notes,
-            "coverage": result.inference.get("coverage"),
-            "outputs": {k: Path(v).name for k, v in files.items()},
-        })
-        report(f"{stem}: {width}x{height} px, water {fraction:.1%}, {result.seconds:.1f} s")
-        del image, result
+        record, line, failure = predict_one(ref, stem, loaded, cfg, out_dir, vector=vector)
+        records.append(record)
+        if failure is not None:
+            failures.append(failure)
+        report(line)
     outputs.write_summary(out_dir, records, {
         "run": run_path,
         "widths": sorted(loaded.models),
@@ -225,3 +188,50 @@ def predict_inputs(
         "scale": cfg.data.scale,
     })
     return records, failures
+
+
+def predict_one(ref: Any, stem: str, loaded: LoadedModels, cfg: Config, out_dir: Path, *,
+                vector: bool = False) -> tuple[dict[str, Any], str, str | None]:
+    """Predict one input of ``predict`` into ``out_dir`` (a photo, or a raster in one process).
+
+    Returns:
+        Its summary record, its report line, and its failure message (``None`` when it was
+        predicted). A bad input (:class:`SegmenterError`) is a failure, not an exception.
+    """
+    from segmenter import mosaic
+    from segmenter.data.images import decode_photo
+
+    record: dict[str, Any] = {"input": str(ref.path), "stem": stem}
+    try:
+        if mosaic.is_raster_ref(ref):  # GeoTIFF / COG: tiled, georeferenced outputs
+            fields, line = mosaic.predict_raster_ref(ref, stem, loaded, cfg, out_dir, vector)
+            return {**record, **fields}, line, None
+        image, notes = decode_photo(ref.read_bytes(), str(ref.path))
+        for note in notes:
+            log.info("%s", note)
+        result = predict_photo(loaded, image, cfg)
+        files = outputs.write_prediction(
+            out_dir, stem, image, result.land_prob, result.water,
+            method=cfg.postprocess.method, per_scale=result.per_scale,
+            save_float=cfg.predict.save_float,
+        )
+    except SegmenterError as exc:
+        message = str(exc)
+        failed = {**record, "status": "failed", "error": message}
+        return failed, f"FAILED {ref.path}: {message}", message
+    fraction = float(result.water.mean())
+    height, width = image.shape[:2]
+    record.update({
+        "status": "ok",
+        "size": [height, width],
+        "water_fraction": round(fraction, 6),
+        "method": result.threshold["method"],
+        "threshold": round(float(result.threshold["threshold"]), 6),
+        "threshold_revised": bool(result.threshold.get("revised", False)),
+        "seconds": round(result.seconds, 3),
+        "notes": notes,
+        "coverage": result.inference.get("coverage"),
+        "outputs": {k: Path(v).name for k, v in files.items()},
+    })
+    line = f"{stem}: {width}x{height} px, water {fraction:.1%}, {result.seconds:.1f} s"
+    return record, line, None

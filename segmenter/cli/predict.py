@@ -4,36 +4,48 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 
 import click
 
-from segmenter.cli.options import config_options, progress, resolve_config, run_option
+from segmenter.cli.options import config_options, progress, resolve_config
 
 log = logging.getLogger("segmenter")
 
 
 @click.command()
-@run_option
+@click.option(
+    "--run",
+    "run_dir",
+    required=True,
+    help="Run directory written by `segmenter train` (a path, or a URL such as s3://...).",
+)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Output folder (default: RUN_DIR/predictions).",
+    help="Output folder or fsspec URL such as s3://bucket/prefix (default: RUN/predictions).",
 )
 @config_options
 @click.option("--overwrite", is_flag=True, help="Replace earlier predictions in --out.")
+@click.option("--skip-existing", is_flag=True,
+              help="Predict only the inputs whose outputs are not in --out yet (after a crash).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Predict on a Dask cluster: tcp://HOST:8786, or local:N for N local worker "
+                   "processes (overrides predict.scheduler).")
 @click.option("--vector", is_flag=True,
               help="Rasters: also write water polygons and the shoreline as GeoJSON.")
 def predict(
-    run_dir: Path,
+    run_dir: str,
     inputs: tuple[str, ...],
-    out_dir: Path | None,
+    out_dir: str | None,
     config_path: Path | None,
     overrides: tuple[str, ...],
     overwrite: bool,
+    skip_existing: bool,
+    scheduler: str | None,
     vector: bool,
 ) -> None:
     """Predict water in photos: INPUT is any mix of files, folders, globs and s3:// URLs.
@@ -43,25 +55,49 @@ def predict(
     tile into <stem>_water_prob.tif and <stem>_water_mask.tif (Cloud-Optimized GeoTIFFs on the
     input's grid) and an overview-sized <stem>_overlay.png. The config is the run's saved
     one, then --config, then --set. A photo that cannot be read is reported and skipped; the
-    exit code is then 1.
+    exit code is then 1. With --scheduler (or predict.scheduler) the photos and raster tiles
+    are predicted by the workers of a Dask cluster.
     """
     from segmenter.data.storage import expand_inputs
+    from segmenter.errors import ConfigError
+    from segmenter.outputs_fs import fetch_run, is_url
     from segmenter.runs import open_run
 
-    run = open_run(run_dir)
+    if overwrite and skip_existing:
+        raise ConfigError("--overwrite and --skip-existing cannot be used together")
+    remote_run = is_url(run_dir)
+    if remote_run:  # the S3 settings (--set data.endpoint_url=...) before the run's config
+        access = resolve_config(config_path, overrides)
+        run = open_run(fetch_run(run_dir, access.data))
+    else:
+        run = open_run(Path(run_dir))
     cfg = resolve_config(config_path, overrides, base=run.config)
-    out_dir = out_dir or run.path / "predictions"
+    if scheduler is not None:
+        cfg = cfg.model_copy(update={"predict": cfg.predict.model_copy(
+            update={"scheduler": scheduler or None})})
+    if cfg.predict.scheduler:
+        from segmenter.cluster import parse_scheduler
+
+        parse_scheduler(cfg.predict.scheduler)  # a malformed address: one line, before any work
+    default_out = f"{run_dir.rstrip('/')}/predictions" if remote_run else run.path / "predictions"
+    out = out_dir or str(default_out)
     refs = expand_inputs(list(inputs), cfg.data)
+
+    if cfg.predict.scheduler or skip_existing or is_url(out):
+        _predict_job(refs, cfg, run, run_dir if remote_run else None, out, overwrite,
+                     skip_existing, vector)
+        return
 
     from segmenter import outputs, predictor
     from segmenter.tfenv import start_tensorflow
 
-    predictor.check_overwrite(out_dir, outputs.unique_stems([r.name for r in refs]), overwrite)
+    out_path = Path(out)
+    predictor.check_overwrite(out_path, outputs.unique_stems([r.name for r in refs]), overwrite)
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     log.info(
         "predicting %d photo(s) with widths %s -> %s",
-        len(refs), ", ".join(map(str, sorted(loaded.models))), out_dir,
+        len(refs), ", ".join(map(str, sorted(loaded.models))), out_path,
     )
 
     lines: list[str] = []
@@ -71,11 +107,52 @@ def predict(
         click.echo(line)
 
     _, failures = predictor.predict_inputs(
-        refs, loaded, cfg, out_dir, run_path=str(run.path), report=report,
+        refs, loaded, cfg, out_path, run_path=str(run.path), report=report,
         progress=functools.partial(progress, label="photos"), vector=vector,
     )
     done = len(refs) - len(failures)
-    click.echo(f"{done} of {len(refs)} photo(s) predicted into {out_dir}")
+    click.echo(f"{done} of {len(refs)} photo(s) predicted into {out_path}")
     if failures:
         listing = "; ".join(failures)
         raise click.ClickException(f"{len(failures)} photo(s) failed: {listing}")
+
+
+def _predict_job(refs, cfg, run, run_url, out, overwrite, skip_existing, vector) -> None:
+    """The Dask (or --skip-existing / URL output) path: :func:`segmenter.cluster.run_job`."""
+    from segmenter import cluster
+    from segmenter.inference import select_models
+
+    finished = run.finished_widths()
+    if not finished:
+        from segmenter.errors import RunError
+
+        raise RunError(
+            f"{run_url or run.path}: no finished models (models/pw<W>.keras); train first with "
+            f"`segmenter train --out {run_url or run.path}`"
+        )
+    widths = sorted(select_models({w: w for w in finished}, cfg))
+    # Workers may run elsewhere: they get an absolute path (a shared file system) or the URL.
+    run_location = run_url or os.path.abspath(run.path)
+    where = cfg.predict.scheduler or "this process"
+    log.info("predicting %d input(s) with widths %s on %s -> %s", len(refs),
+             ", ".join(map(str, widths)), where, out)
+
+    def bar(total: int):
+        return click.progressbar(length=total, label="tasks",
+                                 file=click.get_text_stream("stderr"), show_pos=True)
+
+    summary = cluster.run_job(
+        refs, cfg, run_location, out, widths, overwrite=overwrite,
+        skip_existing=skip_existing, vector=vector, report=click.echo, progress=bar,
+        announce=click.echo,
+    )
+    rate = summary.megapixels / summary.seconds if summary.seconds > 0 else 0.0
+    skipped = f", {summary.skipped} already there" if summary.skipped else ""
+    click.echo(
+        f"{summary.predicted} of {len(refs)} photo(s) predicted into {out}{skipped}: "
+        f"{summary.megapixels:.3g} megapixels in {summary.seconds:.1f} s ({rate:.3g} MP/s) on "
+        f"{summary.workers} worker(s), {len(summary.failures)} failed"
+    )
+    if summary.failures:
+        listing = "; ".join(summary.failures)
+        raise click.ClickException(f"{len(summary.failures)} photo(s) failed: {listing}")
