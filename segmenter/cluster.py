@@ -494,7 +494,9 @@ def run_job(refs: list[Any], cfg: Config, run_location: str, out: str, widths: l
                 f"{out}: already holds predictions ({existing[0]}); pass --overwrite to replace "
                 f"them, --skip-existing to predict only what is missing, or choose another --out"
             )
-    output.probe()
+    output.probe({"run": run_location, "widths": widths, "inputs": len(refs),
+                  "scheduler": cfg.predict.scheduler,
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if overwrite:
         output.forget(stems)
     todo = [(i, ref, stem) for i, (ref, stem) in enumerate(zip(refs, stems, strict=True))

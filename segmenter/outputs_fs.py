@@ -239,15 +239,14 @@ class Output:
         hidden = f".{base}.{uuid.uuid4().hex[:8]}.tmp"
         return self._full(f"{parent}/{hidden}" if parent else hidden)
 
-    def probe(self) -> None:
-        """Fail early, with one line, when the folder cannot be written."""
-        name = f".write-test-{uuid.uuid4().hex[:8]}"
-        self.write_bytes(name, b"ok\n")
-        if self.remote:
-            with contextlib.suppress(Exception):
-                self.fs.rm_file(self._full(name))
-        else:
-            (self.local / name).unlink(missing_ok=True)
+    def probe(self, job: dict[str, Any]) -> None:
+        """Fail early, with one line, when the folder cannot be written.
+
+        Writes ``.records/.job.json`` (what the job is: run, widths, start time), a file that
+        stays, so no probe object is left to delete (a bucket may allow PUT but not DELETE).
+        """
+        self.write_bytes(f"{RECORDS_DIR}/.job.json",
+                         (json.dumps(job, indent=1) + "\n").encode("utf-8"))
 
     # -------------------------------------------------------------------------- records
     def write_record(self, stem: str, record: dict[str, Any]) -> None:
