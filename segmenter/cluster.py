@@ -337,9 +337,9 @@ class DaskEngine:
         return self.client.scatter(value, broadcast=True, hash=False)
 
     def release(self, handles: list[Any]) -> None:
+        """Forget these futures: Dask frees their results once nothing refers to them."""
         for future in handles:
             self.futures.pop(future.key, None)
-            future.release()
 
     def __iter__(self) -> Iterator[tuple[Any, Any, BaseException | None]]:
         for future in self.completed:
@@ -555,6 +555,7 @@ def run_job(refs: list[Any], cfg: Config, run_location: str, out: str, widths: l
         def raster_failed(state: _RasterRun, message: str) -> None:
             state.failed = True
             engine.release(list(state.probs.values()))
+            state.probs.clear()
             state.stack.close()
             active.pop(state.index, None)
             fail(state.index, state.ref, state.stem, message)
@@ -604,6 +605,7 @@ def run_job(refs: list[Any], cfg: Config, run_location: str, out: str, widths: l
                         state.pending -= 1
                         if state.pending == 0:
                             engine.release(list(state.probs.values()))
+                            state.probs.clear()
                             record, line = _finish_raster(state, output, vector)
                             records[index] = record
                             active.pop(index, None)

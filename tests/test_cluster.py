@@ -36,7 +36,7 @@ def cluster(tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("worker-cache")
     env = {**WORKER_ENV, "SEGMENTER_CACHE": str(cache)}
-    local = start_local_cluster(2, env=env, dashboard_address=None)
+    local = start_local_cluster(2, env=env, dashboard_address=":0")
     yield local
     local.close()
 
@@ -278,11 +278,15 @@ def test_bad_photo_is_a_failure_line_not_a_stop(runner, scheduler, run_dir, phot
     for name in ("shore.png", "scene_000.JPG"):
         (folder / name).write_bytes((photos / name).read_bytes())
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    good = rgb_raster(tmp_path / "good.tif", size=120).read_bytes()
+    (folder / "cut.tif").write_bytes(good[:300])  # a TIFF header, then nothing
     out = tmp_path / "out"
     result = runner("predict", "--run", run_dir, folder, "--out", out, "--scheduler", scheduler)
-    assert result.exit_code == 1
-    assert "FAILED" in result.output and "broken.jpg" in result.output.splitlines()[-1]
-    assert "2 of 3 photo(s) predicted" in result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = result.output.splitlines()[-1]
+    assert "2 photo(s) failed" in last and "broken.jpg" in last and "cut.tif" in last
+    assert "2 of 4 photo(s) predicted" in result.output
+    assert not [p for p in out.iterdir() if p.suffix == ".tif"]  # no scratch left behind
     records = {r["stem"]: r for r in json.loads((out / "predictions.json").read_text())["images"]}
     assert records["broken"]["status"] == "failed" and records["shore"]["status"] == "ok"
     assert not (out / ".records" / "broken.json").exists()  # a rerun tries it again
