@@ -3,7 +3,8 @@
 One LocalCluster of 2 worker processes (one thread each, loopback only) is shared by the whole
 module; the CLI reaches it with ``--scheduler tcp://127.0.0.1:PORT``, as it would reach a real
 cluster. Workers import TensorFlow on their first task, so the first test pays for that.
-The worker-killing test is last: the killed worker's replacement starts cold.
+The worker-killing test is last (the killed worker's replacement starts cold) and marked
+slow: ``python -m pytest tests/test_cluster.py -m slow``.
 """
 
 from __future__ import annotations
@@ -295,6 +296,7 @@ def test_bad_photo_is_a_failure_line_not_a_stop(runner, scheduler, run_dir, phot
 # --------------------------------------------------------------------- a worker dies (last)
 
 
+@pytest.mark.slow  # ~30 s on an idle 2-core machine, 96 s under load: `-m slow` runs it
 def test_killed_worker_job_completes_nothing_lost_or_doubled(runner, cluster, scheduler,
                                                               run_dir, tmp_path):
     from distributed import Client
