@@ -176,7 +176,9 @@ def test_reference_config_is_the_notebook_setup_at_the_same_budget(bench):
     assert sorted(ref.train.widths) == [32, 64, 128]
     augment = ref.train.augment
     assert not augment.flip and not augment.rotate90
-    assert augment.brightness == augment.contrast == 0.0
+    assert augment.brightness == augment.contrast == augment.gain == augment.hue == 0.0
+    assert augment.saturation == augment.gamma == augment.blur == augment.noise == 0.0
+    assert ref.model.input_norm == "fixed" and ref.postprocess.remove_specks == 0.0
     assert ref.predict.sampling == "random" and ref.predict.rescale == "minmax"
     assert ref.postprocess.method == "gmm"
 
