@@ -54,8 +54,16 @@ config's mask. Run from the repository root (a clean clone with the package inst
     python scripts/bench_quality.py --cases oasis --set train.steps=800 --skip-peers
     python scripts/bench_quality.py --oasis /data/oasis --real /data/real --work /tmp/bq
 
-Costs on a 2-core CPU: see the README's quality section (peers are seconds on shifted and oasis,
-about a minute on the real photo; each training is what its config costs).
+Costs, measured on the 2-core CPU while other jobs kept its load average at 9-13 (so upper
+bounds; the table's ``train min`` column gives each run's own figure):
+
+* ``--quick --cases shifted`` with ``--set 'train.widths={128: 16, 192: 8}'``: 24.8 min in all
+  (peers about 4 min, segmenter 100 steps 8 min, reference 121 steps 8 min; the rest is making
+  the sample and scoring), peak memory 1.6 GB;
+* the peers alone, full cases: shifted 6.1 min, oasis 7.9 min, real 5.7 min (the random
+  forest, features and fit, is nearly all of it; Otsu seconds, GMM about half a minute);
+* a full case adds two trainings at the recommended config's full ``train.steps`` (about 6 min
+  each for 400 steps of photo.yaml on an idle machine) and their scoring.
 """
 
 from __future__ import annotations
@@ -424,7 +432,7 @@ def load_photos(case: Case, source: Path, scale: float, scored: bool) -> list[Ph
 
     data_cfg = case.data_config(source)
     if not scored:
-        dataset = load_dataset(data_cfg, scale=scale, progress=False, need=("train",))
+        dataset = load_dataset(data_cfg, scale=scale, progress=False)  # fits train/ only
         return [Photo(item.stem, item.image, metrics.water_from_land(item.land))
                 for item in dataset.train]
     dataset = load_dataset(data_cfg, scale=1.0, progress=False)
