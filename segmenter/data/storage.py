@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -320,6 +321,26 @@ def is_photo_name(name: str) -> bool:
     return lower.endswith(PHOTO_EXTENSIONS) and not lower.endswith(LABEL_PNG_SUFFIX)
 
 
+#: Files ``segmenter predict`` writes (``<stem>_water_prob.png``, ``_water_mask.png``,
+#: ``_overlay.png``, ``_water_prob_pw<W>.png``): never photos to predict.
+_OUTPUT_NAME = re.compile(r"_(water_prob|water_mask|overlay|water_prob_pw\d+)\.png$", re.I)
+
+
+def is_segmenter_output(name: str) -> bool:
+    """Whether ``name`` is one of the PNGs ``segmenter predict`` writes."""
+    return bool(_OUTPUT_NAME.search(PurePosixPath(name).name))
+
+
+def _drop_outputs(item: str, found: list[tuple[str, str, Storage, str]]
+                  ) -> list[tuple[str, str, Storage, str]]:
+    """Folder and glob matches minus segmenter's own outputs (an earlier --out), said once."""
+    kept = [entry for entry in found if not is_segmenter_output(entry[3])]
+    if len(kept) < len(found):
+        log.info("%s: skipped %d file(s) that segmenter predict wrote (*_water_prob.png, "
+                 "*_water_mask.png, *_overlay.png)", item, len(found) - len(kept))
+    return kept
+
+
 def expand_inputs(inputs: list[str] | tuple[str, ...], data_cfg: DataConfig) -> list[PhotoRef]:
     """Turn any mix of files, folders, globs and ``s3://`` URLs into photo references.
 
@@ -332,8 +353,12 @@ def expand_inputs(inputs: list[str] | tuple[str, ...], data_cfg: DataConfig) -> 
     refs: list[tuple[str, str, Storage, str]] = []
     for item in inputs:
         found = _expand_s3(item, data_cfg) if is_s3(item) else _expand_local(item, data_cfg)
-        if not found:
-            raise DataError(f"{item}: no photos ({', '.join(PHOTO_EXTENSIONS)}) found")
+        literal = len(found) == 1 and _is_literal(item, found[0])
+        kept = found if literal else _drop_outputs(item, found)
+        if not kept:
+            skipped = f" ({len(found)} segmenter output(s) skipped)" if found else ""
+            raise DataError(f"{item}: no photos ({', '.join(PHOTO_EXTENSIONS)}) found{skipped}")
+        found = kept
         refs.extend(found)
     seen: dict[str, int] = {}
     out = []
@@ -343,6 +368,11 @@ def expand_inputs(inputs: list[str] | tuple[str, ...], data_cfg: DataConfig) -> 
         name = stem if count == 1 else f"{stem}-{count}"
         out.append(PhotoRef(name=name, path=path, storage=storage, relpath=rel))
     return out
+
+
+def _is_literal(item: str, entry: tuple[str, str, Storage, str]) -> bool:
+    """A file named as such (not found in a folder or by a glob): taken as the user says."""
+    return entry[1] == item or (not is_s3(item) and Path(item).expanduser().is_file())
 
 
 def _expand_local(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Storage, str]]:
@@ -421,10 +451,16 @@ def _local_listing(path: Path) -> dict[str, Any] | None:
     try:
         with os.scandir(path) as entries:
             for entry in entries:
-                if entry.is_dir():
-                    dirs.append(entry.name)
-                elif entry.is_file():
-                    files[entry.name] = entry.stat().st_size
+                try:
+                    if entry.is_dir():
+                        dirs.append(entry.name)
+                    elif entry.is_file():
+                        files[entry.name] = entry.stat().st_size
+                    elif entry.is_symlink():
+                        log.warning("%s: broken symbolic link; skipped", path / entry.name)
+                except OSError as exc:  # a self-looping or unreadable link: only it is lost
+                    log.warning("%s: cannot read (%s); skipped", path / entry.name,
+                                exc.strerror or exc)
     except OSError as exc:
         raise DataError(f"{path}: cannot list folder ({exc.strerror or exc})") from None
     return {"files": files, "dirs": sorted(dirs)}
@@ -546,5 +582,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    """The message's first line; a heading line ending in ':' is joined to what follows
+    (botocore: "Parameter validation failed:" then the invalid parameter on the next line)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return " ".join(lines[:3])
+    return lines[0]
