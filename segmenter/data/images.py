@@ -136,7 +136,9 @@ def pixel_cap() -> int:
         try:
             return max(1, int(float(text)))
         except ValueError:
-            raise DataError(f"${PIXEL_CAP_ENV}: expected a number of pixels, got {text!r}") from None
+            raise DataError(
+                f"${PIXEL_CAP_ENV}: expected a number of pixels, got {text!r}"
+            ) from None
     return DEFAULT_PIXEL_CAP
 
 
