@@ -50,6 +50,10 @@ __all__ = [
 
 CONFIG_NAME = "config.yaml"
 MANIFEST_NAME = "manifest.json"
+#: What ``segmenter train`` writes in a run directory: all that ``--overwrite`` may remove.
+#: Anything else (``predictions/``, ``evaluation/``, a user's notes) is left alone.
+TRAINING_OWNED = (CONFIG_NAME, MANIFEST_NAME, "models", "state", "history", "plots",
+                  "tensorboard", ".write-test")
 HISTORY_FIELDS = ("step", "loss", "val_loss", "val_water_iou", "seconds")
 MANIFEST_FORMAT = 1
 
@@ -370,11 +374,17 @@ def prepare_run(
         raise RunError(
             f"{path}: folder is not empty and is not a segmenter run; choose another --out"
         )
+    if resume and not is_run:
+        where = "does not exist" if not exists else "holds no run (no config.yaml)"
+        raise RunError(
+            f"{path}: nothing to resume: the folder {where}; check --out, or drop --resume "
+            "to start a new run"
+        )
     if check_only:
         write = False
     if non_empty and overwrite and not partial:
         if write:
-            shutil.rmtree(path)
+            clear_training_files(path)
         non_empty = is_run = False
     if is_run:
         run = open_run(path)
@@ -408,6 +418,49 @@ def prepare_run(
         _probe_writable(path)
         write_text(path / CONFIG_NAME, config.to_yaml())
     return run
+
+
+def clear_training_files(path: Path) -> list[str]:
+    """Remove what training wrote in ``path`` (``--overwrite``); return what was kept.
+
+    Only :data:`TRAINING_OWNED` entries go: ``predictions/`` (predict's default output),
+    ``evaluation/`` and anything a user put there stay, with a warning that they came from
+    the models being replaced.
+    """
+    kept = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in path.iterdir()
+                  if entry.name not in TRAINING_OWNED)
+    for name in TRAINING_OWNED:
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    if kept:
+        log.warning("%s: --overwrite kept %s (not written by train; made with the old models)",
+                    path, ", ".join(kept))
+    return kept
+
+
+def remove_stale_temporaries(run: Run, width: int) -> list[Path]:
+    """Delete the hidden ``.*.tmp*`` files a kill -9 left while writing ``width``'s files.
+
+    Only this width's (other widths may be written by another job at this moment).
+    """
+    patterns = [
+        (run.state_dir(width), ".*.tmp*"),
+        (run.model_path(width).parent, f".pw{width}.*.tmp*"),
+        (run.history_csv(width).parent, f".pw{width}.*.tmp*"),
+        (run.plot_path(width).parent, f".pw{width}_loss.*.tmp*"),
+    ]
+    removed = []
+    for folder, pattern in patterns:
+        if folder.is_dir():
+            for stale in folder.glob(pattern):
+                stale.unlink(missing_ok=True)
+                removed.append(stale)
+    if removed:
+        log.debug("removed %d stale temporary file(s) of pw%d", len(removed), width)
+    return removed
 
 
 def run_config_widths(path: Path) -> dict[int, int]:

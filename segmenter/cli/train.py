@@ -48,6 +48,11 @@ def train(
     if out is None:
         out = Path("runs") / (config_path.stem if config_path is not None else "default")
     base = None
+    if resume and not (out / "config.yaml").is_file():
+        from segmenter.runs import prepare_run
+
+        prepare_run(out, resolve_config(config_path, overrides), [], resume=True,
+                    check_only=True)  # refuses: nothing to resume, before TensorFlow starts
     if resume and config_path is None and (out / "config.yaml").is_file():
         from segmenter.runs import open_run
 
