@@ -24,7 +24,9 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +42,9 @@ from segmenter.data.pipeline import (
     training_dataset,
     validation_patches,
 )
-from segmenter.errors import ConfigError, DataError, RunError
+from segmenter.errors import ConfigError, DataError, Interrupted, RunError
 from segmenter.fileio import atomic_path
-from segmenter.runs import Run, prepare_run
+from segmenter.runs import Run, prepare_run, remove_stale_temporaries
 
 log = logging.getLogger("segmenter.training")
 
@@ -96,6 +98,44 @@ class _Progress:
 
     def seconds(self) -> float:
         return self.seconds_before + (time.monotonic() - self.started)
+
+
+class _CtrlC:
+    """Turn the first Ctrl-C into a request that training honours at the next step.
+
+    A ``KeyboardInterrupt`` raised inside TensorFlow's C++ (building the next width's model,
+    inside ``fit``) could be swallowed, or surface as a ``SystemError``; a flag set by the
+    handler is checked after every batch and between widths instead, so training stops within
+    a step, writes the width's status as ``interrupted`` and keeps its last checkpoint. A
+    second Ctrl-C raises at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after the current step (press again to stop at once)")
+
+
+#: The Ctrl-C guard of the training in progress (None outside :func:`train`).
+_ctrl_c: _CtrlC | None = None
+
+
+def _stop_requested() -> bool:
+    return _ctrl_c is not None and _ctrl_c.requested
 
 
 def validation_scores(lands: np.ndarray, raw: np.ndarray, cfg: Config) -> float:
@@ -176,7 +216,11 @@ def train(
     }
     recorded = next((str(st["data_fingerprint"]) for st in kept.values()
                      if st.get("data_fingerprint")), None)
-    if recorded and recorded != dataset.fingerprint and (resume or widths is not None):
+    legacy = getattr(dataset, "legacy_fingerprint", None)
+    if recorded and recorded == legacy and recorded != dataset.fingerprint:
+        log.warning("%s: this run recorded only the names and sizes of its data (an older "
+                    "segmenter); their content cannot be checked", checked.path)
+    elif recorded and recorded != dataset.fingerprint and (resume or widths is not None):
         raise RunError(
             f"{checked.path}: the data differ from the data this run was trained on "
             f"(fingerprint {dataset.fingerprint} != {recorded}); use another --out"
@@ -189,6 +233,17 @@ def train(
 
     if progress is None:
         progress = sys.stdout.isatty()
+    global _ctrl_c
+    with _CtrlC() as guard:
+        _ctrl_c = guard
+        try:
+            return _train_widths(run, cfg, dataset, chosen, strategy, chief, resume, progress)
+        finally:
+            _ctrl_c = None
+
+
+def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strategy: Any,
+                  chief: bool, resume: bool, progress: bool) -> list[WidthResult]:
     results = []
     for width in chosen:
         status = run.status(width) or {}
@@ -200,10 +255,36 @@ def train(
             ))
             log.info("%s", results[-1].summary_line())
             continue
-        result = _train_width(run, cfg, dataset, width, strategy, chief, resume, progress)
+        try:
+            result = _train_width(run, cfg, dataset, width, strategy, chief, resume, progress)
+        except (Interrupted, KeyboardInterrupt):
+            if chief:
+                _mark_interrupted(run, width, cfg, dataset.fingerprint)
+            raise
         log.info("%s", result.summary_line())
         results.append(result)
     return results
+
+
+def _mark_interrupted(run: Run, width: int, cfg: Config, fingerprint: str) -> None:
+    """Record that ``width`` was stopped by Ctrl-C (its last checkpoint stays resumable)."""
+    status = run.status(width) or {}
+    state = run.read_state(width) or {}
+    run.write_status(width, {
+        **status,
+        "status": "interrupted",
+        "steps_done": int(state.get("step", status.get("steps_done", 0))),
+        "steps": cfg.train.steps,
+        "batch_size": cfg.train.widths[width],
+        "data_fingerprint": fingerprint,
+    })
+
+
+def _interrupted(run: Run, width: int, step: int, checkpoint: int) -> Interrupted:
+    return Interrupted(
+        f"interrupted: pw{width} stopped at step {step}, its last checkpoint is step "
+        f"{checkpoint}; continue with `segmenter train --resume --out {run.path}`"
+    )
 
 
 def _chosen_widths(cfg: Config, widths: list[int] | None) -> list[int]:
@@ -232,9 +313,7 @@ def _train_width(
     resume: bool,
     progress: bool,
 ) -> WidthResult:
-    from segmenter.distribute import precision
-
-    steps, every = cfg.train.steps, cfg.train.validate_every
+    steps = cfg.train.steps
     batch_size = cfg.train.widths[width]
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
@@ -254,6 +333,8 @@ def _train_width(
         log.warning("pw%d: no test image is large enough; validation is off for this width",
                     width)
 
+    if chief:
+        remove_stale_temporaries(run, width)
     state = run.read_state(width) if resume else None
     if state is not None and int(state.get("batch_size", batch_size)) != batch_size:
         raise RunError(f"{run.path}: pw{width} checkpoint has another batch size")
@@ -264,10 +345,54 @@ def _train_width(
         tracker.last_checkpoint = tracker.step
         log.info("pw%d: resuming at step %d/%d", width, tracker.step, steps)
 
+    try:
+        return _fit_width(run, cfg, dataset, width, strategy, chief, progress, train_items,
+                          val_batches, state, tracker)
+    except Exception as exc:
+        if not _out_of_memory(exc):
+            raise
+        message = _oom_message(width, batch_size)
+        tracker.failed = message
+        log.debug("pw%d: %s", width, exc)
+        if chief:
+            run.write_status(width, {**_status(tracker, "failed", steps, batch_size,
+                                               dataset.fingerprint), "message": message})
+        return WidthResult(width, "failed", tracker.last_checkpoint, steps,
+                           seconds=tracker.seconds(), message=message)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """TensorFlow's ResourceExhaustedError (CPU or GPU allocator), or Python's MemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    import tensorflow as tf
+
+    return isinstance(exc, tf.errors.ResourceExhaustedError)
+
+
+def _oom_message(width: int, batch_size: int) -> str:
+    import tensorflow as tf
+
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    return (
+        f"out of {device} memory training patch width {width} with batch size {batch_size}; "
+        f"lower the batch size (train.widths.{width}) or the patch width"
+    )
+
+
+def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, chief: bool,
+               progress: bool, train_items: list, val_batches: list,
+               state: dict[str, Any] | None, tracker: _Progress) -> WidthResult:
+    from segmenter.distribute import precision
+
+    steps, every = cfg.train.steps, cfg.train.validate_every
+    batch_size = cfg.train.widths[width]
     with precision(cfg.train):
         with strategy.scope():
             keras.utils.set_random_seed(cfg.train.seed)
             model = _compiled_model(cfg, state)
+        if _stop_requested():  # Ctrl-C while the model was built
+            raise _interrupted(run, width, tracker.step, tracker.last_checkpoint)
         _avoid_multiworker_build_reduce(model, strategy, width, batch_size)
         loss_fn = _loss(cfg)
         tracker.started = time.monotonic()
@@ -290,9 +415,11 @@ def _train_width(
             initial = first // every
             model.fit(batches, epochs=initial + epochs, initial_epoch=initial,
                       steps_per_epoch=per_epoch, verbose=0, callbacks=callbacks, shuffle=False)
-            if tracker.failed:
+            if tracker.failed or _stop_requested():
                 break
         callback.close()
+    if _stop_requested() and not tracker.failed:
+        raise _interrupted(run, width, tracker.step, tracker.last_checkpoint)
 
     if tracker.failed:
         if chief:
@@ -472,6 +599,9 @@ class _WidthCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.tracker.step += 1
+        if _stop_requested():
+            self.model.stop_training = True
+            return
         loss = float((logs or {}).get("loss", float("nan")))
         if not math.isfinite(loss):
             self.tracker.failed = (
@@ -485,7 +615,7 @@ class _WidthCallback(keras.callbacks.Callback):
             self.bar.update(self.tracker.step, values=[("loss", loss)])
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.tracker.failed:
+        if self.tracker.failed or _stop_requested():  # no checkpoint mid-interval
             return
         logs = logs if logs is not None else {}
         row: dict[str, Any] = {"step": self.tracker.step, "loss": float(logs.get("loss", "nan"))}
