@@ -459,7 +459,7 @@ def _consistency_problem(cfg: Config) -> tuple[list[tuple[Any, ...]], str] | Non
         if batch > MAX_BATCH:
             return [key], f"train.widths.{width}: batch size must be <= {MAX_BATCH} (got {batch})"
         needed = cfg.train.validation_batches * batch * width * width * 4 * 4
-        if needed > MAX_VALIDATION_BYTES:
+        if cfg.train.validation_batches > 1 and needed > MAX_VALIDATION_BYTES:
             return [("train", "validation_batches"), key], (
                 f"train.validation_batches: {cfg.train.validation_batches} batches of "
                 f"{batch} patches of {width} px would hold {needed / 2**30:.1f} GiB in memory "
