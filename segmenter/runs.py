@@ -292,14 +292,25 @@ class Run:
             have = ", ".join(map(str, self.finished_widths())) or "none"
             raise RunError(f"{self.path}: no finished model for patch width {width} "
                            f"(finished widths: {have})")
+        import zipfile
+
         import keras
 
         import segmenter.losses  # noqa: F401  (registers custom objects)
         import segmenter.model  # noqa: F401
 
+        if path.is_file() and not zipfile.is_zipfile(path):
+            # Keras calls any file it cannot open "File not found": this one exists.
+            size = path.stat().st_size
+            raise RunError(f"{path}: model file is corrupt ({size} bytes, not a .keras "
+                           "archive); train this width again (--overwrite --patch-width)")
         try:
             return keras.saving.load_model(path, compile=False, safe_mode=True)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            if path.is_file():
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise RunError(f"{path}: model file is corrupt or unreadable "
+                               f"({type(exc).__name__}: {first})") from exc
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RunError(f"{path}: cannot load model ({first})") from exc
 
