@@ -8,7 +8,9 @@ Kept apart from the click command so scripts (benchmarks, the evaluation) call t
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -183,12 +185,15 @@ def predict_inputs(
                 method=cfg.postprocess.method, per_scale=result.per_scale,
                 save_float=cfg.predict.save_float,
             )
-        except SegmenterError as exc:
-            message = str(exc)
+        except (SegmenterError, Exception) as exc:  # one photo's failure never stops the batch
+            message = str(exc) if isinstance(exc, SegmenterError) else _unexpected(exc)
+            if not message.startswith(str(ref.path)):
+                message = f"{ref.path}: {message}"
             failures.append(message)
             records.append({**record, "status": "failed", "error": message})
-            report(f"FAILED {ref.path}: {message}")
+            report(f"FAILED {message}")
             continue
+        log_revised(stem, result.threshold)
         fraction = float(result.water.mean())
         height, width = image.shape[:2]
         records.append({
@@ -206,11 +211,79 @@ def predict_inputs(
         })
         report(f"{stem}: {width}x{height} px, water {fraction:.1%}, {result.seconds:.1f} s")
         del image, result
-    outputs.write_summary(out_dir, records, {
-        "run": run_path,
-        "widths": sorted(loaded.models),
-        "predict": cfg.predict.model_dump(mode="json"),
-        "postprocess": cfg.postprocess.model_dump(mode="json"),
-        "scale": cfg.data.scale,
-    })
+    with summary_lock(out_dir):
+        # Another predict may have written into out_dir meanwhile: keep its photos' records.
+        mine = {record["stem"] for record in records}
+        earlier = [r for r in _summary_records(out_dir) if r.get("stem") not in mine]
+        outputs.write_summary(out_dir, earlier + records, {
+            "run": run_path,
+            "widths": sorted(loaded.models),
+            "predict": cfg.predict.model_dump(mode="json"),
+            "postprocess": cfg.postprocess.model_dump(mode="json"),
+            "scale": cfg.data.scale,
+        })
     return records, failures
+
+
+def log_revised(name: str, threshold: dict[str, Any]) -> None:
+    """Say, naming the photo, that the GMM step revised its threshold."""
+    if threshold.get("revised"):
+        log.info("%s: threshold revised to %.3f: every GMM component's median was on one "
+                 "side of %.3f", name, threshold["threshold"],
+                 threshold.get("threshold_configured", float("nan")))
+
+
+def _unexpected(exc: BaseException) -> str:
+    """One line for a failure that is not a known bad input (shown in full with -v)."""
+    log.debug("unexpected failure", exc_info=exc)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+
+
+LOCK_NAME = ".predictions.lock"
+
+
+@contextlib.contextmanager
+def summary_lock(out_dir: Path):
+    """An exclusive lock on ``out_dir``'s summary, held while it is read and rewritten, so
+    two predicts into one folder merge their records instead of the last one winning."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; the merge still narrows the window
+        yield
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _summary_records(out_dir: Path) -> list[dict[str, Any]]:
+    """The records of an existing ``predictions.json`` (none if absent or unreadable)."""
+    try:
+        data = json.loads((Path(out_dir) / outputs.SUMMARY_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    images = data.get("images") if isinstance(data, dict) else None
+    return [r for r in images if isinstance(r, dict)] if isinstance(images, list) else []
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work when ``out_dir`` cannot be created or written.
+
+    Raises:
+        SegmenterError: naming the folder.
+    """
+    from segmenter.fileio import write_text
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SegmenterError(f"{out_dir}: cannot write ({exc.strerror or exc})") from None
+    probe = out_dir / ".write-test"
+    write_text(probe, "ok\n")
+    probe.unlink(missing_ok=True)

@@ -51,6 +51,7 @@ def predict(
     from segmenter.tfenv import start_tensorflow
 
     predictor.check_overwrite(out_dir, outputs.unique_stems([r.name for r in refs]), overwrite)
+    predictor.check_writable(out_dir)
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     log.info(
