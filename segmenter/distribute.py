@@ -110,9 +110,15 @@ def require_keras_private(owner: Any, names: list[str], what: str) -> None:
             f"{what} workaround replaces; it was written for Keras {KERAS_TESTED}: install "
             f"keras=={KERAS_TESTED}.* or use another train.strategy"
         )
-    if not keras.__version__.startswith(KERAS_TESTED + "."):
-        log.debug("Keras %s: the %s workaround was written for Keras %s", keras.__version__,
-                  what, KERAS_TESTED)
+    if not keras.__version__.startswith(KERAS_TESTED + ".") and (
+        keras.__version__, what) not in _WARNED:
+        _WARNED.add((keras.__version__, what))
+        log.warning("Keras %s is not the tested release (%s): the %s workaround patches its "
+                    "private API and may misbehave; install keras==%s.* if training fails",
+                    keras.__version__, KERAS_TESTED, what, KERAS_TESTED)
+
+
+_WARNED: set[tuple[str, str]] = set()
 
 
 def _patch_keras_multiworker_reduce() -> None:
