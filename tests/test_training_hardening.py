@@ -153,3 +153,20 @@ def test_stale_temporary_files_of_a_killed_run_are_removed_on_resume(tmp_path):
     assert other.exists()
 
 
+
+
+def test_train_prints_no_tensorflow_start_up_noise(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data: {source: sample, scale: 1.0, sample: {n: 4, size: 64, seed: 0}}\n"
+        "model: {depth: 2, filters: 4}\n"
+        "train: {widths: {16: 4}, steps: 2, validate_every: 2, validation_batches: 1}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # a user's
+    result = subprocess.run(
+        [sys.executable, "-m", "segmenter", "train", "--config", str(config), "--out",
+         str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for noise in ("absl::InitializeLog", "cuInit", "cudart_stub", "oneDNN"):
+        assert noise not in result.stderr, result.stderr

@@ -59,7 +59,10 @@ def train(
         base = open_run(out).config
     cfg = resolve_config(config_path, overrides, base=base)
 
-    from segmenter.training import train as train_run  # imports TensorFlow
+    from segmenter.tfenv import start_tensorflow
+
+    start_tensorflow()  # before training.py imports Keras: TensorFlow's start-up noise captured
+    from segmenter.training import train as train_run
 
     results = train_run(
         cfg, out, widths=list(patch_widths) or None, resume=resume, overwrite=overwrite
