@@ -83,8 +83,9 @@ def test_two_predicts_into_one_out_at_once_keep_both_summaries(run_dir, tmp_path
         folders.append(folder)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     processes = [
+        # --overwrite: neither may refuse because the other already wrote its summary.
         subprocess.Popen([sys.executable, "-m", "segmenter", "-q", "predict", "--run",
-                          str(run_dir), str(folder), "--out", str(out)],
+                          str(run_dir), str(folder), "--out", str(out), "--overwrite"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for folder in folders
     ]

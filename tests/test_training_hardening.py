@@ -66,8 +66,9 @@ def test_resume_on_other_data_of_the_same_names_and_sizes_is_refused(tmp_path):
         train(cfg, out, resume=True, dataset=edited)
 
 
-def test_resume_refuses_another_sample_seed(runner, tmp_path):
-    """`sample-data --seed 1` with the same --n/--size: same names and sizes, other pixels."""
+def test_fingerprint_tells_sample_seeds_apart(runner, tmp_path):
+    """`sample-data --seed 1` with the same --n/--size: same names and sizes, other pixels
+    (the old fingerprint could not tell them apart, so --resume went on)."""
     from segmenter.data.ontario import load_dataset
 
     for seed in (0, 1):
