@@ -103,6 +103,8 @@ def existing_outputs(out_dir: Path, stems: list[str],
     ``save_float`` / ``save_scales`` options can change between runs, and an earlier run's
     maps would otherwise sit beside the new ones, unannounced).
     """
+    from segmenter.geooutputs import raster_output_paths
+
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return []
@@ -112,6 +114,7 @@ def existing_outputs(out_dir: Path, stems: list[str],
         pattern = glob.escape(stem) + "_water_prob"
         found += sorted(out_dir.glob(pattern + ".npy"))
         found += sorted(out_dir.glob(pattern + "_pw*"))
+        found += [p for p in raster_output_paths(out_dir, stem).values() if p.exists()]
     return found
 
 
@@ -149,6 +152,7 @@ def predict_inputs(
     run_path: str = "",
     report: Callable[[str], None] | None = None,
     progress: Callable[[Any], Any] | None = None,
+    vector: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Predict every photo of ``refs`` into ``out_dir``; unreadable ones are reported, skipped.
 
@@ -161,11 +165,13 @@ def predict_inputs(
         run_path: recorded in the summary.
         report: called with one line per photo (its result or its failure).
         progress: wraps the iteration over refs (e.g. a click progress bar).
+        vector: rasters (GeoTIFF inputs, :mod:`segmenter.mosaic`) also get GeoJSON vectors.
 
     Returns:
         One record per photo (also written to ``predictions.json``/``.csv``) and the failure
         lines, in input order.
     """
+    from segmenter import mosaic
     from segmenter.data.images import decode_photo
 
     report = report or (lambda line: None)
@@ -176,6 +182,11 @@ def predict_inputs(
     for ref, stem in progress(pairs) if progress else pairs:
         record: dict[str, Any] = {"input": str(ref.path), "stem": stem}
         try:
+            if mosaic.is_raster_ref(ref):  # GeoTIFF / COG: tiled, georeferenced outputs
+                fields, line = mosaic.predict_raster_ref(ref, stem, loaded, cfg, out_dir, vector)
+                records.append({**record, **fields})
+                report(line)
+                continue
             image, notes = decode_photo(ref.read_bytes(), str(ref.path))
             for note in notes:
                 log.info("%s", note)
