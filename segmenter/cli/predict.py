@@ -45,7 +45,7 @@ def predict(
     one, then --config, then --set. A photo that cannot be read is reported and skipped; the
     exit code is then 1.
     """
-    from segmenter.data.storage import expand_inputs
+    from segmenter.data.inputs import expand_inputs
     from segmenter.runs import open_run
 
     run = open_run(run_dir)

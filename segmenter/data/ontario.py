@@ -24,8 +24,9 @@ import numpy as np
 
 from segmenter.config import DataConfig
 from segmenter.data import images
+from segmenter.data.inputs import is_photo_name
 from segmenter.data.rasterlabels import LABEL_RASTER_SUFFIXES, is_label_raster
-from segmenter.data.storage import Storage, is_photo_name, open_storage
+from segmenter.data.storage import Storage, open_storage
 from segmenter.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import pytest
 from data_helpers import data_cfg
 from PIL import Image
 
-from segmenter.data.storage import expand_inputs
+from segmenter.data.inputs import expand_inputs
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -78,12 +78,14 @@ def test_earlier_predictions_in_an_input_folder_are_not_photos(tmp_path, caplog)
     folder.mkdir()
     pixels = np.zeros((8, 8, 3), np.uint8)
     for name in ("shore.png", "shore_water_prob.png", "shore_water_mask.png",
-                 "shore_overlay.png", "shore_water_prob_pw32.png"):
+                 "shore_overlay.png", "shore_water_prob_pw32.png",
+                 # a GeoTIFF input's outputs (segmenter.geooutputs)
+                 "shore_water_prob.tif", "shore_water_mask.tif"):
         Image.fromarray(pixels).save(folder / name)
     caplog.set_level("INFO", logger="segmenter")
     refs = expand_inputs([str(folder)], data_cfg())
     assert [ref.name for ref in refs] == ["shore"]
-    assert "skipped 4 file(s) that segmenter predict wrote" in caplog.text
+    assert "skipped 6 file(s) that segmenter predict wrote" in caplog.text
     assert [r.name for r in expand_inputs([str(folder / "*.png")], data_cfg())] == ["shore"]
     # Named explicitly, a file is taken as the user says.
     assert [r.name for r in expand_inputs([str(folder / "shore_overlay.png")],
