@@ -195,3 +195,29 @@ def precision(train_cfg: TrainConfig) -> Iterator[str]:
         yield name
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def avoid_multiworker_build_reduce(model: Any, strategy: Any, width: int,
+                                    batch_size: int) -> None:
+    """Work around Keras 3.15 ``fit`` failing at once under MultiWorkerMirroredStrategy.
+
+    Before training, Keras builds the model symbolically from a first batch that it averages
+    across workers with ``strategy.reduce`` on the ``(x, y)`` tuple, which the collective
+    all-reduce cannot take ("Attempt to convert a value (PerReplica ...)"). Only shapes and
+    dtypes matter for that build, so a local example batch is used instead.
+    """
+    if type(strategy).__name__ not in {"CollectiveAllReduceStrategy",
+                                       "MultiWorkerMirroredStrategy"}:
+        return
+    require_keras_private(model, ["_maybe_symbolic_build", "_symbolic_build"],
+                          "multi-worker model build")
+    import numpy as np
+
+    example = (np.zeros((batch_size, width, width, 3), np.float32),
+               np.zeros((batch_size, width, width, 1), np.float32))
+
+    def build_locally(iterator: Any = None, data_batch: Any = None) -> None:
+        with strategy.scope():
+            model._symbolic_build(data_batch=example)
+
+    model._maybe_symbolic_build = build_locally

@@ -85,7 +85,6 @@ def test_keras_private_api_missing_is_a_clear_error(monkeypatch):
 
     from segmenter import distribute
     from segmenter.errors import SegmenterError
-    from segmenter.training import _avoid_multiworker_build_reduce
 
     monkeypatch.delattr(tf_trainer, "reduce_per_replica")
     with pytest.raises(SegmenterError, match=rf"Keras {keras.__version__} lacks "
@@ -96,7 +95,7 @@ def test_keras_private_api_missing_is_a_clear_error(monkeypatch):
         pass
 
     with pytest.raises(SegmenterError, match="lacks _maybe_symbolic_build, _symbolic_build"):
-        _avoid_multiworker_build_reduce(object(), MultiWorkerMirroredStrategy(), 16, 4)
+        distribute.avoid_multiworker_build_reduce(object(), MultiWorkerMirroredStrategy(), 16, 4)
 
 
 def _free_port() -> int:

@@ -87,12 +87,12 @@ def test_out_of_memory_names_the_width_batch_size_and_key(tmp_path, monkeypatch)
     failed width whose message names the key to lower, not `unexpected ...Error`."""
     import tensorflow as tf
 
-    from segmenter import training
+    from segmenter.training.callback import WidthCallback
 
     def exhausted(self, batch, logs=None):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
 
-    monkeypatch.setattr(training._WidthCallback, "on_train_batch_end", exhausted)
+    monkeypatch.setattr(WidthCallback, "on_train_batch_end", exhausted)
     cfg = load_config(None, TINY_SETTINGS)
     results = train(cfg, tmp_path / "run", dataset=tiny_dataset())
     assert results[0].status == "failed"
