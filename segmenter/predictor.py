@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from segmenter import outputs
 from segmenter.config import Config
 from segmenter.errors import RunError, SegmenterError
+from segmenter.runstate import PredictionRecord
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ def predict_inputs(
 
     report = report or (lambda line: None)
     stems = outputs.unique_stems([ref.name for ref in refs])
-    records: list[dict[str, Any]] = []
+    records: list[PredictionRecord] = []
     failures: list[str] = []
     pairs = list(zip(refs, stems, strict=True))
     for ref, stem in progress(pairs) if progress else pairs:
@@ -184,7 +186,7 @@ def predict_inputs(
         try:
             if mosaic.is_raster_ref(ref):  # GeoTIFF / COG: tiled, georeferenced outputs
                 fields, line = mosaic.predict_raster_ref(ref, stem, loaded, cfg, out_dir, vector)
-                records.append({**record, **fields})
+                records.append(PredictionRecord(**record, **fields))
                 report(line)
                 continue
             image, notes = decode_photo(ref.read_bytes(), str(ref.path))
@@ -201,39 +203,39 @@ def predict_inputs(
             if not message.startswith(str(ref.path)):
                 message = f"{ref.path}: {message}"
             failures.append(message)
-            records.append({**record, "status": "failed", "error": message})
+            records.append(PredictionRecord(**record, status="failed", error=message))
             report(f"FAILED {message}")
             continue
         log_revised(stem, result.threshold)
         fraction = float(result.water.mean())
         height, width = image.shape[:2]
-        records.append({
+        records.append(PredictionRecord(
             **record,
-            "status": "ok",
-            "size": [height, width],
-            "water_fraction": round(fraction, 6),
-            "method": result.threshold["method"],
-            "threshold": round(float(result.threshold["threshold"]), 6),
-            "threshold_revised": bool(result.threshold.get("revised", False)),
-            "seconds": round(result.seconds, 3),
-            "notes": notes,
-            "coverage": result.inference.get("coverage"),
-            "outputs": {k: Path(v).name for k, v in files.items()},
-        })
+            status="ok",
+            size=[height, width],
+            water_fraction=round(fraction, 6),
+            method=result.threshold["method"],
+            threshold=round(float(result.threshold["threshold"]), 6),
+            threshold_revised=bool(result.threshold.get("revised", False)),
+            seconds=round(result.seconds, 3),
+            notes=notes,
+            coverage=result.inference.get("coverage"),
+            outputs={k: Path(v).name for k, v in files.items()},
+        ))
         report(f"{stem}: {width}x{height} px, water {fraction:.1%}, {result.seconds:.1f} s")
         del image, result
     with summary_lock(out_dir):
         # Another predict may have written into out_dir meanwhile: keep its photos' records.
-        mine = {record["stem"] for record in records}
-        earlier = [r for r in _summary_records(out_dir) if r.get("stem") not in mine]
-        outputs.write_summary(out_dir, earlier + records, {
+        mine = {record.stem for record in records}
+        earlier = [r for r in _summary_records(out_dir) if r.stem not in mine]
+        outputs.write_summary(out_dir, [r.to_json() for r in earlier + records], {
             "run": run_path,
             "widths": sorted(loaded.models),
             "predict": cfg.predict.model_dump(mode="json"),
             "postprocess": cfg.postprocess.model_dump(mode="json"),
             "scale": cfg.data.scale,
         })
-    return records, failures
+    return [record.to_json() for record in records], failures
 
 
 def log_revised(name: str, threshold: dict[str, Any]) -> None:
@@ -272,14 +274,21 @@ def summary_lock(out_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _summary_records(out_dir: Path) -> list[dict[str, Any]]:
-    """The records of an existing ``predictions.json`` (none if absent or unreadable)."""
+def _summary_records(out_dir: Path) -> list[PredictionRecord]:
+    """The records of an existing ``predictions.json`` (none if absent or unreadable; a
+    record that is not one of ours is dropped, with a debug line)."""
     try:
         data = json.loads((Path(out_dir) / outputs.SUMMARY_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     images = data.get("images") if isinstance(data, dict) else None
-    return [r for r in images if isinstance(r, dict)] if isinstance(images, list) else []
+    found = []
+    for item in images if isinstance(images, list) else []:
+        try:
+            found.append(PredictionRecord.model_validate(item))
+        except ValidationError:
+            log.debug("%s: dropped an unreadable record: %r", out_dir, item)
+    return found
 
 
 def check_writable(out_dir: Path) -> None:

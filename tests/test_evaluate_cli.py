@@ -14,7 +14,7 @@ from segmenter.evaluation import evaluate_images, score_masks
 from segmenter.metrics import METRIC_NAMES
 from segmenter.model import build_model
 from segmenter.predictor import LoadedModels
-from segmenter.runs import prepare_run
+from segmenter.runs import RunPlan, prepare_run
 
 TINY = ["data.scale=0.25", "model.depth=1", "model.filters=4", "train.widths={16: 4}"]
 
@@ -23,7 +23,7 @@ TINY = ["data.scale=0.25", "model.depth=1", "model.filters=4", "train.widths={16
 def run_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("run") / "run"
     cfg = load_config(None, TINY)
-    run = prepare_run(path, cfg, [16])
+    run = prepare_run(RunPlan(path, cfg, [16]))
     run.model_path(16).parent.mkdir(parents=True, exist_ok=True)
     build_model(cfg.model).save(run.model_path(16))
     run.write_status(16, {"status": "finished", "final_val_water_iou": 0.5})

@@ -106,3 +106,18 @@ def test_revised_threshold_line_names_the_photo(runner, run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     revised = [x for x in result.output.splitlines() if "threshold revised" in x]
     assert revised and all(x.startswith("shore: ") for x in revised), result.output
+
+
+def test_an_earlier_summary_is_read_as_typed_records(tmp_path):
+    """Merging with another predict's summary: its records are validated; one that is not
+    a prediction record (hand-edited) is dropped rather than written back as is."""
+    from segmenter.predictor import _summary_records
+
+    (tmp_path / "predictions.json").write_text(json.dumps({"images": [
+        {"input": "a.png", "stem": "a", "status": "ok", "size": [2, 3], "tiles": 4},
+        {"stem": "b", "status": "maybe"},
+    ]}))
+    records = _summary_records(tmp_path)
+    assert [r.stem for r in records] == ["a"]
+    assert records[0].to_json() == {"input": "a.png", "stem": "a", "status": "ok",
+                                    "size": [2, 3], "tiles": 4}

@@ -99,7 +99,7 @@ def test_out_of_memory_names_the_width_batch_size_and_key(tmp_path, monkeypatch)
     assert results[0].message == (
         "out of CPU memory training patch width 16 with batch size 4; lower the batch size "
         "(train.widths.16) or the patch width")
-    assert open_run(tmp_path / "run").status(16)["status"] == "failed"
+    assert open_run(tmp_path / "run").status(16).status == "failed"
 
 
 def test_ctrl_c_after_a_width_finishes_stops_and_marks_the_run_interrupted(tmp_path):

@@ -49,10 +49,10 @@ def train(
         out = Path("runs") / (config_path.stem if config_path is not None else "default")
     base = None
     if resume and not (out / "config.yaml").is_file():
-        from segmenter.runs import prepare_run
+        from segmenter.runs import RunPlan
 
-        prepare_run(out, resolve_config(config_path, overrides), [], resume=True,
-                    check_only=True)  # refuses: nothing to resume, before TensorFlow starts
+        # Refuses (nothing to resume) before TensorFlow starts; changes nothing on disk.
+        RunPlan(out, resolve_config(config_path, overrides), resume=True).check()
     if resume and config_path is None and (out / "config.yaml").is_file():
         from segmenter.runs import open_run
 

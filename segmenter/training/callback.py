@@ -16,6 +16,7 @@ import numpy as np
 from segmenter.config import Config
 from segmenter.fileio import atomic_path
 from segmenter.runs import Run
+from segmenter.runstate import CheckpointState, WidthState, WidthStatus
 from segmenter.training.ctrlc import stop_requested
 from segmenter.training.result import fmt
 
@@ -55,20 +56,22 @@ def validation_scores(lands: np.ndarray, raw: np.ndarray, cfg: Config) -> float:
     return metrics.confusion(metrics.water_from_prob(prob, 0.5), truth).scores()["water_iou"]
 
 
-def width_status(tracker: Progress, status: str, steps: int, batch_size: int,
-            fingerprint: str) -> dict[str, Any]:
+def width_status(tracker: Progress, status: WidthState, steps: int, batch_size: int,
+                 fingerprint: str, message: str | None = None) -> WidthStatus:
+    """The status record of a width as the tracker has it."""
     last = tracker.rows[-1] if tracker.rows else {}
-    return {
-        "status": status,
-        "steps_done": tracker.last_checkpoint if status != "finished" else tracker.step,
-        "steps": steps,
-        "batch_size": batch_size,
-        "final_loss": last.get("loss"),
-        "final_val_loss": last.get("val_loss"),
-        "final_val_water_iou": last.get("val_water_iou"),
-        "seconds": round(tracker.seconds(), 2),
-        "data_fingerprint": fingerprint,
-    }
+    return WidthStatus(
+        status=status,
+        steps_done=tracker.last_checkpoint if status != "finished" else tracker.step,
+        steps=steps,
+        batch_size=batch_size,
+        final_loss=last.get("loss"),
+        final_val_loss=last.get("val_loss"),
+        final_val_water_iou=last.get("val_water_iou"),
+        seconds=round(tracker.seconds(), 2),
+        data_fingerprint=fingerprint,
+        message=message,
+    )
 
 
 class WidthCallback(keras.callbacks.Callback):
@@ -154,13 +157,10 @@ class WidthCallback(keras.callbacks.Callback):
         name = f"ckpt-{tracker.step:08d}.keras"
         with atomic_path(self.run.state_dir(self.width) / name) as tmp:
             self.net.save(tmp)
-        self.run.write_state(self.width, {
-            "step": tracker.step,
-            "checkpoint": name,
-            "batch_size": self.batch_size,
-            "seconds": round(tracker.seconds(), 2),
-            "history": tracker.rows,
-        })
+        self.run.write_state(self.width, CheckpointState(
+            step=tracker.step, checkpoint=name, batch_size=self.batch_size,
+            seconds=round(tracker.seconds(), 2), history=tracker.rows,
+        ))
         tracker.last_checkpoint = tracker.step
         self.run.write_history(self.width, tracker.rows)
         self.run.write_status(self.width, width_status(tracker, "running", self.cfg.train.steps,

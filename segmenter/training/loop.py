@@ -37,7 +37,8 @@ from segmenter.data.pipeline import (
     validation_patches,
 )
 from segmenter.errors import ConfigError, DataError, Interrupted, RunError
-from segmenter.runs import Run, prepare_run, remove_stale_temporaries
+from segmenter.runs import Run, RunPlan, remove_stale_temporaries
+from segmenter.runstate import CheckpointState, WidthStatus
 from segmenter.training import ctrlc
 from segmenter.training.callback import Progress, WidthCallback, width_status
 from segmenter.training.ctrlc import stop_requested
@@ -84,9 +85,8 @@ def train(
     chosen = _chosen_widths(cfg, widths)
     # Check the run directory first (a refusal is cheap), but change it (--overwrite clears
     # the old run) only once the data have loaded and can train every chosen width.
-    run_args = dict(resume=resume, overwrite=overwrite, partial=widths is not None,
-                    write=chief)
-    checked = prepare_run(out, cfg, chosen, check_only=True, **run_args)
+    checked = RunPlan(Path(out), cfg, chosen, resume=resume, overwrite=overwrite,
+                      partial=widths is not None, write=chief).check()
 
     if dataset is None:
         from segmenter.data.ontario import load_dataset
@@ -102,11 +102,8 @@ def train(
                 f"(lower the width or raise data.scale)"
             )
     # The widths that stay in the run (all of them, unless --overwrite clears them).
-    kept = {} if overwrite and widths is None else {
-        w: st for w, st in checked.statuses().items() if not (overwrite and w in chosen)
-    }
-    recorded = next((str(st["data_fingerprint"]) for st in kept.values()
-                     if st.get("data_fingerprint")), None)
+    recorded = next((st.data_fingerprint for st in checked.kept_statuses().values()
+                     if st.data_fingerprint), None)
     legacy = getattr(dataset, "legacy_fingerprint", None)
     if recorded and recorded == legacy and recorded != dataset.fingerprint:
         log.warning("%s: this run recorded only the names and sizes of its data (an older "
@@ -116,7 +113,7 @@ def train(
             f"{checked.path}: the data differ from the data this run was trained on "
             f"(fingerprint {dataset.fingerprint} != {recorded}); use another --out"
         )
-    run = prepare_run(out, cfg, chosen, **run_args)
+    run = checked.apply()
     log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,
              describe(strategy))
     if not dataset.test:
@@ -132,12 +129,12 @@ def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strate
                   chief: bool, resume: bool, progress: bool) -> list[WidthResult]:
     results = []
     for width in chosen:
-        status = run.status(width) or {}
-        if status.get("status") == "finished" and run.model_path(width).is_file():
+        status = run.status(width)
+        finished = status is not None and status.status == "finished"
+        if finished and run.model_path(width).is_file():
             results.append(WidthResult(
-                width, "skipped", int(status.get("steps_done", 0)), cfg.train.steps,
-                status.get("final_loss"), status.get("final_val_loss"),
-                status.get("final_val_water_iou"),
+                width, "skipped", status.steps_done, cfg.train.steps,
+                status.final_loss, status.final_val_loss, status.final_val_water_iou,
             ))
             log.info("%s", results[-1].summary_line())
             continue
@@ -154,16 +151,15 @@ def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strate
 
 def _mark_interrupted(run: Run, width: int, cfg: Config, fingerprint: str) -> None:
     """Record that ``width`` was stopped by Ctrl-C (its last checkpoint stays resumable)."""
-    status = run.status(width) or {}
-    state = run.read_state(width) or {}
-    run.write_status(width, {
-        **status,
+    status = run.status(width) or WidthStatus(status="interrupted")
+    state = run.read_state(width)
+    run.write_status(width, status.model_copy(update={
         "status": "interrupted",
-        "steps_done": int(state.get("step", status.get("steps_done", 0))),
+        "steps_done": state.step if state is not None else status.steps_done,
         "steps": cfg.train.steps,
         "batch_size": cfg.train.widths[width],
         "data_fingerprint": fingerprint,
-    })
+    }))
 
 
 def _interrupted(run: Run, width: int, step: int, checkpoint: int) -> Interrupted:
@@ -222,12 +218,12 @@ def _train_width(
     if chief:
         remove_stale_temporaries(run, width)
     state = run.read_state(width) if resume else None
-    if state is not None and int(state.get("batch_size", batch_size)) != batch_size:
+    if state is not None and state.batch_size != batch_size:
         raise RunError(f"{run.path}: pw{width} checkpoint has another batch size")
-    tracker = Progress(step=int(state["step"]) if state else 0)
+    tracker = Progress(step=state.step if state else 0)
     if state:
-        tracker.rows = list(state.get("history", []))
-        tracker.seconds_before = float(state.get("seconds", 0.0))
+        tracker.rows = list(state.history)
+        tracker.seconds_before = state.seconds
         tracker.last_checkpoint = tracker.step
         log.info("pw%d: resuming at step %d/%d", width, tracker.step, steps)
 
@@ -241,8 +237,8 @@ def _train_width(
         tracker.failed = message
         log.debug("pw%d: %s", width, exc)
         if chief:
-            run.write_status(width, {**width_status(tracker, "failed", steps, batch_size,
-                                               dataset.fingerprint), "message": message})
+            run.write_status(width, width_status(tracker, "failed", steps, batch_size,
+                                                 dataset.fingerprint, message))
         return WidthResult(width, "failed", tracker.last_checkpoint, steps,
                            seconds=tracker.seconds(), message=message)
 
@@ -268,7 +264,7 @@ def _oom_message(width: int, batch_size: int) -> str:
 
 def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, chief: bool,
                progress: bool, train_items: list, val_batches: list,
-               state: dict[str, Any] | None, tracker: Progress) -> WidthResult:
+               state: CheckpointState | None, tracker: Progress) -> WidthResult:
     from segmenter.distribute import avoid_multiworker_build_reduce, precision
 
     steps, every = cfg.train.steps, cfg.train.validate_every
@@ -309,9 +305,8 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
 
     if tracker.failed:
         if chief:
-            run.write_status(width, {**width_status(tracker, "failed", steps, batch_size,
-                                               dataset.fingerprint),
-                                     "message": tracker.failed})
+            run.write_status(width, width_status(tracker, "failed", steps, batch_size,
+                                                 dataset.fingerprint, tracker.failed))
         return WidthResult(width, "failed", tracker.step, steps, seconds=tracker.seconds(),
                            message=tracker.failed)
     return finish(run, cfg, width, batch_size, model, tracker, chief, dataset.fingerprint)
@@ -339,7 +334,7 @@ def loss_function(cfg: Config):
     return get_loss(cfg.train.loss, from_logits=uses_logits(cfg.model.activation, cfg.train.loss))
 
 
-def _compiled_model(cfg: Config, state: dict[str, Any] | None):
+def _compiled_model(cfg: Config, state: CheckpointState | None):
     """Build and compile the model; restore weights and optimiser state from a checkpoint."""
     from segmenter.model import build_model
 
@@ -357,8 +352,8 @@ def _compiled_model(cfg: Config, state: dict[str, Any] | None):
     if state is not None:
         model.optimizer.build(model.trainable_variables)
         try:
-            model.load_weights(state["checkpoint_path"])
+            model.load_weights(state.checkpoint_path)
         except (OSError, ValueError) as exc:
-            where = state["checkpoint_path"]
+            where = state.checkpoint_path
             raise RunError(f"{where}: cannot restore checkpoint ({exc})") from exc
     return model
