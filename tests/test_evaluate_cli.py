@@ -62,6 +62,28 @@ def test_evaluate_table_and_default_out(runner, run_dir, scenes):
     assert (run_dir / "evaluation" / "evaluation.csv").is_file()
 
 
+@pytest.mark.parametrize("content", [b"", b"0123456789"])
+def test_empty_mat_label_is_named_and_skip_bad_evaluates_the_rest(runner, run_dir, tmp_path,
+                                                                 content):
+    """Issue 9 item 3 in `evaluate`: a 0- or 10-byte .mat gave `unexpected MatReadError`."""
+    import shutil
+
+    folder = tmp_path / "scenes"
+    write_sample(folder, n=8, size=64, seed=0)
+    labels = sorted((folder / "test").glob("*.mat"))
+    assert len(labels) >= 2
+    labels[0].write_bytes(content)
+    result = runner("evaluate", "--run", run_dir, "--data", folder, "--out", tmp_path / "e")
+    assert result.exit_code == 1
+    assert f"{labels[0].name}: not a readable .mat file" in result.output, result.output
+    assert "unexpected" not in result.output
+    shutil.rmtree(tmp_path / "e", ignore_errors=True)
+    result = runner("evaluate", "--run", run_dir, "--data", folder, "--out", tmp_path / "e",
+                    "--set", "data.skip_bad=true", "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["images"]) == len(labels) - 1
+
+
 def test_scores_are_those_of_the_masks(tmp_path):
     class Item:
         stem = "x"

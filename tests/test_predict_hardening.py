@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_predict_cli import make_run, write_photos
+from tiny_data import png_declaring
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,23 @@ def test_one_pixel_photo_does_not_abort_the_batch(runner, run_dir, tmp_path):
     assert set(records) == {"aaa_dot", "shore", "grey", "alpha", "photo"}
     assert records["aaa_dot"]["status"] == "ok" and records["aaa_dot"]["method"] == "global"
     assert (out / "shore_water_mask.png").is_file()
+
+
+def test_decompression_bomb_among_photos_is_named_and_the_others_are_predicted(
+        runner, run_dir, tmp_path):
+    """A 2 KB PNG declaring 40000 x 40000 pixels used to be decoded until memory ran out,
+    with no file named and the good photos of the folder not done."""
+    photos = tmp_path / "photos"
+    write_photos(photos)
+    (photos / "bomb.png").write_bytes(png_declaring(40_000, 40_000))
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, photos, "--out", out)
+    assert result.exit_code == 1
+    failed = [x for x in result.output.splitlines() if x.startswith("FAILED")]
+    assert len(failed) == 1 and "bomb.png: declares 40000x40000 pixels" in failed[0], failed
+    records = {r["stem"]: r for r in json.loads((out / "predictions.json").read_text())["images"]}
+    assert records["bomb"]["status"] == "failed"
+    assert all(records[s]["status"] == "ok" for s in ("shore", "grey", "alpha", "photo"))
 
 
 def test_failure_line_names_the_file_once(runner, run_dir, tmp_path):

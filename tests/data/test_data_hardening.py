@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from data_helpers import data_cfg
 from PIL import Image
+from tiny_data import png_declaring
 
 from segmenter.data.inputs import expand_inputs
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A 2 KB grey PNG whose header declares ``width x height`` (its data end early)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    rows = zlib.compress(b"\0" * (width + 1) * 50, 9)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
-            + chunk(b"IEND", b""))
 
 
 def test_decompression_bomb_is_named_and_skipped_before_decoding(runner, scenes_copy):
