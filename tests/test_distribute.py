@@ -112,7 +112,12 @@ def test_multiworker_two_local_processes(tmp_path):
     ensure_sample(load_config(config).data)  # generated once, before the workers start
     out = tmp_path / "run"
     ports = [str(_free_port()), str(_free_port())]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(HERE)}
+    # The workers import the segmenter this test imported (not another install of it).
+    import segmenter
+
+    code = str(Path(segmenter.__file__).resolve().parent.parent)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([str(HERE), code])}
     workers = [
         subprocess.Popen([sys.executable, str(HERE / "mw_worker.py"), str(i), *ports,
                           str(config), str(out)], env=env, stdout=subprocess.PIPE,
