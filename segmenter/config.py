@@ -110,6 +110,11 @@ class ModelConfig(_Section):
     activation: Literal["sigmoid", "linear"] = Field(
         "sigmoid", description="Output: probability of land (sigmoid) or raw value (linear)."
     )
+    input_norm: Literal["fixed", "window"] = Field(
+        "fixed",
+        description="Input scaling: fixed [0,1] -> [-1,1], or per window (each channel's mean "
+        "removed, divided by the window's spread): drops a photo's overall colour and light.",
+    )
 
 
 class AugmentConfig(_Section):
@@ -119,6 +124,17 @@ class AugmentConfig(_Section):
     rotate90: bool = Field(True, description="Random rotations by multiples of 90 degrees.")
     brightness: float = Field(0.1, ge=0, le=1, description="Max random brightness shift.")
     contrast: float = Field(0.1, ge=0, le=1, description="Max random relative contrast change.")
+    gain: float = Field(
+        0.0, ge=0, le=1, description="Max random change of each colour channel's gain (casts)."
+    )
+    hue: float = Field(0.0, ge=0, le=180, description="Max random hue rotation, in degrees.")
+    saturation: float = Field(0.0, ge=0, le=1, description="Max random relative saturation change.")
+    greyscale: float = Field(0.0, ge=0, le=1, description="Share of patches turned grey.")
+    gamma: float = Field(
+        0.0, ge=0, le=2, description="Max random gamma change: gamma in [1/(1+g), 1+g]."
+    )
+    blur: float = Field(0.0, ge=0, le=4, description="Max Gaussian blur sigma, in pixels.")
+    noise: float = Field(0.0, ge=0, le=0.5, description="Max std of additive Gaussian noise.")
 
 
 class TrainConfig(_Section):
@@ -205,6 +221,16 @@ class PostprocessConfig(_Section):
     )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Seed of the GMM subsample and initialisation."
+    )
+    fill_holes: float = Field(
+        0.0, ge=0, le=0.1,
+        description="Land islands inside water smaller than this share of the photo become "
+        "water (glints, foam); 0 = off.",
+    )
+    remove_specks: float = Field(
+        0.0, ge=0, le=0.1,
+        description="Water regions smaller than this share of the photo become land (shadows, "
+        "dark roofs); 0 = off.",
     )
 
 

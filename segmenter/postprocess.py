@@ -75,8 +75,48 @@ def water_mask(
         mask, info = gmm_water_mask(land_prob, image, pp_cfg)
     else:
         raise ValueError(f"unknown postprocess.method {pp_cfg.method!r}")
+    mask, cleaned = clean_mask(mask, pp_cfg.fill_holes, pp_cfg.remove_specks)
+    if cleaned:
+        info["cleaned"] = cleaned
     info["water_fraction"] = float(mask.mean()) if mask.size else 0.0
     return mask, info
+
+
+def clean_mask(
+    water: np.ndarray, fill_holes: float, remove_specks: float
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Fill small land islands inside water and drop small water specks.
+
+    Args:
+        water: bool (H, W) mask, True where water.
+        fill_holes: land regions enclosed by water and smaller than this share of the photo's
+            pixels become water (sun glint, foam, a buoy); 0 leaves them.
+        remove_specks: water regions smaller than this share become land (a dark roof, a
+            shadow); 0 leaves them.
+
+    Returns:
+        The cleaned mask and ``{"holes_filled_px": n, "specks_removed_px": n}`` (empty when
+        both are 0). 8-connectivity, so a diagonal channel stays one water body.
+    """
+    from skimage import morphology
+
+    if fill_holes <= 0 and remove_specks <= 0:
+        return water, {}
+    water = np.asarray(water, bool)
+    before = int(water.sum())
+    out, stats = water, {}
+    if remove_specks > 0:
+        area = int(remove_specks * water.size)
+        if area >= 1:
+            out = morphology.remove_small_objects(out, max_size=area, connectivity=2)
+        stats["specks_removed_px"] = before - int(out.sum())
+    if fill_holes > 0:
+        area = int(fill_holes * water.size)
+        kept = int(out.sum())
+        if area >= 1:
+            out = morphology.remove_small_holes(out, max_size=area, connectivity=2)
+        stats["holes_filled_px"] = int(out.sum()) - kept
+    return out, stats
 
 
 def _otsu(land_prob: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:

@@ -144,3 +144,26 @@ def test_component_purity():
     histogram = component_histogram(labels, prob, 3)
     purity = purity_from_histogram(histogram, np.array([True, False, True]), 0.5)
     assert purity == [0.75, 0.5, None]
+
+
+def test_mask_clean_up_fills_glints_and_drops_specks():
+    from segmenter.postprocess import clean_mask
+
+    prob = np.ones((100, 100), np.float32)  # land
+    prob[10:60, 10:60] = 0.0  # a pond ...
+    prob[30:32, 30:32] = 1.0  # ... with a 4-pixel glint
+    prob[90, 90] = 0.0  # a 1-pixel dark speck on land
+    cfg = PostprocessConfig(method="global")
+    raw, info = water_mask(prob, None, cfg)
+    assert not raw[30, 30] and raw[90, 90] and "cleaned" not in info
+    cleaned, info = water_mask(
+        prob, None, cfg.model_copy(update={"fill_holes": 0.001, "remove_specks": 0.001})
+    )
+    assert cleaned[30, 30] and not cleaned[90, 90]
+    assert info["cleaned"] == {"specks_removed_px": 1, "holes_filled_px": 4}
+    assert info["water_fraction"] == pytest.approx(2500 / 10000)
+    # Regions above the area stay: the pond is 2 500 px, far above 0.1 % of the photo.
+    big, _ = clean_mask(cleaned, 0.0, 0.3)
+    assert not big.any()  # ... unless the area says otherwise
+    same, stats = clean_mask(raw, 0.0, 0.0)
+    assert same is raw and stats == {}

@@ -93,6 +93,10 @@ def train(
 
         dataset = load_dataset(cfg.data)
         log.info("%s", dataset.summary())
+    from segmenter.data.diversity import diversity_warnings
+
+    for line in diversity_warnings(dataset.train):
+        log.warning("training data: %s", line)
     if not dataset.train:
         raise DataError(f"{cfg.data.source}: no training pairs (train/ is empty)")
     for width in chosen:
