@@ -159,6 +159,10 @@ def gmm_water_mask(
     else:
         sample_idx = np.arange(n_pixels)
     sample = _features(flat_prob[sample_idx], flat_rgb[sample_idx])
+    if len(sample) < 2:  # a mixture needs two pixels (a 1x1 photo): the plain threshold
+        mask = land_prob <= pp_cfg.threshold
+        return mask, {"method": "global", "threshold": pp_cfg.threshold,
+                      "note": "too few pixels for the GMM; global threshold used"}
     n_components = min(pp_cfg.n_components, _distinct_rows(sample, pp_cfg.n_components))
     gmm = GaussianMixture(
         n_components=max(1, n_components),
@@ -183,7 +187,7 @@ def gmm_water_mask(
         all(m > threshold for m in present) or all(m <= threshold for m in present)
     ):
         new_threshold = float(np.mean(present))
-        log.info(
+        log.debug(  # the caller names the photo (predictor, evaluation)
             "GMM: every component median is %s the threshold %.3f; threshold revised to "
             "the mean of the medians, %.3f",
             "above" if present[0] > threshold else "at or below", threshold, new_threshold,

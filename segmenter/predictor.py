@@ -8,7 +8,9 @@ Kept apart from the click command so scripts (benchmarks, the evaluation) call t
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from segmenter import outputs
 from segmenter.config import Config
 from segmenter.errors import RunError, SegmenterError
+from segmenter.runstate import PredictionRecord
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +178,7 @@ def predict_inputs(
 
     report = report or (lambda line: None)
     stems = outputs.unique_stems([ref.name for ref in refs])
-    records: list[dict[str, Any]] = []
+    records: list[PredictionRecord] = []
     failures: list[str] = []
     pairs = list(zip(refs, stems, strict=True))
     for ref, stem in progress(pairs) if progress else pairs:
@@ -182,7 +186,7 @@ def predict_inputs(
         try:
             if mosaic.is_raster_ref(ref):  # GeoTIFF / COG: tiled, georeferenced outputs
                 fields, line = mosaic.predict_raster_ref(ref, stem, loaded, cfg, out_dir, vector)
-                records.append({**record, **fields})
+                records.append(PredictionRecord(**record, **fields))
                 report(line)
                 continue
             image, notes = decode_photo(ref.read_bytes(), str(ref.path))
@@ -194,34 +198,112 @@ def predict_inputs(
                 method=cfg.postprocess.method, per_scale=result.per_scale,
                 save_float=cfg.predict.save_float,
             )
-        except SegmenterError as exc:
-            message = str(exc)
+        except (SegmenterError, Exception) as exc:  # one photo's failure never stops the batch
+            message = str(exc) if isinstance(exc, SegmenterError) else _unexpected(exc)
+            if not message.startswith(str(ref.path)):
+                message = f"{ref.path}: {message}"
             failures.append(message)
-            records.append({**record, "status": "failed", "error": message})
-            report(f"FAILED {ref.path}: {message}")
+            records.append(PredictionRecord(**record, status="failed", error=message))
+            report(f"FAILED {message}")
             continue
+        log_revised(stem, result.threshold)
         fraction = float(result.water.mean())
         height, width = image.shape[:2]
-        records.append({
+        records.append(PredictionRecord(
             **record,
-            "status": "ok",
-            "size": [height, width],
-            "water_fraction": round(fraction, 6),
-            "method": result.threshold["method"],
-            "threshold": round(float(result.threshold["threshold"]), 6),
-            "threshold_revised": bool(result.threshold.get("revised", False)),
-            "seconds": round(result.seconds, 3),
-            "notes": notes,
-            "coverage": result.inference.get("coverage"),
-            "outputs": {k: Path(v).name for k, v in files.items()},
-        })
+            status="ok",
+            size=[height, width],
+            water_fraction=round(fraction, 6),
+            method=result.threshold["method"],
+            threshold=round(float(result.threshold["threshold"]), 6),
+            threshold_revised=bool(result.threshold.get("revised", False)),
+            seconds=round(result.seconds, 3),
+            notes=notes,
+            coverage=result.inference.get("coverage"),
+            outputs={k: Path(v).name for k, v in files.items()},
+        ))
         report(f"{stem}: {width}x{height} px, water {fraction:.1%}, {result.seconds:.1f} s")
         del image, result
-    outputs.write_summary(out_dir, records, {
-        "run": run_path,
-        "widths": sorted(loaded.models),
-        "predict": cfg.predict.model_dump(mode="json"),
-        "postprocess": cfg.postprocess.model_dump(mode="json"),
-        "scale": cfg.data.scale,
-    })
-    return records, failures
+    with summary_lock(out_dir):
+        # Another predict may have written into out_dir meanwhile: keep its photos' records.
+        mine = {record.stem for record in records}
+        earlier = [r for r in _summary_records(out_dir) if r.stem not in mine]
+        outputs.write_summary(out_dir, [r.to_json() for r in earlier + records], {
+            "run": run_path,
+            "widths": sorted(loaded.models),
+            "predict": cfg.predict.model_dump(mode="json"),
+            "postprocess": cfg.postprocess.model_dump(mode="json"),
+            "scale": cfg.data.scale,
+        })
+    return [record.to_json() for record in records], failures
+
+
+def log_revised(name: str, threshold: dict[str, Any]) -> None:
+    """Say, naming the photo, that the GMM step revised its threshold."""
+    if threshold.get("revised"):
+        log.info("%s: threshold revised to %.3f: every GMM component's median was on one "
+                 "side of %.3f", name, threshold["threshold"],
+                 threshold.get("threshold_configured", float("nan")))
+
+
+def _unexpected(exc: BaseException) -> str:
+    """One line for a failure that is not a known bad input (shown in full with -v)."""
+    log.debug("unexpected failure", exc_info=exc)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+
+
+LOCK_NAME = ".predictions.lock"
+
+
+@contextlib.contextmanager
+def summary_lock(out_dir: Path):
+    """An exclusive lock on ``out_dir``'s summary, held while it is read and rewritten, so
+    two predicts into one folder merge their records instead of the last one winning."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; the merge still narrows the window
+        yield
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _summary_records(out_dir: Path) -> list[PredictionRecord]:
+    """The records of an existing ``predictions.json`` (none if absent or unreadable; a
+    record that is not one of ours is dropped, with a debug line)."""
+    try:
+        data = json.loads((Path(out_dir) / outputs.SUMMARY_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    images = data.get("images") if isinstance(data, dict) else None
+    found = []
+    for item in images if isinstance(images, list) else []:
+        try:
+            found.append(PredictionRecord.model_validate(item))
+        except ValidationError:
+            log.debug("%s: dropped an unreadable record: %r", out_dir, item)
+    return found
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work when ``out_dir`` cannot be created or written.
+
+    Raises:
+        SegmenterError: naming the folder.
+    """
+    from segmenter.fileio import write_text
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SegmenterError(f"{out_dir}: cannot write ({exc.strerror or exc})") from None
+    probe = out_dir / ".write-test"
+    write_text(probe, "ok\n")
+    probe.unlink(missing_ok=True)

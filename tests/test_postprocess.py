@@ -34,7 +34,8 @@ def test_gmm_splits_two_populations():
 def test_revision_rule_fires_when_all_medians_on_one_side(caplog):
     prob, image, truth = two_populations(water_prob=0.6, land_prob=0.95)
     cfg = PostprocessConfig(n_components=2, subsample=5000)
-    with caplog.at_level("INFO"):
+    # debug here: predict and evaluate log it at info, naming the photo
+    with caplog.at_level("DEBUG", logger="segmenter.postprocess"):
         mask, info = water_mask(prob, image, cfg)
     assert info["revised"] is True
     assert 0.6 < info["threshold"] < 0.95

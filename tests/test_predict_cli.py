@@ -12,7 +12,7 @@ from PIL import Image
 from segmenter.config import load_config
 from segmenter.model import build_model
 from segmenter.outputs import safe_stem, unique_stems
-from segmenter.runs import prepare_run
+from segmenter.runs import RunPlan, prepare_run
 
 TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16: 4, 32: 2}"]
 
@@ -20,7 +20,7 @@ TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16:
 def make_run(path: Path, widths=(16, 32), finished=True) -> Path:
     """A run directory as `segmenter train` leaves it, with tiny untrained models."""
     cfg = load_config(None, TINY)
-    run = prepare_run(path, cfg, list(widths))
+    run = prepare_run(RunPlan(path, cfg, list(widths)))
     if finished:
         for width in widths:
             run.model_path(width).parent.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,7 @@ def evaluate(
         out_dir, [], overwrite, names=(evaluation.EVALUATION_JSON, evaluation.EVALUATION_CSV),
         what="an evaluation",
     )
+    predictor.check_writable(out_dir)
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     need = ("test",) if split == "test" else ("train", "test")

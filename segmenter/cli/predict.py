@@ -45,7 +45,7 @@ def predict(
     one, then --config, then --set. A photo that cannot be read is reported and skipped; the
     exit code is then 1.
     """
-    from segmenter.data.storage import expand_inputs
+    from segmenter.data.inputs import expand_inputs
     from segmenter.runs import open_run
 
     run = open_run(run_dir)
@@ -57,6 +57,7 @@ def predict(
     from segmenter.tfenv import start_tensorflow
 
     predictor.check_overwrite(out_dir, outputs.unique_stems([r.name for r in refs]), overwrite)
+    predictor.check_writable(out_dir)
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     log.info(
