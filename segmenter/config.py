@@ -145,7 +145,17 @@ class PostprocessConfig(_Section):
     n_components: int = Field(5, ge=1, le=64, description="GMM components.")
     max_iter: int = Field(50, ge=1, description="GMM EM iterations.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Probability-of-land threshold.")
-    subsample: int = Field(200_000, ge=100, description="Pixels the GMM is fitted on.")
+    subsample: int = Field(
+        200_000, ge=100, description="Most pixels the GMM is fitted on (large photos)."
+    )
+    subsample_share: float | None = Field(
+        0.05, gt=0, le=1,
+        description="Share of a photo's pixels the GMM is fitted on, at least subsample_min and "
+        "at most subsample (null: always subsample); small photos fit in a fraction of the time.",
+    )
+    subsample_min: int = Field(
+        20_000, ge=100, description="Fewest pixels the GMM is fitted on (when the photo has them)."
+    )
     seed: int = Field(0, description="Seed of the GMM subsample and initialisation.")
 
 
