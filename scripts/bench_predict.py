@@ -173,7 +173,9 @@ def window_batch_seconds(loaded: Any, cfg: Any, windows: dict[int, int], passes:
     The windows are cut beforehand and already in memory (random pixels: the compute does not
     depend on them) and run in full batches of the size ``predict`` uses for that width, the
     last batch only as long as needed. The best of ``repeats`` timings (the ceiling is what the
-    machine can do; a neighbour's load only slows it).
+    machine can do; a neighbour's load only slows it). With TTA (``passes`` 4) every window
+    runs 4 times in the same full batches, so the windows are timed once and the time is
+    multiplied by ``passes`` (timing all 4 copies took as long as predicting, twice over).
     """
     from segmenter import inference
 
@@ -182,7 +184,7 @@ def window_batch_seconds(loaded: Any, cfg: Any, windows: dict[int, int], passes:
     for patch_width, model in loaded.models.items():
         infer = inference.compiled_infer(model, (patch_width, patch_width))
         size = inference.effective_batch_size(cfg.predict.batch_size, patch_width)
-        total = windows[patch_width] * passes
+        total = windows[patch_width]
         full, rest = divmod(total, size)
         batch = rng.random((size, patch_width, patch_width, 3), dtype=np.float32)
         infer(batch).numpy()  # trace and warm up
@@ -196,7 +198,7 @@ def window_batch_seconds(loaded: Any, cfg: Any, windows: dict[int, int], passes:
             if rest:
                 infer(batch[:rest]).numpy()
             best = min(best, time.perf_counter() - tick)
-        out[patch_width] = best
+        out[patch_width] = best * passes
     return out
 
 
