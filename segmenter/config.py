@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from segmenter.errors import ConfigError
 
@@ -61,7 +61,26 @@ class DataConfig(_Section):
     )
     seed: int = Field(0, description="Seed of the train/test split when there is no test/.")
     skip_bad: bool = Field(False, description="Skip unreadable pairs with a warning.")
+    bands: list[int] | None = Field(
+        None, min_length=3, max_length=3,
+        description="Rasters: the 3 bands (1-based) read as R, G, B (null = the first three).",
+    )
+    nodata: float | None = Field(
+        None, description="Rasters: nodata value (null = the file's nodata value or mask).",
+    )
+    raster_max: float | None = Field(
+        None, gt=0,
+        description="Rasters: value read as 1.0 (null = 255 for 8-bit, 2^bits-1 for the bits "
+        "wider integer data use).",
+    )
     sample: SampleConfig = Field(default_factory=SampleConfig)
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_from_one(cls, bands: list[int] | None) -> list[int] | None:
+        if bands is not None and min(bands) < 1:
+            raise ValueError("band numbers start at 1")
+        return bands
 
 
 class ModelConfig(_Section):
@@ -136,6 +155,20 @@ class PredictConfig(_Section):
     )
     save_float: bool = Field(False, description="Also save the float probability map (.npy).")
     save_scales: bool = Field(False, description="Also save each width's probability map.")
+    tile_size: int = Field(
+        2048, ge=64, le=65536,
+        description="Rasters: tile edge in pixels; memory follows it, not the raster's size.",
+    )
+    cog: bool = Field(
+        True, description="Rasters: write Cloud-Optimized GeoTIFFs (false: tiled GeoTIFFs).",
+    )
+    overview_size: int = Field(
+        2048, ge=64, le=16384, description="Rasters: longest side of <stem>_overlay.png.",
+    )
+    vector_tolerance: float | None = Field(
+        None, ge=0,
+        description="--vector: simplification tolerance in map units (null = one pixel).",
+    )
 
 
 class PostprocessConfig(_Section):

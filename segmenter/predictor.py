@@ -128,6 +128,8 @@ def existing_outputs(out_dir: Path, stems: list[str],
     ``save_float`` / ``save_scales`` options can change between runs, and an earlier run's
     maps would otherwise sit beside the new ones, unannounced).
     """
+    from segmenter.geooutputs import raster_output_paths
+
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return []
@@ -137,6 +139,7 @@ def existing_outputs(out_dir: Path, stems: list[str],
         pattern = glob.escape(stem) + "_water_prob"
         found += sorted(out_dir.glob(pattern + ".npy"))
         found += sorted(out_dir.glob(pattern + "_pw*"))
+        found += [p for p in raster_output_paths(out_dir, stem).values() if p.exists()]
     return found
 
 
@@ -174,6 +177,7 @@ def predict_inputs(
     run_path: str = "",
     report: Callable[[str], None] | None = None,
     progress: Callable[[Any], Any] | None = None,
+    vector: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Predict every photo of ``refs`` into ``out_dir``; unreadable ones are reported, skipped.
 
@@ -186,11 +190,13 @@ def predict_inputs(
         run_path: recorded in the summary.
         report: called with one line per photo (its result or its failure).
         progress: wraps the iteration over refs (e.g. a click progress bar).
+        vector: rasters (GeoTIFF inputs, :mod:`segmenter.mosaic`) also get GeoJSON vectors.
 
     Returns:
         One record per photo (also written to ``predictions.json``/``.csv``) and the failure
         lines, in input order.
     """
+    from segmenter import mosaic
     from segmenter.data.images import decode_photo
 
     report = report or (lambda line: None)
@@ -245,10 +251,24 @@ def predict_inputs(
         for number, (ref, stem) in enumerate(progress(pairs) if progress else pairs):
             record: dict[str, Any] = {"input": str(ref.path), "stem": stem}
             decoding, upcoming = upcoming, None
+            if mosaic.is_raster_ref(ref):  # GeoTIFF / COG: tiled, georeferenced outputs
+                if previous is not None:
+                    finish(previous)
+                    previous = None
+                try:
+                    fields, line = mosaic.predict_raster_ref(
+                        ref, stem, loaded, cfg, out_dir, vector)
+                except SegmenterError as exc:
+                    fail(record, ref, exc)
+                    continue
+                records.append({**record, **fields})
+                report(line)
+                continue
             try:
                 image, notes = decoding.result() if decoding is not None else decode(ref)
                 small = image.shape[0] * image.shape[1] <= LOOKAHEAD_PIXELS
-                if small and number + 1 < len(pairs):
+                if (small and number + 1 < len(pairs)
+                        and not mosaic.is_raster_ref(pairs[number + 1][0])):
                     upcoming = io.submit(decode, pairs[number + 1][0])
                 for note in notes:
                     log.info("%s", note)

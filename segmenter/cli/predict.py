@@ -26,6 +26,8 @@ log = logging.getLogger("segmenter")
 )
 @config_options
 @click.option("--overwrite", is_flag=True, help="Replace earlier predictions in --out.")
+@click.option("--vector", is_flag=True,
+              help="Rasters: also write water polygons and the shoreline as GeoJSON.")
 def predict(
     run_dir: Path,
     inputs: tuple[str, ...],
@@ -33,12 +35,16 @@ def predict(
     config_path: Path | None,
     overrides: tuple[str, ...],
     overwrite: bool,
+    vector: bool,
 ) -> None:
     """Predict water in photos: INPUT is any mix of files, folders, globs and s3:// URLs.
 
     Writes <stem>_water_prob.png, <stem>_water_mask.png and <stem>_overlay.png per photo, and
-    predictions.json / predictions.csv. The config is the run's saved one, then --config, then
-    --set. A photo that cannot be read is reported and skipped; the exit code is then 1.
+    predictions.json / predictions.csv. GeoTIFF inputs (.tif, .tiff) are predicted tile by
+    tile into <stem>_water_prob.tif and <stem>_water_mask.tif (Cloud-Optimized GeoTIFFs on the
+    input's grid) and an overview-sized <stem>_overlay.png. The config is the run's saved
+    one, then --config, then --set. A photo that cannot be read is reported and skipped; the
+    exit code is then 1.
     """
     from segmenter.data.storage import expand_inputs
     from segmenter.runs import open_run
@@ -68,13 +74,13 @@ def predict(
     started = time.perf_counter()
     records, failures = predictor.predict_inputs(
         refs, loaded, cfg, out_dir, run_path=str(run.path), report=report,
-        progress=functools.partial(progress, label="photos"),
+        progress=functools.partial(progress, label="photos"), vector=vector,
     )
     wall = time.perf_counter() - started
     done = len(refs) - len(failures)
     ok = [r for r in records if r.get("status") == "ok"]
     click.echo(predictor.seconds_summary([r["seconds"] for r in ok],
-                                         [r["gmm_seconds"] for r in ok], wall))
+                                         [r.get("gmm_seconds", 0.0) for r in ok], wall))
     click.echo(f"{done} of {len(refs)} photo(s) predicted into {out_dir}")
     if failures:
         listing = "; ".join(failures)

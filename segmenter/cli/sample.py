@@ -48,7 +48,9 @@ def sample_data(folder: Path, n: int, seed: int, size: int, overwrite: bool) -> 
     """Write generated shoreline / pond scenes to FOLDER in the Ontario layout.
 
     FOLDER/train and FOLDER/test receive <stem>.JPG photos with <stem>_mres.mat labels
-    (key 'class': 1 = land, 2 = water; 'labels' = land, water). The same n, seed and size
+    (key 'class': 1 = land, 2 = water; 'labels' = land, water); FOLDER/test_shifted holds as
+    many test scenes in colours and light no training scene has (score colour robustness with
+    --set data.test_dir=test_shifted). The same n, seed and size
     always give the same files; `data.source: sample` generates them into the cache instead.
     FOLDER must be new or empty unless --overwrite; it appears only once complete.
     """
@@ -57,5 +59,6 @@ def sample_data(folder: Path, n: int, seed: int, size: int, overwrite: bool) -> 
     counts = write_sample(folder, n=n, size=size, seed=seed, overwrite=overwrite)
     click.echo(
         f"wrote {n} scenes ({size} px wide, seed {seed}) to {folder}: "
-        f"train {counts['train']}, test {counts['test']}"
+        f"train {counts['train']}, test {counts['test']}, "
+        f"test_shifted {counts['test_shifted']} (colours no training scene has)"
     )

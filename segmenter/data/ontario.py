@@ -24,13 +24,14 @@ import numpy as np
 
 from segmenter.config import DataConfig
 from segmenter.data import images
+from segmenter.data.rasterlabels import LABEL_RASTER_SUFFIXES, is_label_raster
 from segmenter.data.storage import Storage, is_photo_name, open_storage
 from segmenter.errors import DataError
 
 log = logging.getLogger(__name__)
 
 # Label kinds in order of preference when a stem has several.
-LABEL_SUFFIXES = ("_mres.mat", ".mat", images.LABEL_PNG_SUFFIX)
+LABEL_SUFFIXES = ("_mres.mat", ".mat", images.LABEL_PNG_SUFFIX, *LABEL_RASTER_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,11 @@ def load_pair(storage: Storage, pair: Pair, data_cfg: DataConfig, scale: float) 
     """
     photo_name = storage.display(pair.photo)
     label_name = storage.display(pair.label)
+    if is_label_raster(pair.label):  # GeoTIFF pair: label resampled onto the image grid
+        from segmenter.data.rasterlabels import load_raster_pair
+
+        image, land = load_raster_pair(storage, pair.photo, pair.label, data_cfg, scale)
+        return LabelledImage(stem=pair.stem, image=image, land=land, source=photo_name)
     image, full, notes = images.load_photo(storage.read_bytes(pair.photo), photo_name, scale)
     for note in notes:
         log.info("%s: %s", photo_name, note)

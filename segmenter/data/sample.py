@@ -11,10 +11,16 @@ model would learn a threshold and nothing else:
   houses, charcoal roofs;
 * water has bright parts: sun glitter on ripples, pale shallows near the shore, and on some
   scenes a bright sky reflection;
-* what does separate them is what a CNN can learn: hue (water is blue-grey or teal, forest and
-  grass are green or yellow, shadows keep the hue of what they fall on), texture (fine
-  stretched ripples vs. lumpy canopy), shapes (straight roof edges) and context (shallows and
-  beaches hug a soft shoreline).
+* what does separate them is what a CNN can learn: texture (fine stretched ripples and glitter
+  vs. lumpy canopy), shapes (straight roof edges), context (shallows and beaches hug a soft
+  shoreline) and, within one scene, colour.
+
+Colours and light vary widely, as they do between real flights: each scene draws a *look*
+(water colour, land and forest palette, colour cast of the light, haze, exposure). Training and
+test scenes draw from the :data:`TRAIN_LOOK` families; the ``test_shifted/`` scenes draw from
+the held-out :data:`SHIFTED_LOOK` families (turbid brown, algae green and hazy pale water,
+straw-dry and autumn land, strong warm or cool casts, haze, under- and over-exposure), so a
+model scored there is scored on colours it never trained on.
 
 Generation uses numpy, scipy.ndimage and Pillow only, is seeded per scene (scene ``i`` of seed
 ``s`` is the same whatever ``n`` is) and takes well under a second per 512-pixel scene.
@@ -41,7 +47,7 @@ from segmenter.fileio import write_bytes
 log = logging.getLogger(__name__)
 
 #: Bump when the scenes change, so cached samples are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Height / width of a generated photo (4:3 landscape, like most aerial obliques).
 ASPECT = 0.75
 #: Share of the scenes written to ``test/``.
@@ -49,6 +55,56 @@ TEST_SHARE = 0.25
 WATER_CLASS = 2
 LAND_CLASS = 1
 _COMPLETE = "COMPLETE"
+#: The sub-folder of colour-shifted test scenes.
+SHIFTED_DIR = "test_shifted"
+#: scipy.io.savemat writes its creation time into the 116-byte MAT header text; the sample
+#: writes this fixed text instead, so the same scenes always give byte-identical files.
+_MAT_HEADER = b"MATLAB 5.0 MAT-file, written by segmenter sample-data".ljust(116, b" ")
+
+
+@dataclass(frozen=True)
+class Look:
+    """Colour families a scene draws from: RGB triples in [0, 1] and ranges of the light.
+
+    Attributes:
+        water: base water colours (before ripples, shallows and glitter).
+        grass, canopy: open land and forest colours.
+        cast: per-channel gain of the light, drawn per scene between these two triples.
+        haze: range of the share of a pale veil laid over the scene (0 = clear air).
+        exposure: ranges of the overall exposure factor (one range is picked per scene).
+    """
+
+    water: tuple[tuple[float, float, float], ...]
+    grass: tuple[tuple[float, float, float], ...]
+    canopy: tuple[tuple[float, float, float], ...]
+    cast: tuple[tuple[float, float, float], tuple[float, float, float]]
+    haze: tuple[float, float]
+    exposure: tuple[tuple[float, float], ...]
+
+
+#: Training (and ``test/``) scenes: navy, dark, teal, blue-grey, sky-bright and grey water;
+#: green fields; green canopy; mild casts; clear to lightly hazy air.
+TRAIN_LOOK = Look(
+    water=(
+        (0.06, 0.10, 0.22), (0.12, 0.18, 0.23), (0.13, 0.24, 0.26), (0.17, 0.25, 0.33),
+        (0.32, 0.39, 0.46), (0.30, 0.31, 0.32),
+    ),
+    grass=((0.40, 0.46, 0.22), (0.47, 0.48, 0.26), (0.34, 0.43, 0.20), (0.30, 0.36, 0.22)),
+    canopy=((0.10, 0.17, 0.07), (0.13, 0.20, 0.09), (0.09, 0.14, 0.08)),
+    cast=((0.93, 0.95, 0.95), (1.05, 1.04, 1.07)),
+    haze=(0.0, 0.08),
+    exposure=((0.85, 1.15),),
+)
+#: ``test_shifted/`` scenes: colours no training scene has.
+SHIFTED_LOOK = Look(
+    water=((0.33, 0.27, 0.17), (0.14, 0.26, 0.15), (0.50, 0.54, 0.55), (0.24, 0.22, 0.14)),
+    grass=((0.62, 0.57, 0.40), (0.55, 0.45, 0.30), (0.58, 0.60, 0.55)),
+    canopy=((0.25, 0.14, 0.06), (0.05, 0.08, 0.06), (0.30, 0.22, 0.08)),
+    cast=((0.80, 0.92, 1.18), (1.20, 1.00, 0.78)),
+    haze=(0.12, 0.30),
+    exposure=((0.62, 0.75), (1.2, 1.35)),
+)
+LOOKS = {"train": TRAIN_LOOK, "shifted": SHIFTED_LOOK}
 
 
 @dataclass(frozen=True)
@@ -176,12 +232,16 @@ def _sibling(folder: Path, kind: str) -> Path:
 
 def _write_scenes(folder: Path, n: int, size: int, seed: int) -> dict[str, int]:
     n_test = n_test_scenes(n)
-    counts = {"train": 0, "test": 0}
+    counts = {"train": 0, "test": 0, SHIFTED_DIR: 0}
     for index in range(n):
         split = "test" if index >= n - n_test else "train"
         scene = make_scene(index, size, seed)
         _write_scene(folder / split, scene)
         counts[split] += 1
+    # As many colour-shifted test scenes as plain ones, drawn from the held-out looks.
+    for index in range(n_test):
+        _write_scene(folder / SHIFTED_DIR, make_scene(index, size, seed, look="shifted"))
+        counts[SHIFTED_DIR] += 1
     return counts
 
 
@@ -196,22 +256,32 @@ def _write_scene(folder: Path, scene: Scene) -> None:
     buffer = io.BytesIO()
     # A list of equal-length strings becomes a padded MATLAB char array, as in the real files.
     savemat(buffer, {"class": classes, "labels": ["land ", "water"]}, do_compression=True)
-    write_bytes(folder / f"{scene.stem}_mres.mat", buffer.getvalue())
+    content = buffer.getvalue()
+    write_bytes(folder / f"{scene.stem}_mres.mat", _MAT_HEADER + content[len(_MAT_HEADER):])
 
 
 # --------------------------------------------------------------------------------------------
 # The scene generator
 
 
-def make_scene(index: int, size: int, seed: int) -> Scene:
-    """Generate scene ``index`` of the sample with ``seed``, ``size`` pixels wide."""
-    rng = np.random.default_rng([seed % 2**63, index])
+def make_scene(index: int, size: int, seed: int, look: str = "train") -> Scene:
+    """Generate scene ``index`` of the sample with ``seed``, ``size`` pixels wide.
+
+    Args:
+        look: ``train`` (the scenes of ``train/`` and ``test/``) or ``shifted`` (the held-out
+            colour families of ``test_shifted/``; a different scene for the same index).
+    """
+    if look not in LOOKS:
+        raise ValueError(f"look must be one of {sorted(LOOKS)}, got {look!r}")
+    key = [seed % 2**63, index] if look == "train" else [seed % 2**63, index, 1]
+    rng = np.random.default_rng(key)
+    palette = LOOKS[look]
     shape = scene_shape(size)
     unit = size / 512  # lengths below are in pixels of a 512-wide scene
 
     water = _water_mask(rng, shape, unit)
-    land_rgb = _land(rng, shape, unit, water)
-    water_rgb = _water(rng, shape, unit, water)
+    land_rgb = _land(rng, shape, unit, water, palette)
+    water_rgb = _water(rng, shape, unit, water, palette)
 
     # A soft shoreline: colours blend over a couple of pixels; the label stays sharp.
     alpha = ndimage.gaussian_filter(water.astype(np.float32), sigma=1.2 * unit)[..., None]
@@ -222,18 +292,24 @@ def make_scene(index: int, size: int, seed: int) -> Scene:
         cloud = np.clip(_noise(rng, shape, 70 * unit) - rng.uniform(-0.2, 0.6), 0, 1)
         image *= (1 - rng.uniform(0.3, 0.45) * np.clip(cloud * 2, 0, 1))[..., None]
 
+    # Light: a colour cast and haze (a pale veil that lifts the darks and flattens contrast).
+    low, high = (np.asarray(bound, dtype=np.float32) for bound in palette.cast)
+    image *= low + rng.random(3).astype(np.float32) * (high - low)
+    veil = rng.uniform(*palette.haze)
+    image = (1 - veil) * image + veil * np.array([0.72, 0.74, 0.78], dtype=np.float32)
+
     # Camera: exposure, a light fall-off across the frame, a little blur and sensor noise.
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(angle) * xx / w + np.sin(angle) * yy / h).astype(np.float32)
-    image *= (rng.uniform(0.85, 1.15) * (1 + rng.uniform(0.05, 0.15) * (ramp - ramp.mean())))[
-        ..., None
-    ]
+    exposure = rng.uniform(*palette.exposure[rng.integers(len(palette.exposure))])
+    image *= (exposure * (1 + rng.uniform(0.05, 0.15) * (ramp - ramp.mean())))[..., None]
     image = ndimage.gaussian_filter(image, sigma=(0.5 * unit, 0.5 * unit, 0))
     image += rng.normal(0, 0.012, image.shape).astype(np.float32)
     pixels = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
-    return Scene(stem=f"scene_{index:03d}", image=pixels, water=water)
+    prefix = "scene" if look == "train" else "shifted"
+    return Scene(stem=f"{prefix}_{index:03d}", image=pixels, water=water)
 
 
 def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -273,7 +349,8 @@ def _water_mask(rng: np.random.Generator, shape: tuple[int, int], unit: float) -
 
 
 def _land(
-    rng: np.random.Generator, shape: tuple[int, int], unit: float, water: np.ndarray
+    rng: np.random.Generator, shape: tuple[int, int], unit: float, water: np.ndarray,
+    palette: Look,
 ) -> np.ndarray:
     """Fields, forest, beach, houses and their shadows (RGB float32, before the camera)."""
     h, w = shape
@@ -281,7 +358,7 @@ def _land(
     dist_to_water = ndimage.distance_transform_edt(land)
 
     # Grass / fields: yellow-green with patches of bare soil, fairly bright, low texture.
-    grass = np.array(rng.choice([[0.40, 0.46, 0.22], [0.47, 0.48, 0.26], [0.34, 0.43, 0.20]]))
+    grass = np.array(palette.grass[rng.integers(len(palette.grass))])
     soil = np.array([0.50, 0.42, 0.30])
     patches = _noise(rng, shape, 30 * unit)
     mix = np.clip(0.5 + 0.5 * patches, 0, 1)[..., None] * rng.uniform(0.2, 0.6)
@@ -300,7 +377,7 @@ def _land(
     forest_share = rng.uniform(0.30, 0.55)
     forest = land & ~beach & (forest_field > np.quantile(forest_field[land], 1 - forest_share))
     crowns = _noise(rng, shape, 2.2 * unit)
-    canopy = np.array(rng.choice([[0.10, 0.17, 0.07], [0.13, 0.20, 0.09], [0.09, 0.14, 0.08]]))
+    canopy = np.array(palette.canopy[rng.integers(len(palette.canopy))])
     brightness = np.clip(1.0 + 0.45 * crowns, 0.25, 1.9)[..., None]
     rgb = np.where(forest[..., None], canopy * brightness, rgb).astype(np.float32)
 
@@ -334,16 +411,11 @@ def _land(
 
 
 def _water(
-    rng: np.random.Generator, shape: tuple[int, int], unit: float, water: np.ndarray
+    rng: np.random.Generator, shape: tuple[int, int], unit: float, water: np.ndarray,
+    palette: Look,
 ) -> np.ndarray:
-    """Water colour: dark, teal or sky-bright, with ripples, glitter and pale shallows."""
-    base = np.array(
-        rng.choice(
-            [[0.12, 0.18, 0.23], [0.13, 0.24, 0.26], [0.17, 0.25, 0.33], [0.32, 0.39, 0.46]],
-            p=[0.3, 0.3, 0.2, 0.2],
-        ),
-        dtype=np.float32,
-    )
+    """Water of the look's colours, with ripples, glitter and pale shallows."""
+    base = np.array(palette.water[rng.integers(len(palette.water))], dtype=np.float32)
     # Ripples: fine noise stretched along the wind direction.
     white = rng.standard_normal(shape).astype(np.float32)
     ripples = ndimage.gaussian_filter(white, sigma=(0.7 * unit, 3.5 * unit))

@@ -45,14 +45,43 @@ def test_brightness_threshold_scores_water_iou_well_below_0_8(scenes) -> None:
     assert max(oracle) < 0.8
 
 
-def test_water_is_learnable_from_colour(scenes) -> None:
-    """A crude colour cue (blue minus green) already beats any brightness threshold."""
+def _scene_colour_cue(scene) -> np.ndarray:
+    """Within one scene, the projection of RGB that best separates water from land (LDA)."""
+    pixels = scene.image.reshape(-1, 3).astype(np.float32)
+    water = scene.water.reshape(-1)
+    spread = np.cov(pixels[water].T) + np.cov(pixels[~water].T) + 1e-3 * np.eye(3)
+    direction = np.linalg.solve(spread, pixels[water].mean(0) - pixels[~water].mean(0))
+    return (pixels @ direction).reshape(scene.water.shape)
+
+
+@pytest.mark.parametrize("look", ["train", "shifted"])
+def test_water_is_learnable_within_a_scene(look: str) -> None:
+    """Within a scene, colour separates water far better than brightness does."""
     colour, brightness = [], []
-    for scene in scenes:
-        pixels = scene.image.astype(np.float32)
-        colour.append(_best_threshold_iou(pixels[..., 2] - pixels[..., 1], scene.water))
-        brightness.append(_best_threshold_iou(pixels.mean(axis=-1), scene.water))
-    assert np.mean(colour) > np.mean(brightness) + 0.2
+    for index in range(8):
+        scene = make_scene(index, 256, seed=0, look=look)
+        colour.append(_best_threshold_iou(_scene_colour_cue(scene), scene.water))
+        brightness.append(_best_threshold_iou(scene.image.mean(axis=-1), scene.water))
+    assert np.mean(colour) > np.mean(brightness) + 0.15
+
+
+def test_shifted_scenes_have_colours_no_training_scene_has() -> None:
+    """Mean water colour (normalised to chromaticity) of shifted scenes lies outside training's."""
+
+    def water_chroma(scene) -> np.ndarray:
+        rgb = scene.image[scene.water].astype(np.float32).mean(axis=0)
+        return rgb / rgb.sum()
+
+    train = np.array([water_chroma(make_scene(i, 128, seed=0)) for i in range(24)])
+    shifted = np.array([water_chroma(make_scene(i, 128, seed=0, look="shifted"))
+                        for i in range(24)])
+    # Training water is bluish (blue share above red share); most shifted water is not.
+    assert np.all(train[:, 2] >= train[:, 0] - 0.01)
+    assert np.mean(shifted[:, 2] < shifted[:, 0] - 0.01) > 0.5
+    nearest = np.min(np.linalg.norm(shifted[:, None] - train[None], axis=-1), axis=1)
+    assert np.median(nearest) > 0.03
+    with pytest.raises(ValueError, match="look must be one of"):
+        make_scene(0, 64, seed=0, look="sunset")
 
 
 def test_water_share_per_scene(scenes) -> None:
@@ -66,7 +95,7 @@ def test_generator_is_deterministic(tmp_path: Path) -> None:
     write_sample(tmp_path / "b", n=3, size=64, seed=5)
     write_sample(tmp_path / "c", n=3, size=64, seed=6)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
-    assert len(files) == 6
+    assert len(files) == 8  # 3 scenes + 1 shifted, photo and label each
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     photo = Path("train/scene_000.JPG")
@@ -86,7 +115,11 @@ def test_generator_is_deterministic(tmp_path: Path) -> None:
 
 def test_ontario_layout(tmp_path: Path) -> None:
     counts = write_sample(tmp_path, n=4, size=64, seed=0)
-    assert counts == {"train": 3, "test": 1}
+    assert counts == {"train": 3, "test": 1, "test_shifted": 1}
+    assert sorted(p.name for p in (tmp_path / "test_shifted").iterdir()) == [
+        "shifted_000.JPG",
+        "shifted_000_mres.mat",
+    ]
     assert sorted(p.name for p in (tmp_path / "test").iterdir()) == [
         "scene_003.JPG",
         "scene_003_mres.mat",
@@ -100,7 +133,7 @@ def test_ontario_layout(tmp_path: Path) -> None:
 def test_sample_data_cli(runner, tmp_path: Path) -> None:
     result = runner("sample-data", tmp_path / "out", "--n", "3", "--seed", "2", "--size", "64")
     assert result.exit_code == 0, result.output
-    assert "train 2, test 1" in result.output
+    assert "train 2, test 1, test_shifted 1" in result.output
     dataset = load_dataset(data_cfg(source=str(tmp_path / "out")), progress=False)
     assert len(dataset.train) == 2 and len(dataset.test) == 1
 
@@ -143,7 +176,9 @@ def test_sample_data_refuses_a_non_empty_folder(runner, tmp_path: Path) -> None:
 
     result = runner("sample-data", out, "--n", "2", "--size", "64", "--seed", "1", "--overwrite")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.rglob("*.JPG")) == ["scene_000.JPG", "scene_001.JPG"]
+    assert sorted(p.name for p in out.rglob("*.JPG")) == [
+        "scene_000.JPG", "scene_001.JPG", "shifted_000.JPG"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary leftovers
     dataset = load_dataset(data_cfg(source=str(out)), progress=False)
     assert [i.stem for i in dataset.train] == ["scene_000"]

@@ -1,0 +1,632 @@
+"""Predicting a raster of any size tile by tile, with the same result as one piece.
+
+A mosaic is cut into tiles of ``predict.tile_size`` pixels (the *core*); each tile is read with a
+halo wide enough for every prediction window that touches its core, so the stitched result is
+the one :func:`segmenter.inference.predict_land` gives for the raster in one piece, up to float
+rounding (``tests/test_mosaic.py`` checks it):
+
+* the raster is shrunk by ``data.scale`` on the *global* grid: each tile's part of the scaled
+  raster is an area average over exactly the source pixels the whole-raster resize would use
+  (Pillow's box filter with the tile's fractional ``box``);
+* windows lie on the global grid of the whole scaled raster (reflection padding at the
+  raster's edges, ``predict.overlap``), and a tile predicts every window that overlaps its part
+  of the scaled map, accumulating them in the same order with the same centre-heavy weights;
+* the merged map is enlarged back bilinearly, again on the global grid, with a margin of scaled
+  pixels around the tile.
+
+Memory is set by the tile: one tile's pixels and maps at a time (plus the GMM subsample).
+Windows that overlap two tiles are predicted by both (the cost of the halo: with 2048-pixel
+tiles at scale 0.5, 7 % more 32-pixel windows and 30 % more 128-pixel ones than in one piece;
+4096-pixel tiles: 2 % and 9 %, for about 600 MB more peak memory).
+
+Whole-raster water mask: pass 1 predicts every tile into a float32 GeoTIFF of the probability
+of water and draws a seeded subsample of valid pixels from every tile (``postprocess.subsample``
+in all); the Gaussian mixture is fitted on that subsample and each component named water or
+land by the median probability of its subsample pixels; pass 2 reads each tile again and
+assigns every pixel. Nodata pixels are never predicted into the outputs, never sampled, and are
+nodata in every output.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segmenter.config import Config
+from segmenter.data import patches
+from segmenter.data.images import scaled_shape
+from segmenter.data.raster import Raster, Window, gdal_env, is_raster_name, open_raster
+from segmenter.errors import ConfigError, SegmenterError
+
+log = logging.getLogger(__name__)
+
+#: scaled pixels kept around a tile's part of the scaled map for the bilinear enlargement.
+UPSAMPLE_MARGIN = 2
+#: GeoTIFF block size of every raster written.
+BLOCK = 512
+#: mask values: as the Ontario labels' classes (land 1, water 2), so 0 stays free for nodata.
+MASK_LAND, MASK_WATER = 1, 2
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry of the global grid
+
+
+def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
+    """Indices into an axis of ``length`` as ``np.pad(mode="symmetric")`` maps padded ones."""
+    period = 2 * length
+    wrapped = np.mod(index, period)
+    return np.where(wrapped >= length, period - 1 - wrapped, wrapped)
+
+
+@dataclass(frozen=True)
+class ScaleGrid:
+    """One width's global window grid on the scaled raster (as predict_scale lays it out)."""
+
+    window: int
+    pad_y: int
+    pad_x: int
+    rows: tuple[int, ...]  # window tops in padded coordinates
+    cols: tuple[int, ...]
+
+
+@dataclass
+class TilePlan:
+    """Where one tile reads and what it computes (all ranges half-open)."""
+
+    index: int
+    core: Window  # full-resolution pixels this tile writes
+    small: Window  # scaled pixels it computes (core's support for the enlargement)
+    need: Window  # scaled pixels its windows read (after reflection)
+    read: Window  # full-resolution pixels it reads
+
+
+@dataclass
+class MosaicPlan:
+    """Tiles and grids of a raster of ``height x width`` for a config."""
+
+    height: int
+    width: int
+    small_shape: tuple[int, int]
+    grids: dict[int, ScaleGrid]
+    tiles: list[TilePlan] = field(default_factory=list)
+
+    @property
+    def scaled(self) -> bool:
+        return self.small_shape != (self.height, self.width)
+
+
+def plan_tiles(height: int, width: int, scale: float, windows: list[int], overlap: float,
+               tile_size: int) -> MosaicPlan:
+    """Cut a ``height x width`` raster into tiles with the halo each needs."""
+    small_h, small_w = scaled_shape((height, width), scale)
+    grids: dict[int, ScaleGrid] = {}
+    for window in windows:
+        pad = patches.pad_width(window)
+        pad_y = max(pad, int(math.ceil((window - small_h) / 2)))
+        pad_x = max(pad, int(math.ceil((window - small_w) / 2)))
+        stride = patches.grid_stride(window, overlap)
+        grids[window] = ScaleGrid(
+            window, pad_y, pad_x,
+            tuple(patches.grid_starts(small_h + 2 * pad_y, window, stride)),
+            tuple(patches.grid_starts(small_w + 2 * pad_x, window, stride)),
+        )
+    plan = MosaicPlan(height, width, (small_h, small_w), grids)
+    scaled = plan.scaled
+    index = 0
+    for top in range(0, height, tile_size):
+        for left in range(0, width, tile_size):
+            core = Window(top, left, min(height, top + tile_size), min(width, left + tile_size))
+            if scaled:
+                small = Window(
+                    max(0, math.floor(core.top * small_h / height) - UPSAMPLE_MARGIN),
+                    max(0, math.floor(core.left * small_w / width) - UPSAMPLE_MARGIN),
+                    min(small_h, math.ceil(core.bottom * small_h / height) + UPSAMPLE_MARGIN),
+                    min(small_w, math.ceil(core.right * small_w / width) + UPSAMPLE_MARGIN),
+                )
+            else:
+                small = core
+            need_rows = [small.top, small.bottom - 1]
+            need_cols = [small.left, small.right - 1]
+            for grid in grids.values():
+                rows = _overlapping(grid.rows, grid.window, small.top + grid.pad_y,
+                                    small.bottom + grid.pad_y)
+                cols = _overlapping(grid.cols, grid.window, small.left + grid.pad_x,
+                                    small.right + grid.pad_x)
+                span_r = reflect_index(np.arange(rows[0], rows[-1] + grid.window) - grid.pad_y,
+                                       small_h)
+                span_c = reflect_index(np.arange(cols[0], cols[-1] + grid.window) - grid.pad_x,
+                                       small_w)
+                need_rows += [int(span_r.min()), int(span_r.max())]
+                need_cols += [int(span_c.min()), int(span_c.max())]
+            need = Window(min(need_rows), min(need_cols), max(need_rows) + 1, max(need_cols) + 1)
+            if scaled:
+                ry, rx = height / small_h, width / small_w
+                read = Window(
+                    max(0, math.floor(need.top * ry) - 1), max(0, math.floor(need.left * rx) - 1),
+                    min(height, math.ceil(need.bottom * ry) + 1),
+                    min(width, math.ceil(need.right * rx) + 1),
+                )
+            else:
+                read = need
+            plan.tiles.append(TilePlan(index, core, small, need, read))
+            index += 1
+    return plan
+
+
+def _overlapping(starts: tuple[int, ...], window: int, low: int, high: int) -> list[int]:
+    """The starts whose window ``[s, s + window)`` overlaps ``[low, high)``."""
+    return [s for s in starts if s < high and s + window > low]
+
+
+# --------------------------------------------------------------------------------------------
+# Resizing on the global grid
+
+
+def _resize(values: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float],
+            resample: str) -> np.ndarray:
+    """Pillow resize of a float (h, w) or (h, w, C) array's ``box`` to ``size`` (rows, cols)."""
+    from PIL import Image
+
+    method = Image.Resampling.BOX if resample == "box" else Image.Resampling.BILINEAR
+
+    def one(channel: np.ndarray) -> np.ndarray:
+        pil = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32))
+        return np.asarray(pil.resize((size[1], size[0]), method, box=box), dtype=np.float32)
+
+    if values.ndim == 2:
+        return np.array(one(values))
+    out = np.empty((size[0], size[1], values.shape[2]), np.float32)
+    for channel in range(values.shape[2]):
+        out[..., channel] = one(values[..., channel])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# One tile's probability of land
+
+
+def predict_tile(models: Mapping[int, Any], raster: Raster, plan: MosaicPlan, tile: TilePlan,
+                 cfg: Config, weights: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray,
+                                                                      np.ndarray, dict]:
+    """Probability of land over ``tile.core`` (NaN at nodata), its RGB and its valid mask.
+
+    Returns:
+        ``land`` float32 (h, w), ``image`` float32 (h, w, 3), ``valid`` bool (h, w) of the core,
+        and counts (windows predicted per width).
+    """
+    from segmenter.inference import UNCOVERED_VALUE
+
+    image, valid = raster.read(tile.read)
+    off_y, off_x = tile.core.top - tile.read.top, tile.core.left - tile.read.left
+    core_h, core_w = tile.core.shape
+    core_image = image[off_y : off_y + core_h, off_x : off_x + core_w]
+    core_valid = valid[off_y : off_y + core_h, off_x : off_x + core_w]
+    counts: dict[int, int] = {}
+    if not core_valid.any():
+        land = np.full((core_h, core_w), np.nan, np.float32)
+        return land, np.array(core_image), np.array(core_valid), counts
+
+    small_h, small_w = plan.small_shape
+    need = tile.need
+    has_nodata = not bool(valid.all())
+    if plan.scaled:
+        ry, rx = plan.height / small_h, plan.width / small_w
+        box = (need.left * rx - tile.read.left, need.top * ry - tile.read.top,
+               need.right * rx - tile.read.left, need.bottom * ry - tile.read.top)
+        small_image = _resize(image, need.shape, box, "box")
+        np.clip(small_image, 0.0, 1.0, out=small_image)
+        small_valid = (_resize(valid.astype(np.float32), need.shape, box, "box") > 0
+                       if has_nodata else None)
+    else:
+        small_image = image
+        small_valid = valid if has_nodata else None
+    core_image = np.array(core_image)
+    core_valid = np.array(core_valid)
+    del image, valid
+
+    small = tile.small
+    merged = np.zeros(small.shape, np.float32)
+    merged_weight = np.zeros(small.shape, np.float32)
+    from segmenter.inference import output_transform
+
+    for patch_width, model in models.items():
+        grid = plan.grids[patch_width]
+        scale_map, count = _stitch(model, small_image, small_valid, grid, plan, tile, cfg,
+                                   output_transform(model, cfg))
+        counts[patch_width] = count
+        covered = ~np.isnan(scale_map)
+        merged += np.where(covered, scale_map * weights[patch_width], 0.0)
+        merged_weight += covered * np.float32(weights[patch_width])
+        del scale_map, covered
+    uncovered = merged_weight <= 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        merged = np.where(uncovered, np.float32(np.nan), merged / merged_weight)
+    merged[uncovered] = UNCOVERED_VALUE  # scaled pixels of nodata only: never written
+    del small_image
+
+    if plan.scaled:
+        sy, sx = small_h / plan.height, small_w / plan.width
+        box = (tile.core.left * sx - small.left, tile.core.top * sy - small.top,
+               tile.core.right * sx - small.left, tile.core.bottom * sy - small.top)
+        land = _resize(merged, (core_h, core_w), box, "bilinear")
+    else:
+        land = merged
+    np.clip(land, 0.0, 1.0, out=land)
+    land = land.astype(np.float32, copy=False)
+    land[~core_valid] = np.nan
+    return land, core_image, core_valid, counts
+
+
+def _stitch(model: Any, small_image: np.ndarray, small_valid: np.ndarray | None,
+            grid: ScaleGrid, plan: MosaicPlan, tile: TilePlan, cfg: Config,
+            output: str) -> tuple[np.ndarray, int]:
+    """One width's map over ``tile.small``: the global grid's windows that overlap it."""
+    from segmenter.inference import compiled_infer, window_weight, windows_per_call
+
+    window = grid.window
+    small, need = tile.small, tile.need
+    rows = _overlapping(grid.rows, window, small.top + grid.pad_y, small.bottom + grid.pad_y)
+    cols = _overlapping(grid.cols, window, small.left + grid.pad_x, small.right + grid.pad_x)
+    top0, left0 = rows[0], cols[0]
+    row_idx = reflect_index(np.arange(top0, rows[-1] + window) - grid.pad_y,
+                            plan.small_shape[0]) - need.top
+    col_idx = reflect_index(np.arange(left0, cols[-1] + window) - grid.pad_x,
+                            plan.small_shape[1]) - need.left
+    padded = np.take(np.take(small_image, row_idx, axis=0), col_idx, axis=1)
+    positions = [(r - top0, c - left0) for r in rows for c in cols]
+    if small_valid is not None:
+        valid = np.take(np.take(small_valid, row_idx, axis=0), col_idx, axis=1)
+        integral = np.pad(valid.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        positions = [
+            (r, c) for r, c in positions
+            if integral[r + window, c + window] - integral[r, c + window]
+            - integral[r + window, c] + integral[r, c] > 0
+        ]
+    total = np.zeros(padded.shape[:2], np.float32)
+    weight_sum = np.zeros(padded.shape[:2], np.float32)
+    if positions:
+        pcfg = cfg.predict
+        infer = compiled_infer(model, (window, window), tta=pcfg.tta, output=output)
+        batch_size = windows_per_call(pcfg.batch_size, window, pcfg.tta)
+        weight = window_weight(window)
+        size = min(batch_size, len(positions))
+        buffers = [np.empty((size, window, window, 3), np.float32) for _ in range(2)]
+
+        def accumulate(predicted: np.ndarray, chunk: list[tuple[int, int]]) -> None:
+            if not np.isfinite(predicted).all():
+                raise SegmenterError(
+                    f"the model of width {window} predicted non-finite values (NaN or inf); "
+                    f"its weights are probably corrupt (retrain that width)"
+                )
+            predicted *= weight
+            for i, (top, left) in enumerate(chunk):
+                total[top : top + window, left : left + window] += predicted[i]
+                weight_sum[top : top + window, left : left + window] += weight
+
+        # As predict_scale: TensorFlow predicts one batch while numpy accumulates the last.
+        with ThreadPoolExecutor(max_workers=1) as runner:
+            pending = None
+            for number, chunk in enumerate(patches.batched(positions, batch_size)):
+                batch = buffers[number % 2][: len(chunk)]
+                for i, (top, left) in enumerate(chunk):
+                    batch[i] = padded[top : top + window, left : left + window]
+                running = runner.submit(lambda b=batch: infer(b).numpy())
+                if pending is not None:
+                    accumulate(pending[0].result(), pending[1])
+                pending = (running, chunk)
+            if pending is not None:
+                accumulate(pending[0].result(), pending[1])
+    crop = (slice(small.top + grid.pad_y - top0, small.bottom + grid.pad_y - top0),
+            slice(small.left + grid.pad_x - left0, small.right + grid.pad_x - left0))
+    total, weight_sum = total[crop], weight_sum[crop]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = np.where(weight_sum > 0, total / weight_sum, np.float32(np.nan))
+    return result.astype(np.float32, copy=False), len(positions)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole raster: two passes, outputs
+
+
+@dataclass
+class RasterResult:
+    """What :func:`predict_raster` did: files written and numbers for the summary."""
+
+    files: dict[str, str]
+    size: tuple[int, int]
+    water_fraction: float
+    threshold: dict[str, Any]
+    notes: list[str]
+    windows: dict[int, int]
+    tiles: int
+    seconds: float
+
+
+def check_supported(cfg: Config) -> None:
+    """Settings that only make sense for a whole photo in memory are refused for rasters."""
+    if cfg.predict.sampling != "grid":
+        raise ConfigError("predict.sampling: rasters are predicted on the grid only (not random)")
+    if cfg.predict.rescale != "none":
+        raise ConfigError("predict.rescale: minmax needs the whole map at once; not for rasters")
+
+
+def predict_raster(location: str, stem: str, loaded: Any, cfg: Config, out_dir: Path, *,
+                   storage: Any = None, relpath: str = "", vector: bool = False,
+                   tile_size: int | None = None) -> RasterResult:
+    """Predict a GeoTIFF/COG tile by tile and write its georeferenced outputs into ``out_dir``.
+
+    Args:
+        location: local path or ``s3://`` URL (for messages and opening).
+        stem: output file stem.
+        loaded: the run's models (:class:`segmenter.predictor.LoadedModels`).
+        cfg: the effective config (``data.bands``, ``data.nodata``, ``predict.*``,
+            ``postprocess.*``).
+        out_dir: output folder.
+        storage, relpath: where :func:`segmenter.data.storage.expand_inputs` found the file.
+        vector: also write the GeoJSON vectors.
+        tile_size: override of ``predict.tile_size`` (tests).
+
+    Raises:
+        SegmenterError: unreadable raster, bad bands, unsupported settings, a write failure.
+    """
+    import rasterio
+
+    from segmenter import geooutputs
+    from segmenter.inference import _merge_weights, select_models
+
+    check_supported(cfg)
+    started = time.perf_counter()
+    models = select_models(loaded.models, cfg)
+    weights = _merge_weights(models, cfg.predict.merge, loaded.scores)
+    out_dir = Path(out_dir)
+    paths = geooutputs.raster_output_paths(out_dir, stem)
+    pp = cfg.postprocess
+    with open_raster(location, cfg.data, storage=storage, relpath=relpath) as raster:
+        notes = list(raster.notes)
+        if cfg.predict.save_scales or cfg.predict.save_float:
+            notes.append("predict.save_scales / save_float do not apply to rasters (the "
+                         "probability GeoTIFF is float32)")
+        for note in notes:  # a missing CRS is a warning: the outputs will not be on a map
+            level = logging.WARNING if "no coordinate" in note else logging.INFO
+            log.log(level, "%s: %s", location, note)
+        plan = plan_tiles(raster.height, raster.width, cfg.data.scale, list(models),
+                          cfg.predict.overlap, tile_size or cfg.predict.tile_size)
+        prob_nodata = geooutputs.prob_nodata(raster)
+        mask_nodata = geooutputs.mask_nodata(raster)
+        total_pixels = raster.height * raster.width
+        rate = min(1.0, 2.0 * pp.subsample / total_pixels)
+        samples_land: list[np.ndarray] = []
+        samples_rgb: list[np.ndarray] = []
+        windows: dict[int, int] = dict.fromkeys(models, 0)
+        valid_pixels = 0
+        prob_path, prob_profile = geooutputs.scratch_raster(out_dir, stem, raster, "float32",
+                                                            prob_nodata)
+        mask_path, mask_profile = geooutputs.scratch_raster(out_dir, stem, raster, "uint8",
+                                                            mask_nodata)
+        try:
+            # Pass 1: probabilities, and a seeded subsample of valid pixels from every tile.
+            with gdal_env(), rasterio.open(prob_path, "w", **prob_profile) as dst:
+                for tile in plan.tiles:
+                    land, image, valid, counts = predict_tile(models, raster, plan, tile, cfg,
+                                                              weights)
+                    for width, count in counts.items():
+                        windows[width] += count
+                    water = 1.0 - land
+                    if prob_nodata is not None:
+                        water[~valid] = prob_nodata
+                    dst.write(water[None], window=tile.core.rio())
+                    n_valid = int(valid.sum())
+                    valid_pixels += n_valid
+                    if n_valid:
+                        rng = np.random.default_rng([pp.seed, tile.index])
+                        pick = rng.random(n_valid) < rate
+                        samples_land.append(land[valid][pick])
+                        samples_rgb.append(image[valid][pick])
+                    del land, image, valid, water
+            if not valid_pixels:
+                raise SegmenterError(f"{location}: every pixel is nodata; nothing to predict")
+            sample_land = np.concatenate(samples_land)
+            sample_rgb = np.concatenate(samples_rgb)
+            del samples_land, samples_rgb
+            if sample_land.size > pp.subsample:
+                keep = np.sort(np.random.default_rng(pp.seed).choice(
+                    sample_land.size, pp.subsample, replace=False))
+                sample_land, sample_rgb = sample_land[keep], sample_rgb[keep]
+            decide = fit_decision(sample_land, sample_rgb, pp)
+            threshold = decide.info
+
+            # Pass 2: assign every pixel of every tile; the overview for the overlay.
+            overview = _Overview(raster.height, raster.width, cfg.predict.overview_size)
+            water_pixels = 0
+            with gdal_env(), rasterio.open(prob_path) as probs, \
+                    rasterio.open(mask_path, "w", **mask_profile) as dst:
+                for tile in plan.tiles:
+                    image, valid = raster.read(tile.core)
+                    water_prob = probs.read(1, window=tile.core.rio())
+                    water = np.zeros(valid.shape, bool)
+                    if valid.any():
+                        water[valid] = decide.water(1.0 - water_prob[valid], image[valid])
+                    mask = np.where(water, np.uint8(MASK_WATER), np.uint8(MASK_LAND))
+                    if mask_nodata is not None:
+                        mask[~valid] = mask_nodata
+                    dst.write(mask[None], window=tile.core.rio())
+                    water_pixels += int(water.sum())
+                    water_prob = np.where(valid, water_prob, 0.0)
+                    overview.add(tile.core, image, water_prob, water)
+                    del image, valid, water_prob, water, mask
+            files: dict[str, str] = {}
+            geooutputs.finish_raster(prob_path, paths["water_prob"], cfg.predict.cog, "AVERAGE")
+            files["water_prob"] = str(paths["water_prob"])
+            geooutputs.finish_raster(mask_path, paths["water_mask"], cfg.predict.cog, "NEAREST")
+            files["water_mask"] = str(paths["water_mask"])
+        finally:
+            for scratch in (prob_path, mask_path):
+                if scratch.exists():
+                    scratch.unlink()
+        fraction = water_pixels / valid_pixels
+        from segmenter import outputs
+        from segmenter.fileio import write_bytes
+
+        write_bytes(paths["overlay"], outputs.png_bytes(outputs.overlay(
+            overview.image, overview.water_prob, overview.water, pp.method)))
+        files["overlay"] = str(paths["overlay"])
+        if vector:
+            files.update(geooutputs.write_vectors(
+                paths["water_mask"], paths, raster.crs, raster.transform,
+                cfg.predict.vector_tolerance))
+        size = (raster.height, raster.width)
+    threshold["water_fraction"] = fraction
+    return RasterResult(files=files, size=size, water_fraction=fraction, threshold=threshold,
+                        notes=notes, windows=windows, tiles=len(plan.tiles),
+                        seconds=time.perf_counter() - started)
+
+
+class _Overview:
+    """An overview-sized copy of the image, probability of water and mask (nearest pixel)."""
+
+    def __init__(self, height: int, width: int, longest: int) -> None:
+        factor = max(1.0, max(height, width) / longest)
+        shape = (max(1, round(height / factor)), max(1, round(width / factor)))
+        self.rows = np.minimum(((np.arange(shape[0]) + 0.5) * height / shape[0]).astype(int),
+                               height - 1)
+        self.cols = np.minimum(((np.arange(shape[1]) + 0.5) * width / shape[1]).astype(int),
+                               width - 1)
+        self.image = np.zeros((*shape, 3), np.float32)
+        self.water_prob = np.zeros(shape, np.float32)
+        self.water = np.zeros(shape, bool)
+
+    def add(self, core: Window, image: np.ndarray, water_prob: np.ndarray,
+            water: np.ndarray) -> None:
+        r = np.nonzero((self.rows >= core.top) & (self.rows < core.bottom))[0]
+        c = np.nonzero((self.cols >= core.left) & (self.cols < core.right))[0]
+        if not r.size or not c.size:
+            return
+        at = np.ix_(self.rows[r] - core.top, self.cols[c] - core.left)
+        into = np.ix_(r, c)
+        self.image[into] = image[at]
+        self.water_prob[into] = water_prob[at]
+        self.water[into] = water[at]
+
+
+@dataclass
+class Decision:
+    """How every pixel is called water: a fitted mixture, or a threshold."""
+
+    method: str
+    threshold: float
+    info: dict[str, Any]
+    gmm: Any = None
+    is_land: np.ndarray | None = None
+
+    def water(self, land: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+        """Water (True) for pixels of probability of land ``land`` (n,) and colour (n, 3)."""
+        if self.gmm is None:
+            return land <= self.threshold
+        from threadpoolctl import threadpool_limits
+
+        from segmenter.postprocess import assign_components
+
+        with threadpool_limits(1, user_api="blas"):
+            labels = assign_components(self.gmm, land, rgb)
+        return ~self.is_land[labels]
+
+
+def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
+    """The whole raster's rule, from a subsample of its valid pixels.
+
+    ``gmm``: the mixture of :func:`segmenter.postprocess.gmm_water_mask` (same features,
+    settings and naming rule: a component is land when the median probability of its pixels is
+    above the threshold, revised to the mean of the medians when all fall on one side), fitted
+    on the subsample, its medians taken over the subsample. ``otsu``: Otsu's threshold of the
+    subsample's probabilities. ``global``: ``postprocess.threshold``.
+    """
+    if pp.method == "global":
+        return Decision("global", pp.threshold, {"method": "global", "threshold": pp.threshold})
+    if pp.method == "otsu":
+        from skimage.filters import threshold_otsu
+
+        if land.size == 0 or float(land.max() - land.min()) < 1e-6:
+            value = 0.5
+        else:
+            value = float(threshold_otsu(land, nbins=256))
+        return Decision("otsu", value, {"method": "otsu", "threshold": value,
+                                        "fitted_on": int(land.size)})
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    from segmenter.postprocess import (
+        assign_components,
+        component_histogram,
+        medians_from_histogram,
+        prob_logit,
+    )
+
+    features = np.empty((land.size, 4), np.float32)
+    features[:, 0] = prob_logit(land)
+    features[:, 1:] = rgb
+    distinct = len(np.unique(features[:1000], axis=0))
+    if distinct < pp.n_components:
+        distinct = len(np.unique(features, axis=0))
+    gmm = GaussianMixture(n_components=max(1, min(pp.n_components, distinct)),
+                          covariance_type="full", max_iter=pp.max_iter, random_state=pp.seed,
+                          reg_covar=1e-5)
+    with threadpool_limits(1, user_api="blas"):
+        gmm.fit(features)
+        labels = assign_components(gmm, land, rgb)
+    medians = medians_from_histogram(component_histogram(labels, land, gmm.n_components))
+    threshold = pp.threshold
+    present = [m for m in medians if m is not None]
+    revised = False
+    if len(present) > 1 and (all(m > threshold for m in present)
+                             or all(m <= threshold for m in present)):
+        threshold, revised = float(np.mean(present)), True
+        log.info("GMM: every component median is on one side of %.3f; threshold revised to "
+                 "the mean of the medians, %.3f", pp.threshold, threshold)
+    is_land = np.array([m is not None and m > threshold for m in medians])
+    info = {
+        "method": "gmm", "features": "logit(p), R, G, B", "threshold": threshold,
+        "threshold_configured": pp.threshold, "revised": revised,
+        "components": [{"median_land_prob": m, "class": "land" if k else "water"}
+                       for m, k in zip(medians, is_land.tolist(), strict=True)],
+        "fitted_on": int(land.size),
+    }
+    return Decision("gmm", threshold, info, gmm=gmm, is_land=is_land)
+
+
+def is_raster_ref(ref: Any) -> bool:
+    """Whether a ``predict`` input is read as a raster (GeoTIFF / COG) rather than a photo."""
+    return is_raster_name(str(ref.path))
+
+
+def predict_raster_ref(ref: Any, stem: str, loaded: Any, cfg: Config, out_dir: Path,
+                       vector: bool = False) -> tuple[dict[str, Any], str]:
+    """:func:`predict_raster` for a ``predict`` input: summary fields and the report line."""
+    storage = getattr(ref, "storage", None)
+    result = predict_raster(str(ref.path), stem, loaded, cfg, out_dir, storage=storage,
+                            relpath=getattr(ref, "relpath", ""), vector=vector)
+    height, width = result.size
+    fields = {
+        "status": "ok",
+        "size": [height, width],
+        "water_fraction": round(result.water_fraction, 6),
+        "method": result.threshold["method"],
+        "threshold": round(float(result.threshold["threshold"]), 6),
+        "threshold_revised": bool(result.threshold.get("revised", False)),
+        "seconds": round(result.seconds, 3),
+        "notes": result.notes,
+        "tiles": result.tiles,
+        "windows": {str(k): v for k, v in result.windows.items()},
+        "outputs": {k: Path(v).name for k, v in result.files.items()},
+    }
+    line = (f"{stem}: {width}x{height} px raster in {result.tiles} tile(s), water "
+            f"{result.water_fraction:.1%} of valid pixels, {result.seconds:.1f} s")
+    return fields, line

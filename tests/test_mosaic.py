@@ -1,0 +1,222 @@
+"""Rasters end to end: tiled prediction equals one piece, georeferenced outputs, bad rasters.
+
+Every raster is a generated sample scene written as a GeoTIFF in UTM zone 17N; outputs are read
+back with rasterio. The run is tiny and untrained (its maps still vary with the input).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from raster_data import rgb_raster, scene_pixels, transform, write_raster
+from test_predict_cli import make_run
+
+rasterio = pytest.importorskip("rasterio")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run") / "run")
+
+
+def loaded_run(run_dir: Path, overrides=()):
+    from segmenter import predictor
+    from segmenter.config import load_config
+    from segmenter.runs import open_run
+
+    run = open_run(run_dir)
+    cfg = load_config(None, list(overrides), base=run.config)
+    return predictor.load_models(run, cfg), cfg
+
+
+def whole_land(path: Path, loaded, cfg) -> np.ndarray:
+    """The raster predicted in one piece by inference.predict_land."""
+    from segmenter.data.raster import Window, open_raster
+    from segmenter.inference import predict_land
+
+    with open_raster(str(path), cfg.data) as raster:
+        image, _ = raster.read(Window(0, 0, raster.height, raster.width))
+    return predict_land(loaded.models, image, cfg, weights=loaded.scores).land_prob
+
+
+@pytest.mark.parametrize("scale", ["0.5", "1.0", "0.3"])
+def test_tiled_prediction_equals_one_piece(run_dir, tmp_path, scale):
+    from segmenter import mosaic
+
+    tif = rgb_raster(tmp_path / "m.tif", size=200)  # 150 x 200
+    loaded, cfg = loaded_run(run_dir, [f"data.scale={scale}"])
+    result = mosaic.predict_raster(str(tif), "m", loaded, cfg, tmp_path / "out", tile_size=64)
+    assert result.tiles == 12
+    with rasterio.open(result.files["water_prob"]) as src:
+        tiled = 1.0 - src.read(1)
+    whole = whole_land(tif, loaded, cfg)
+    assert whole.std() > 1e-3  # the maps vary, so a stitching error would show
+    np.testing.assert_allclose(tiled, whole, atol=2e-6, rtol=0)
+
+
+def test_naive_tiling_would_fail_the_comparison(run_dir, tmp_path):
+    """Predicting each tile on its own (no halo, no global grid) is visibly different."""
+    from segmenter.inference import predict_land
+
+    tif = rgb_raster(tmp_path / "m.tif", size=200)
+    loaded, cfg = loaded_run(run_dir)
+    whole = whole_land(tif, loaded, cfg)
+    image = scene_pixels(200)[0].astype(np.float32) / 255
+    naive = np.zeros_like(whole)
+    for top in range(0, 150, 64):
+        for left in range(0, 200, 64):
+            part = image[top : top + 64, left : left + 64]
+            naive[top : top + 64, left : left + 64] = predict_land(
+                loaded.models, part, cfg).land_prob
+    assert np.abs(naive - whole).max() > 1e-4
+
+
+def collar_raster(path: Path) -> tuple[Path, np.ndarray]:
+    """An RGB raster with a nodata value 0 on a collar and a hole; returns the nodata mask."""
+    image, _ = scene_pixels(200)
+    bands = np.moveaxis(image, -1, 0).copy()
+    bands[bands == 0] = 1  # real pixels are never exactly the nodata value
+    nodata = np.zeros(bands.shape[1:], bool)
+    nodata[:, :23] = True
+    nodata[100:, 150:] = True
+    bands[:, nodata] = 0
+    return write_raster(path, bands, nodata=0), nodata
+
+
+def test_predict_cli_writes_georeferenced_cogs(runner, run_dir, tmp_path):
+    tif, nodata = collar_raster(tmp_path / "shore.tif")
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, tif, "--out", out, "--vector",
+                    "--set", "predict.tile_size=64", "--set", "predict.overview_size=100")
+    assert result.exit_code == 0, result.output
+    assert "shore: 200x150 px raster in 12 tile(s)" in result.output
+    with rasterio.open(tif) as src:
+        crs, geotransform = src.crs, src.transform
+    with rasterio.open(out / "shore_water_prob.tif") as prob, \
+            rasterio.open(out / "shore_water_mask.tif") as mask:
+        for dst in (prob, mask):
+            assert dst.crs == crs and dst.crs.to_epsg() == 32617
+            assert dst.transform == geotransform == transform()
+            assert (dst.width, dst.height) == (200, 150)
+            assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            assert dst.profile["tiled"]
+        assert np.isnan(prob.nodata) and mask.nodata == 0  # the input's 0, kept for the mask
+        water_prob, classes = prob.read(1), mask.read(1)
+        assert (mask.read_masks(1) == 0).tolist() == nodata.tolist()
+    assert np.isnan(water_prob[nodata]).all() and np.isfinite(water_prob[~nodata]).all()
+    assert (classes[nodata] == 0).all() and set(np.unique(classes[~nodata])) <= {1, 2}
+    assert ((water_prob[~nodata] >= 0) & (water_prob[~nodata] <= 1)).all()
+    from PIL import Image
+
+    overlay = Image.open(out / "shore_overlay.png")
+    assert overlay.width == 640 and overlay.height > 75  # 100 x 75 map, legend at least 640
+    summary = json.loads((out / "predictions.json").read_text())["images"][0]
+    assert summary["status"] == "ok" and summary["size"] == [150, 200]
+    water_share = float((classes == 2).sum() / (~nodata).sum())
+    assert summary["water_fraction"] == pytest.approx(water_share, abs=1e-6)
+    polygons = json.loads((out / "shore_water.geojson").read_text())
+    assert polygons["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32617"
+    left, top = transform() * (0, 0)
+    right, bottom = transform() * (200, 150)
+    for feature in polygons["features"]:
+        xs, ys = np.array(feature["geometry"]["coordinates"][0]).T
+        assert (xs >= left - 1e-6).all() and (xs <= right + 1e-6).all()
+        assert (ys >= bottom - 1e-6).all() and (ys <= top + 1e-6).all()
+    if (classes == 2).any() and (classes == 1).any():
+        assert polygons["features"]
+        assert json.loads((out / "shore_shoreline.geojson").read_text())["features"]
+    again = runner("predict", "--run", run_dir, tif, "--out", out)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_16_bit_four_band_raster_reads_like_the_8_bit_one(tmp_path):
+    from segmenter.config import DataConfig
+    from segmenter.data.raster import Window, open_raster
+
+    image, _ = scene_pixels(120)
+    rgb = np.moveaxis(image, -1, 0).astype(np.uint16)
+    nir = np.full((1, *rgb.shape[1:]), 3000, np.uint16)
+    twelve = np.concatenate([rgb * 16 + 7, nir])  # 12 bits used of 16
+    write_raster(tmp_path / "rgbn.tif", twelve)
+    rgb_raster(tmp_path / "rgb.tif", size=120)
+    cfg = DataConfig()
+    with open_raster(str(tmp_path / "rgb.tif"), cfg) as raster:
+        eight, _ = raster.read(Window(0, 0, raster.height, raster.width))
+    with open_raster(str(tmp_path / "rgbn.tif"), cfg) as raster:
+        assert raster.value_max == 4095
+        sixteen, valid = raster.read(Window(0, 0, raster.height, raster.width))
+        notes = " ".join(raster.notes)
+    assert "bands 1 (undefined), 2 (undefined), 3 (undefined) used" in notes or \
+        "used as R, G, B" in notes
+    assert "not used: 4" in notes and "4095" in notes and valid.all()
+    assert np.abs(sixteen - eight).max() < 0.01  # not nearly black (65535 would give ~0.06)
+    with open_raster(str(tmp_path / "rgbn.tif"), DataConfig(bands=[3, 2, 1])) as raster:
+        swapped, _ = raster.read(Window(0, 0, raster.height, raster.width))
+    np.testing.assert_array_equal(swapped, sixteen[..., ::-1])
+
+
+def test_alpha_band_is_the_nodata_mask(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    from segmenter.config import DataConfig
+    from segmenter.data.raster import Window, open_raster
+
+    image, _ = scene_pixels(120)
+    alpha = np.full((1, *image.shape[:2]), 255, np.uint8)
+    alpha[0, :10] = 0
+    bands = np.concatenate([np.moveaxis(image, -1, 0), alpha])
+    interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    write_raster(tmp_path / "rgba.tif", bands, colorinterp=interp)
+    with open_raster(str(tmp_path / "rgba.tif"), DataConfig()) as raster:
+        _, valid = raster.read(Window(0, 0, raster.height, raster.width))
+        assert "4 (alpha: used as the nodata mask)" in " ".join(raster.notes)
+    assert not valid[:10].any() and valid[10:].all()
+
+
+def test_16_bit_four_band_raster_predicts(runner, run_dir, tmp_path):
+    image, _ = scene_pixels(120)
+    rgb = np.moveaxis(image, -1, 0).astype(np.uint16) * 16
+    write_raster(tmp_path / "rgbn.tif", np.concatenate([rgb, rgb[:1]]), nodata=65535)
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, tmp_path / "rgbn.tif", "--out", out)
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out / "rgbn_water_mask.tif") as mask:
+        assert mask.nodata == 0 and set(np.unique(mask.read(1))) <= {1, 2}
+    with rasterio.open(out / "rgbn_water_prob.tif") as prob:
+        assert prob.nodata == 65535  # outside [0, 1]: the input's value is kept
+
+
+def test_raster_without_crs_is_predicted_and_said_once(runner, run_dir, tmp_path):
+    tif = rgb_raster(tmp_path / "plain.tif", size=120, crs=None)
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, tif, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("no coordinate reference system") == 1
+    with rasterio.open(out / "plain_water_mask.tif") as mask:
+        assert mask.crs is None
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "one_band", "bad_bands"])
+def test_bad_rasters_are_one_line(runner, run_dir, tmp_path, kind):
+    path = tmp_path / f"{kind}.tif"
+    extra = []
+    if kind == "corrupt":
+        good = rgb_raster(tmp_path / "good.tif", size=120).read_bytes()
+        path.write_bytes(good[:300])  # a TIFF header, then nothing
+    elif kind == "one_band":
+        write_raster(path, scene_pixels(120)[0][None, ..., 0].copy())
+    else:
+        rgb_raster(path, size=120)
+        extra = ["--set", "data.bands=[1, 2, 5]"]
+    result = runner("predict", "--run", run_dir, path, "--out", tmp_path / "out", *extra)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    failure = [line for line in result.output.splitlines() if line.startswith("FAILED")]
+    assert len(failure) == 1 and f"{kind}.tif" in failure[0]
+    expected = {"corrupt": "the file is corrupt or truncated", "one_band": "has 1 band(s)",
+                "bad_bands": "has 3 band(s) but data.bands asks for bands 1, 2, 5"}[kind]
+    assert expected in failure[0]
+    assert not list((tmp_path / "out").glob("*.tif"))  # no half-written output, no scratch
