@@ -167,7 +167,7 @@ def grid_window_count(shape: tuple[int, int], window: int, overlap: float) -> in
 
 
 def window_batch_seconds(loaded: Any, cfg: Any, windows: dict[int, int], passes: int,
-                         repeats: int = 2) -> dict[int, float]:
+                         repeats: int = 2, cpu: bool = False) -> dict[int, Any]:
     """The ceiling: seconds each compiled model needs for ``windows[w] * passes`` windows.
 
     The windows are cut beforehand and already in memory (random pixels: the compute does not
@@ -176,6 +176,7 @@ def window_batch_seconds(loaded: Any, cfg: Any, windows: dict[int, int], passes:
     machine can do; a neighbour's load only slows it). With TTA (``passes`` 4) every window
     runs 4 times in the same full batches, so the windows are timed once and the time is
     multiplied by ``passes`` (timing all 4 copies took as long as predicting, twice over).
+    With ``cpu`` each width gives (wall seconds, process CPU seconds).
     """
     from segmenter import inference
 
@@ -190,15 +191,16 @@ def window_batch_seconds(loaded: Any, cfg: Any, windows: dict[int, int], passes:
         infer(batch).numpy()  # trace and warm up
         if rest:
             infer(batch[:rest]).numpy()
-        best = float("inf")
+        best, best_cpu = float("inf"), float("inf")
         for _ in range(repeats):
-            tick = time.perf_counter()
+            tick, cpu_tick = time.perf_counter(), time.process_time()
             for _ in range(full):
                 infer(batch).numpy()
             if rest:
                 infer(batch[:rest]).numpy()
             best = min(best, time.perf_counter() - tick)
-        out[patch_width] = best * passes
+            best_cpu = min(best_cpu, time.process_time() - cpu_tick)
+        out[patch_width] = (best * passes, best_cpu * passes) if cpu else best * passes
     return out
 
 
@@ -225,25 +227,6 @@ def photos_child(run_dir: str, photo_dir: str, out_dir: str, overrides: list[str
     loaded = predictor.load_models(run, cfg)
     startup = time.perf_counter() - started
 
-    gmm = [0.0]
-    original = postprocess.water_mask
-
-    def timed_water_mask(*args: Any, **kwargs: Any) -> Any:
-        tick = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            gmm[0] += time.perf_counter() - tick
-
-    postprocess.water_mask = timed_water_mask
-    tick = time.perf_counter()
-    records, failures = predictor.predict_inputs(refs, loaded, cfg, Path(out_dir),
-                                                 run_path=run_dir)
-    loop = time.perf_counter() - tick
-    postprocess.water_mask = original
-    if failures:
-        raise SystemExit(f"{len(failures)} photo(s) failed: {failures[0]}")
-
     from PIL import Image
 
     windows = {w: 0 for w in loaded.models}
@@ -255,12 +238,40 @@ def photos_child(run_dir: str, photo_dir: str, out_dir: str, overrides: list[str
         for patch_width in windows:
             windows[patch_width] += grid_window_count(shape, patch_width, cfg.predict.overlap)
     passes = 4 if cfg.predict.tta else 1
-    ceiling = window_batch_seconds(loaded, cfg, windows, passes)
+    # The ceiling is timed just before and just after the loop and the faster kept: on a
+    # machine shared with other jobs the load drifts, and this brackets the loop in time.
+    before = window_batch_seconds(loaded, cfg, windows, passes, repeats=1, cpu=True)
+    from segmenter import inference
+
+    inference._COMPILED.clear()  # the loop traces its own functions, as `segmenter predict`
+
+    gmm = [0.0]
+    original = postprocess.water_mask
+
+    def timed_water_mask(*args: Any, **kwargs: Any) -> Any:
+        tick = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            gmm[0] += time.perf_counter() - tick
+
+    postprocess.water_mask = timed_water_mask
+    tick, cpu_tick = time.perf_counter(), time.process_time()
+    records, failures = predictor.predict_inputs(refs, loaded, cfg, Path(out_dir),
+                                                 run_path=run_dir)
+    loop, loop_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
+    postprocess.water_mask = original
+    if failures:
+        raise SystemExit(f"{len(failures)} photo(s) failed: {failures[0]}")
+    after = window_batch_seconds(loaded, cfg, windows, passes, repeats=1, cpu=True)
+    ceiling = {w: min(before[w][0], after[w][0]) for w in windows}
+    ceiling_cpu = {w: min(before[w][1], after[w][1]) for w in windows}
     del outputs
     print(json.dumps({
         "photos": len(records), "megapixels": pixels / 1e6, "loop_seconds": loop,
         "gmm_seconds": gmm[0], "startup_seconds": startup, "windows": windows,
-        "passes": passes, "ceiling_seconds": ceiling,
+        "passes": passes, "ceiling_seconds": ceiling, "loop_cpu_seconds": loop_cpu,
+        "ceiling_cpu_seconds": ceiling_cpu, "load": os.getloadavg()[0],
     }))
 
 
@@ -304,6 +315,11 @@ def photos_main(args: argparse.Namespace) -> None:
             (f"{label}: GMM", f"{result['gmm_seconds']:.1f} s "
                               f"(share {result['gmm_seconds'] / loop:.3f})"),
             (f"{label}: ceiling / predict", f"{ideal / loop:.3f}"),
+            (f"{label}: same in process CPU seconds",
+             f"{sum(result['ceiling_cpu_seconds'].values()):.1f} / "
+             f"{result['loop_cpu_seconds']:.1f} = "
+             f"{sum(result['ceiling_cpu_seconds'].values()) / result['loop_cpu_seconds']:.3f}"),
+            (f"{label}: load average at the end", f"{result['load']:.1f}"),
         ]
         figures[label] = (ideal / loop, result["gmm_seconds"] / loop)
     tta_cost = with_tta["loop_seconds"] / without["loop_seconds"] / with_tta["passes"]
