@@ -217,7 +217,17 @@ class PostprocessConfig(_Section):
     max_iter: int = Field(50, ge=1, le=10_000, description="GMM EM iterations.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Probability-of-land threshold.")
     subsample: int = Field(
-        200_000, ge=100, le=100_000_000, description="Pixels the GMM is fitted on."
+        200_000, ge=100, le=100_000_000,
+        description="Most pixels the GMM is fitted on (large photos).",
+    )
+    subsample_share: float | None = Field(
+        0.05, gt=0, le=1,
+        description="Share of a photo's pixels the GMM is fitted on, at least subsample_min and "
+        "at most subsample (null: always subsample); small photos fit in a fraction of the time.",
+    )
+    subsample_min: int = Field(
+        20_000, ge=100, le=100_000_000,
+        description="Fewest pixels the GMM is fitted on (when the photo has them).",
     )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Seed of the GMM subsample and initialisation."

@@ -90,6 +90,7 @@ class PredictionRecord(_Record):
     threshold: float | None = None
     threshold_revised: bool | None = None
     seconds: float | None = None
+    gmm_seconds: float | None = None
     notes: list[str] | None = None
     coverage: Any = None
     outputs: dict[str, str] | None = None

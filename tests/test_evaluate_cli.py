@@ -60,6 +60,7 @@ def test_evaluate_table_and_default_out(runner, run_dir, scenes):
     assert result.exit_code == 0, result.output
     assert "overall (4 images)" in result.output and "water_iou" in result.output
     assert (run_dir / "evaluation" / "evaluation.csv").is_file()
+    assert "4 image(s) in " in result.output and " s per image (prediction median " in result.output
 
 
 @pytest.mark.parametrize("content", [b"", b"0123456789"])

@@ -167,3 +167,17 @@ def test_mask_clean_up_fills_glints_and_drops_specks():
     assert not big.any()  # ... unless the area says otherwise
     same, stats = clean_mask(raw, 0.0, 0.0)
     assert same is raw and stats == {}
+
+
+def test_gmm_subsample_follows_the_photo_size():
+    from segmenter.postprocess import subsample_size
+
+    cfg = PostprocessConfig()  # share 0.05, at least 20 000, at most 200 000
+    assert subsample_size(560_000, cfg) == 28_000
+    assert subsample_size(100_000, cfg) == 20_000
+    assert subsample_size(25_000_000, cfg) == 200_000
+    assert subsample_size(560_000, PostprocessConfig(subsample_share=None)) == 200_000
+    prob, image, _ = two_populations(size=300)
+    _, info = water_mask(prob, image, PostprocessConfig(n_components=3,
+                                                        subsample_min=1000))
+    assert info["fitted_on"] == 4500

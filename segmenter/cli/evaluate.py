@@ -95,6 +95,8 @@ def evaluate(
     json_path, csv_path = evaluation.write_report(out_dir, report)
     if as_json:
         click.echo(json.dumps(report))
+        click.echo(evaluation.seconds_line(report), err=True)  # stdout stays one JSON object
     else:
         click.echo(evaluation.format_table(report))
         click.echo(f"per-image scores: {csv_path}")
+        click.echo(evaluation.seconds_line(report))

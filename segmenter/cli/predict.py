@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 
 import click
@@ -71,11 +72,16 @@ def predict(
         lines.append(line)
         click.echo(line)
 
-    _, failures = predictor.predict_inputs(
+    started = time.perf_counter()
+    records, failures = predictor.predict_inputs(
         refs, loaded, cfg, out_dir, run_path=str(run.path), report=report,
         progress=functools.partial(progress, label="photos"), vector=vector,
     )
+    wall = time.perf_counter() - started
     done = len(refs) - len(failures)
+    ok = [r for r in records if r.get("status") == "ok"]
+    click.echo(predictor.seconds_summary([r["seconds"] for r in ok],
+                                         [r.get("gmm_seconds", 0.0) for r in ok], wall))
     click.echo(f"{done} of {len(refs)} photo(s) predicted into {out_dir}")
     if failures:
         listing = "; ".join(failures)
