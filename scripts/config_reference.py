@@ -8,6 +8,7 @@ agree, so the documentation cannot drift from the schema.
 
 from __future__ import annotations
 
+import types
 import typing
 
 import yaml
@@ -17,10 +18,38 @@ from segmenter.config import Config
 
 
 def _type_name(annotation: object) -> str:
-    text = str(annotation).replace("typing.", "")
-    if typing.get_origin(annotation) is typing.Literal:
-        return " \\| ".join(str(a) for a in typing.get_args(annotation))
-    return text.replace("<class '", "").replace("'>", "").replace("|", "\\|")
+    """A type as a user reads it: ``int ≥ 1 | str``, ``dict[int, int]``, ``a | b`` for choices."""
+    return _readable(annotation).replace("|", "\\|")
+
+
+def _readable(annotation: object) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "None"
+    if origin is typing.Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is typing.Annotated:
+        return " ".join([_readable(args[0]), *(_constraint(m) for m in args[1:])]).strip()
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_readable(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_readable(a) for a in args)}]"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _constraint(meta: object) -> str:
+    """pydantic/annotated-types metadata (``Ge(ge=1)``, ``MinLen(1)``, a ``FieldInfo``)."""
+    parts = []
+    for item in getattr(meta, "metadata", None) or [meta]:
+        for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            if getattr(item, attr, None) is not None:
+                parts.append(f"{sign} {getattr(item, attr)}")
+        if getattr(item, "min_length", None):
+            parts.append("non-empty")
+    return " ".join(parts)
 
 
 def _default(value: object) -> str:

@@ -23,6 +23,19 @@ from segmenter.errors import ConfigError
 
 DEFAULT_CACHE_ENV = "SEGMENTER_CACHE"
 
+# Limits the code can honour (numpy and Keras seeds are 32-bit; counts beyond these would run
+# for years or exhaust memory before doing anything useful).
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 10_000_000
+MAX_BATCH = 100_000
+MAX_WIDTH = 8192
+#: Memory the fixed validation patches of one width may take (float32 photo + label).
+MAX_VALIDATION_BYTES = 4 * 2**30
+#: A config is a few kilobytes: a document or alias expansion far larger is an attack or an
+#: accident (a YAML "billion laughs" takes minutes and gigabytes to reach the validator).
+MAX_YAML_CHARS = 1_000_000
+MAX_YAML_VALUES = 100_000
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
@@ -33,7 +46,7 @@ class SampleConfig(_Section):
 
     n: int = Field(16, ge=2, le=10_000, description="Number of generated scenes.")
     size: int = Field(512, ge=64, le=8192, description="Width of each photo in pixels.")
-    seed: int = Field(0, description="Seed of the scene generator.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the scene generator.")
 
 
 class DataConfig(_Section):
@@ -59,7 +72,9 @@ class DataConfig(_Section):
     test_ratio: float = Field(
         0.2, gt=0, lt=1, description="Share of pairs held out for testing when there is no test/."
     )
-    seed: int = Field(0, description="Seed of the train/test split when there is no test/.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of the train/test split when there is no test/."
+    )
     skip_bad: bool = Field(False, description="Skip unreadable pairs with a warning.")
     bands: list[int] | None = Field(
         None, min_length=3, max_length=3,
@@ -95,6 +110,11 @@ class ModelConfig(_Section):
     activation: Literal["sigmoid", "linear"] = Field(
         "sigmoid", description="Output: probability of land (sigmoid) or raw value (linear)."
     )
+    input_norm: Literal["fixed", "window"] = Field(
+        "fixed",
+        description="Input scaling: fixed [0,1] -> [-1,1], or per window (each channel's mean "
+        "removed, divided by the window's spread): drops a photo's overall colour and light.",
+    )
 
 
 class AugmentConfig(_Section):
@@ -104,6 +124,17 @@ class AugmentConfig(_Section):
     rotate90: bool = Field(True, description="Random rotations by multiples of 90 degrees.")
     brightness: float = Field(0.1, ge=0, le=1, description="Max random brightness shift.")
     contrast: float = Field(0.1, ge=0, le=1, description="Max random relative contrast change.")
+    gain: float = Field(
+        0.0, ge=0, le=1, description="Max random change of each colour channel's gain (casts)."
+    )
+    hue: float = Field(0.0, ge=0, le=180, description="Max random hue rotation, in degrees.")
+    saturation: float = Field(0.0, ge=0, le=1, description="Max random relative saturation change.")
+    greyscale: float = Field(0.0, ge=0, le=1, description="Share of patches turned grey.")
+    gamma: float = Field(
+        0.0, ge=0, le=2, description="Max random gamma change: gamma in [1/(1+g), 1+g]."
+    )
+    blur: float = Field(0.0, ge=0, le=4, description="Max Gaussian blur sigma, in pixels.")
+    noise: float = Field(0.0, ge=0, le=0.5, description="Max std of additive Gaussian noise.")
 
 
 class TrainConfig(_Section):
@@ -113,13 +144,19 @@ class TrainConfig(_Section):
         default_factory=lambda: {32: 64, 64: 32, 128: 16},
         description="Patch width -> batch size; one model is trained per width.",
     )
-    steps: int = Field(300, ge=1, description="Training batches per width.")
-    validate_every: int = Field(50, ge=1, description="Steps between validations/checkpoints.")
-    validation_batches: int = Field(2, ge=1, description="Fixed test batches per validation.")
+    steps: int = Field(300, ge=1, le=MAX_STEPS, description="Training batches per width.")
+    validate_every: int = Field(
+        50, ge=1, le=MAX_STEPS, description="Steps between validations/checkpoints."
+    )
+    validation_batches: int = Field(
+        2, ge=1, le=1000, description="Fixed test batches per validation."
+    )
     loss: Literal["mse", "bce", "dice", "bce_dice"] = Field("bce_dice", description="Loss.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="LR schedule.")
-    seed: int = Field(0, description="Seed of patch sampling and weight initialisation.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of patch sampling and weight initialisation."
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     strategy: Literal["auto", "default", "mirrored", "multiworker"] = Field(
         "auto", description="tf.distribute strategy."
@@ -137,7 +174,8 @@ class PredictConfig(_Section):
     )
     overlap: float = Field(0.5, ge=0, lt=1, description="Overlap of neighbouring grid windows.")
     batch_size: int = Field(
-        16, ge=1, description="Windows per inference batch (at least; small windows are grouped)."
+        16, ge=1, le=MAX_BATCH,
+        description="Windows per inference batch (at least; small windows are grouped).",
     )
     sampling: Literal["grid", "random"] = Field(
         "grid", description="Regular grid, or the notebook's random window positions."
@@ -181,10 +219,34 @@ class PostprocessConfig(_Section):
 
     method: Literal["gmm", "global", "otsu"] = Field("gmm", description="Thresholding method.")
     n_components: int = Field(5, ge=1, le=64, description="GMM components.")
-    max_iter: int = Field(50, ge=1, description="GMM EM iterations.")
+    max_iter: int = Field(50, ge=1, le=10_000, description="GMM EM iterations.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Probability-of-land threshold.")
-    subsample: int = Field(200_000, ge=100, description="Pixels the GMM is fitted on.")
-    seed: int = Field(0, description="Seed of the GMM subsample and initialisation.")
+    subsample: int = Field(
+        200_000, ge=100, le=100_000_000,
+        description="Most pixels the GMM is fitted on (large photos).",
+    )
+    subsample_share: float | None = Field(
+        0.05, gt=0, le=1,
+        description="Share of a photo's pixels the GMM is fitted on, at least subsample_min and "
+        "at most subsample (null: always subsample); small photos fit in a fraction of the time.",
+    )
+    subsample_min: int = Field(
+        20_000, ge=100, le=100_000_000,
+        description="Fewest pixels the GMM is fitted on (when the photo has them).",
+    )
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of the GMM subsample and initialisation."
+    )
+    fill_holes: float = Field(
+        0.0, ge=0, le=0.1,
+        description="Land islands inside water smaller than this share of the photo become "
+        "water (glints, foam); 0 = off.",
+    )
+    remove_specks: float = Field(
+        0.0, ge=0, le=0.1,
+        description="Water regions smaller than this share of the photo become land (shadows, "
+        "dark roofs); 0 = off.",
+    )
 
 
 class Config(_Section):
@@ -245,9 +307,65 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names the same key twice (YAML silently keeps the last)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"duplicate key {key!r} (lines {first} and {second})")
+        self.key, self.first, self.second = key, first, second
+
+
+class TooLargeError(yaml.YAMLError):
+    """A document (or the values its aliases expand to) far larger than any config."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    """SafeLoader's mapping constructor, refusing a key given twice in one mapping."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise DuplicateKeyError(key, seen[key], line)
+            seen[key] = line
+        except TypeError:  # an unhashable key: the constructor reports it
+            continue
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+def _expanded_size(value: Any, memo: dict[int, int]) -> int:
+    """How many values ``value`` holds once every alias is expanded (shared nodes counted
+    once per use, computed once per node, so a billion-laughs document is measured fast)."""
+    if not isinstance(value, dict | list):
+        return 1
+    key = id(value)
+    if key not in memo:
+        memo[key] = 0  # a recursive alias counts as itself
+        items = value.values() if isinstance(value, dict) else value
+        memo[key] = 1 + sum(_expanded_size(item, memo) for item in items)
+    return memo[key]
+
+
 def safe_load(text: str) -> Any:
-    """``yaml.safe_load`` with YAML 1.2 exponent floats (``1e-3``); never builds objects."""
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    """``yaml.safe_load`` with YAML 1.2 exponent floats (``1e-3``); never builds objects.
+
+    Refuses duplicate keys and documents over :data:`MAX_YAML_CHARS` characters or
+    :data:`MAX_YAML_VALUES` values after alias expansion (raised as ``yaml.YAMLError``).
+    """
+    if len(text) > MAX_YAML_CHARS:
+        raise TooLargeError(f"{len(text):,} characters; a config is at most {MAX_YAML_CHARS:,}")
+    value = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    if _expanded_size(value, {}) > MAX_YAML_VALUES:
+        raise TooLargeError(
+            f"its aliases expand to more than {MAX_YAML_VALUES:,} values (a YAML alias bomb?)"
+        )
+    return value
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -261,6 +379,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from None
     try:
         raw = safe_load(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(
+            f"{path}:{exc.second}: duplicate key '{exc.key}' (first on line {exc.first}); "
+            "YAML would keep only the last"
+        ) from None
+    except TooLargeError as exc:
+        raise ConfigError(f"{path}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -401,20 +526,30 @@ def _consistency_problem(cfg: Config) -> tuple[list[tuple[Any, ...]], str] | Non
                 f"train.widths.{width}: patch width must be a positive multiple of "
                 f"2^model.depth = {multiple} (model.depth = {cfg.model.depth})"
             )
-        if width > 8192:
-            return [key], f"train.widths.{width}: patch width must be <= 8192"
+        if width > MAX_WIDTH:
+            return [key], f"train.widths.{width}: patch width must be <= {MAX_WIDTH}"
         if batch < 1:
             return [key], f"train.widths.{width}: batch size must be >= 1 (got {batch})"
+        if batch > MAX_BATCH:
+            return [key], f"train.widths.{width}: batch size must be <= {MAX_BATCH} (got {batch})"
+        needed = cfg.train.validation_batches * batch * width * width * 4 * 4
+        if cfg.train.validation_batches > 1 and needed > MAX_VALIDATION_BYTES:
+            return [("train", "validation_batches"), key], (
+                f"train.validation_batches: {cfg.train.validation_batches} batches of "
+                f"{batch} patches of {width} px would hold {needed / 2**30:.1f} GiB in memory "
+                f"(limit {MAX_VALIDATION_BYTES / 2**30:.0f} GiB); lower it or the batch size"
+            )
     for width in cfg.predict.widths or []:
-        if width < multiple or width % multiple:
+        if width < multiple or width % multiple or width > MAX_WIDTH:
             return [("predict", "widths"), depth], (
                 f"predict.widths: {width} is not a positive multiple of "
-                f"2^model.depth = {multiple}"
+                f"2^model.depth = {multiple} up to {MAX_WIDTH}"
             )
     for width, count in cfg.predict.random_windows.items():
-        if count < 1 or width < 1:
+        if count < 1 or width < 1 or count > 10_000_000 or width > MAX_WIDTH:
             return [("predict", "random_windows", width)], (
-                f"predict.random_windows.{width}: window count must be >= 1 (got {count})"
+                f"predict.random_windows.{width}: width must be 1..{MAX_WIDTH} and window "
+                f"count 1..10000000 (got {count})"
             )
     return None
 

@@ -110,9 +110,15 @@ def require_keras_private(owner: Any, names: list[str], what: str) -> None:
             f"{what} workaround replaces; it was written for Keras {KERAS_TESTED}: install "
             f"keras=={KERAS_TESTED}.* or use another train.strategy"
         )
-    if not keras.__version__.startswith(KERAS_TESTED + "."):
-        log.debug("Keras %s: the %s workaround was written for Keras %s", keras.__version__,
-                  what, KERAS_TESTED)
+    if not keras.__version__.startswith(KERAS_TESTED + ".") and (
+        keras.__version__, what) not in _WARNED:
+        _WARNED.add((keras.__version__, what))
+        log.warning("Keras %s is not the tested release (%s): the %s workaround patches its "
+                    "private API and may misbehave; install keras==%s.* if training fails",
+                    keras.__version__, KERAS_TESTED, what, KERAS_TESTED)
+
+
+_WARNED: set[tuple[str, str]] = set()
 
 
 def _patch_keras_multiworker_reduce() -> None:
@@ -189,3 +195,29 @@ def precision(train_cfg: TrainConfig) -> Iterator[str]:
         yield name
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def avoid_multiworker_build_reduce(model: Any, strategy: Any, width: int,
+                                    batch_size: int) -> None:
+    """Work around Keras 3.15 ``fit`` failing at once under MultiWorkerMirroredStrategy.
+
+    Before training, Keras builds the model symbolically from a first batch that it averages
+    across workers with ``strategy.reduce`` on the ``(x, y)`` tuple, which the collective
+    all-reduce cannot take ("Attempt to convert a value (PerReplica ...)"). Only shapes and
+    dtypes matter for that build, so a local example batch is used instead.
+    """
+    if type(strategy).__name__ not in {"CollectiveAllReduceStrategy",
+                                       "MultiWorkerMirroredStrategy"}:
+        return
+    require_keras_private(model, ["_maybe_symbolic_build", "_symbolic_build"],
+                          "multi-worker model build")
+    import numpy as np
+
+    example = (np.zeros((batch_size, width, width, 3), np.float32),
+               np.zeros((batch_size, width, width, 1), np.float32))
+
+    def build_locally(iterator: Any = None, data_batch: Any = None) -> None:
+        with strategy.scope():
+            model._symbolic_build(data_batch=example)
+
+    model._maybe_symbolic_build = build_locally

@@ -20,3 +20,9 @@ class DataError(SegmenterError):
 
 class RunError(SegmenterError):
     """A run directory that is missing, incomplete, or would be overwritten."""
+
+
+class Interrupted(SegmenterError):
+    """The user pressed Ctrl-C: stopped cleanly, resumable; exit code 130 like a shell."""
+
+    exit_code = 130

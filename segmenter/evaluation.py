@@ -22,7 +22,7 @@ import numpy as np
 from segmenter import metrics
 from segmenter.config import Config
 from segmenter.fileio import write_json, write_text
-from segmenter.predictor import LoadedModels, predict_photo
+from segmenter.predictor import LoadedModels, log_revised, predict_photo
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,11 @@ def evaluate_images(
     rows: list[dict[str, Any]] = []
     pooled = {method: metrics.Confusion(0, 0, 0, 0), BASELINE: metrics.Confusion(0, 0, 0, 0)}
     items = list(items)
+    started = time.perf_counter()
     for item in progress(items) if progress else items:
         started = time.perf_counter()
         result = predict_photo(loaded, item.image, cfg, keep_scales=False)
+        log_revised(item.stem, result.threshold)
         mask_counts, base_counts = score_masks(result.land_prob, result.water, item.land)
         pooled[method] = pooled[method] + mask_counts
         pooled[BASELINE] = pooled[BASELINE] + base_counts
@@ -73,6 +75,7 @@ def evaluate_images(
             method: _rounded(mask_counts.scores()),
             BASELINE: _rounded(base_counts.scores()),
             "seconds": round(time.perf_counter() - started, 3),
+            "gmm_seconds": round(result.gmm_seconds, 3),
         })
         log.info("%s: water IoU %.3f (%s), %.3f (0.5)", item.stem,
                  rows[-1][method]["water_iou"], method, rows[-1][BASELINE]["water_iou"])
@@ -87,7 +90,17 @@ def evaluate_images(
                            for m in metrics.METRIC_NAMES})
             for key in (method, BASELINE)
         }
+    overall["seconds"] = round(time.perf_counter() - started, 3)
     return {"method": method, "images": rows, "overall": overall}
+
+
+def seconds_line(report: dict[str, Any]) -> str:
+    """The per-image seconds summary of an evaluation report (as ``predict`` prints)."""
+    from segmenter.predictor import seconds_summary
+
+    rows = report["images"]
+    return seconds_summary([r["seconds"] for r in rows], [r.get("gmm_seconds", 0.0) for r in rows],
+                           float(report["overall"].get("seconds", 0.0)), noun="image")
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:

@@ -6,8 +6,9 @@ size that divides by ``2**depth``; a :class:`SizeCheck` layer at the input refus
 with a readable message instead of silently returning a map of the wrong size (the encoder's
 "same" pooling would round up and the decoder would give back a larger map).
 
-Input normalisation lives inside the model (``[0, 1]`` photos are mapped to ``[-1, 1]``), so a
-saved ``.keras`` file is self-contained: prediction feeds photos exactly as they are decoded.
+Input normalisation lives inside the model (``[0, 1]`` photos are mapped to ``[-1, 1]``, or with
+``input_norm: window`` each window is standardised on its own), so a saved ``.keras`` file is
+self-contained: prediction feeds photos exactly as they are decoded.
 The output layer always computes in float32, so ``mixed_float16`` training still yields a
 float32 probability map.
 """
@@ -20,7 +21,14 @@ import keras
 
 from segmenter.config import ModelConfig
 
-__all__ = ["BilinearUpsampling", "SizeCheck", "build_model", "check_width", "size_multiple"]
+__all__ = [
+    "BilinearUpsampling",
+    "SizeCheck",
+    "WindowStandardise",
+    "build_model",
+    "check_width",
+    "size_multiple",
+]
 
 
 def size_multiple(depth: int) -> int:
@@ -122,6 +130,37 @@ class BilinearUpsampling(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="segmenter")
+class WindowStandardise(keras.layers.Layer):
+    """Per-window input standardisation: each channel's mean removed, divided by the spread.
+
+    ``(x - mean_c) / max(std, floor)``, mean per channel and std over the whole window (all
+    channels), so a window's overall colour cast and brightness are removed while the colour
+    differences inside it (water against land) stay. The floor keeps a flat window (all water,
+    all sky) from blowing noise up.
+    """
+
+    def __init__(self, floor: float = 0.05, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.floor = float(floor)
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        mean = tf.reduce_mean(inputs, axis=[1, 2], keepdims=True)
+        centred = inputs - mean
+        std = tf.sqrt(tf.reduce_mean(tf.square(centred), axis=[1, 2, 3], keepdims=True))
+        return centred / tf.maximum(std, self.floor)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"floor": self.floor})
+        return config
+
+
 # Batch-norm moving statistics must settle within a few hundred steps (the reference method
 # trains 600 batches per width); Keras' default momentum 0.99 leaves a third of the initial
 # statistics after 100 steps, so validation and prediction would see badly normalised maps.
@@ -175,7 +214,10 @@ def build_model(model_cfg: ModelConfig | None = None, **overrides: Any) -> keras
 
     inputs = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
     x = SizeCheck(size_multiple(depth), name="size_check")(inputs)
-    x = keras.layers.Rescaling(2.0, offset=-1.0, name="normalise")(x)
+    if model_cfg.input_norm == "window":
+        x = WindowStandardise(name="normalise")(x)
+    else:
+        x = keras.layers.Rescaling(2.0, offset=-1.0, name="normalise")(x)
     x = keras.layers.Conv2D(
         filters, kernel_size, padding="same", activation="relu", name="stem_conv"
     )(x)

@@ -270,7 +270,7 @@ def _stitch(model: Any, small_image: np.ndarray, small_valid: np.ndarray | None,
             grid: ScaleGrid, plan: MosaicPlan, tile: TilePlan, cfg: Config,
             output: str) -> tuple[np.ndarray, int]:
     """One width's map over ``tile.small``: the global grid's windows that overlap it."""
-    from segmenter.inference import compiled_infer, effective_batch_size, window_weight
+    from segmenter.inference import compiled_infer, window_weight, windows_per_call
 
     window = grid.window
     small, need = tile.small, tile.need
@@ -296,7 +296,7 @@ def _stitch(model: Any, small_image: np.ndarray, small_valid: np.ndarray | None,
     if positions:
         pcfg = cfg.predict
         infer = compiled_infer(model, (window, window), tta=pcfg.tta, output=output)
-        batch_size = effective_batch_size(pcfg.batch_size, window)
+        batch_size = windows_per_call(pcfg.batch_size, window, pcfg.tta)
         weight = window_weight(window)
         size = min(batch_size, len(positions))
         buffers = [np.empty((size, window, window, 3), np.float32) for _ in range(2)]

@@ -28,20 +28,26 @@ import logging
 import platform
 import shutil
 import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from segmenter import __version__
 from segmenter.config import Config, load_config
 from segmenter.errors import RunError, SegmenterError
 from segmenter.fileio import write_json, write_text
+from segmenter.runstate import CheckpointState, Manifest, WidthStatus
 
 log = logging.getLogger("segmenter.runs")
 
 __all__ = [
     "HISTORY_FIELDS",
+    "CheckedRun",
     "Run",
+    "RunPlan",
     "config_differences",
     "open_run",
     "prepare_run",
@@ -50,6 +56,10 @@ __all__ = [
 
 CONFIG_NAME = "config.yaml"
 MANIFEST_NAME = "manifest.json"
+#: What ``segmenter train`` writes in a run directory: all that ``--overwrite`` may remove.
+#: Anything else (``predictions/``, ``evaluation/``, a user's notes) is left alone.
+TRAINING_OWNED = (CONFIG_NAME, MANIFEST_NAME, "models", "state", "history", "plots",
+                  "tensorboard", ".write-test")
 HISTORY_FIELDS = ("step", "loss", "val_loss", "val_water_iou", "seconds")
 MANIFEST_FORMAT = 1
 
@@ -155,13 +165,13 @@ class Run:
         return self.path / "tensorboard" / f"pw{width}"
 
     # ---------------------------------------------------------------- status
-    def status(self, width: int) -> dict[str, Any] | None:
+    def status(self, width: int) -> WidthStatus | None:
         """The status of one width (``None`` if it was never started here)."""
-        return _read_json(self.status_path(width))
+        return _read_model(self.status_path(width), WidthStatus)
 
-    def statuses(self) -> dict[int, dict[str, Any]]:
+    def statuses(self) -> dict[int, WidthStatus]:
         """Status of every width that has one, by width."""
-        found: dict[int, dict[str, Any]] = {}
+        found: dict[int, WidthStatus] = {}
         folder = self.path / "history"
         if not folder.is_dir():
             return found
@@ -170,15 +180,17 @@ class Run:
                 width = int(file.stem[2:])
             except ValueError:
                 continue
-            status = _read_json(file)
+            status = _read_model(file, WidthStatus)
             if status is not None:
                 found[width] = status
         return found
 
-    def write_status(self, width: int, status: dict[str, Any]) -> None:
+    def write_status(self, width: int, status: WidthStatus | dict[str, Any]) -> None:
         """Write one width's status, then refresh ``manifest.json`` from all statuses."""
-        status = {**status, "width": width, "updated": _now()}
-        write_json(self.status_path(width), status)
+        if isinstance(status, dict):
+            status = WidthStatus.model_validate(status)
+        status = status.model_copy(update={"width": width, "updated": _now()})
+        write_json(self.status_path(width), status.to_json())
         self.write_manifest()
 
     def finished_widths(self) -> list[int]:
@@ -186,66 +198,66 @@ class Run:
         return sorted(
             width
             for width, status in self.statuses().items()
-            if status.get("status") == "finished" and self.model_path(width).is_file()
+            if status.status == "finished" and self.model_path(width).is_file()
         )
 
     def val_score(self, width: int) -> float | None:
         """The final validation water IoU of a width (``None`` without validation)."""
-        status = self.status(width) or {}
-        score = status.get("final_val_water_iou")
+        status = self.status(width)
+        score = status.final_val_water_iou if status is not None else None
         return None if score is None else float(score)
 
     @property
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         """The manifest as of now, rebuilt from the per-width status files."""
         statuses = self.statuses()
-        fingerprints = sorted({s["data_fingerprint"] for s in statuses.values()
-                               if s.get("data_fingerprint")})
-        return {
-            "format": MANIFEST_FORMAT,
-            "updated": _now(),
-            "config": CONFIG_NAME,
-            "widths": {str(w): statuses[w] for w in sorted(statuses)},
-            "finished_widths": self.finished_widths(),
-            "data_fingerprint": fingerprints[0] if len(fingerprints) == 1 else fingerprints,
-            "versions": versions(),
-        }
+        fingerprints = sorted({s.data_fingerprint for s in statuses.values()
+                               if s.data_fingerprint})
+        return Manifest(
+            format=MANIFEST_FORMAT,
+            updated=_now(),
+            config=CONFIG_NAME,
+            widths={str(w): statuses[w] for w in sorted(statuses)},
+            finished_widths=self.finished_widths(),
+            data_fingerprint=fingerprints[0] if len(fingerprints) == 1 else fingerprints,
+            versions=versions(),
+        )
 
     def write_manifest(self) -> None:
         """Rewrite ``manifest.json`` atomically (concurrent jobs: the last writer wins)."""
-        write_json(self.path / MANIFEST_NAME, self.manifest)
+        write_json(self.path / MANIFEST_NAME, self.manifest.to_json())
 
     def data_fingerprint(self) -> str | None:
         """The data fingerprint recorded by the widths of this run (``None`` if none yet)."""
         for status in self.statuses().values():
-            if status.get("data_fingerprint"):
-                return str(status["data_fingerprint"])
+            if status.data_fingerprint:
+                return status.data_fingerprint
         return None
 
     # ---------------------------------------------------------------- checkpoints
-    def read_state(self, width: int) -> dict[str, Any] | None:
+    def read_state(self, width: int) -> CheckpointState | None:
         """The last good checkpoint record of an unfinished width, if its file exists."""
-        state = _read_json(self.state_dir(width) / "state.json")
+        state = _read_model(self.state_dir(width) / "state.json", CheckpointState)
         if state is None:
             return None
-        checkpoint = self.state_dir(width) / str(state.get("checkpoint", ""))
-        if not checkpoint.is_file():
+        checkpoint = self.state_dir(width) / state.checkpoint
+        if not state.checkpoint or not checkpoint.is_file():
             log.warning("%s: checkpoint %s is missing; width %d starts again",
                         self.path, checkpoint.name, width)
             return None
-        state["checkpoint_path"] = str(checkpoint)
+        state.checkpoint_path = str(checkpoint)
         return state
 
-    def write_state(self, width: int, state: dict[str, Any]) -> None:
+    def write_state(self, width: int, state: CheckpointState) -> None:
         """Record a new checkpoint, then delete older checkpoint files of that width.
 
         The checkpoint file must already be complete: the record is written second, so a kill
         between the two leaves the previous record pointing at the previous (kept) file.
         """
         folder = self.state_dir(width)
-        write_json(folder / "state.json", state)
+        write_json(folder / "state.json", state.to_json())
         for old in folder.glob("ckpt-*.keras"):
-            if old.name != state["checkpoint"]:
+            if old.name != state.checkpoint:
                 old.unlink(missing_ok=True)
 
     def write_history(self, width: int, rows: list[dict[str, Any]]) -> None:
@@ -288,14 +300,25 @@ class Run:
             have = ", ".join(map(str, self.finished_widths())) or "none"
             raise RunError(f"{self.path}: no finished model for patch width {width} "
                            f"(finished widths: {have})")
+        import zipfile
+
         import keras
 
         import segmenter.losses  # noqa: F401  (registers custom objects)
         import segmenter.model  # noqa: F401
 
+        if path.is_file() and not zipfile.is_zipfile(path):
+            # Keras calls any file it cannot open "File not found": this one exists.
+            size = path.stat().st_size
+            raise RunError(f"{path}: model file is corrupt ({size} bytes, not a .keras "
+                           "archive); train this width again (--overwrite --patch-width)")
         try:
             return keras.saving.load_model(path, compile=False, safe_mode=True)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            if path.is_file():
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise RunError(f"{path}: model file is corrupt or unreadable "
+                               f"({type(exc).__name__}: {first})") from exc
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RunError(f"{path}: cannot load model ({first})") from exc
 
@@ -319,95 +342,202 @@ def open_run(path: str | Path) -> Run:
     return Run(path, config)
 
 
-def prepare_run(
-    path: str | Path,
-    config: Config,
-    widths: list[int],
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    partial: bool = False,
-    write: bool = True,
-    check_only: bool = False,
-) -> Run:
-    """Create, join or reopen the run directory a training job writes into.
+@dataclass(frozen=True)
+class RunPlan:
+    """What a training job means to do with its run directory: ``--out``, the widths it
+    trains, ``--resume``, ``--overwrite`` and ``--patch-width``.
 
-    Rules: a new or empty folder is created. An existing run is refused unless ``resume``
-    (continue unfinished widths; the config must be compatible) or ``overwrite`` (start
-    again). A job given explicit widths (``partial``, from ``--patch-width``) may join a run
-    with a compatible config when none of its widths was started there, so widths can run as
-    separate jobs; ``overwrite`` then clears only those widths.
+    :meth:`check` applies every rule and changes nothing on disk; the :class:`CheckedRun` it
+    returns is applied later (:meth:`CheckedRun.apply`). ``train`` checks first, loads and
+    validates the data, and only then applies, so a data error never leaves an overwritten
+    run deleted.
 
-    Args:
+    Attributes:
         path: the run directory.
         config: the resolved config of this job.
         widths: the widths this job trains.
-        resume, overwrite: the ``--resume`` / ``--overwrite`` flags.
-        partial: the widths were chosen with ``--patch-width``.
-        write: write ``config.yaml`` (False on non-chief workers of a multi-worker job).
-        check_only: apply every rule and raise what would be raised, but change nothing on
-            disk (no ``--overwrite`` clearing, no ``config.yaml``): ``train`` checks first,
-            loads and validates the data, and only then prepares the run for real, so a data
-            error never leaves an overwritten run deleted.
-
-    Raises:
-        RunError: the folder exists and may not be reused, or holds something else.
-        SegmenterError: the folder cannot be written.
+        resume: continue unfinished widths (the config must be compatible).
+        overwrite: start the run (or, when ``partial``, only ``widths``) again.
+        partial: the widths were chosen with ``--patch-width``: the job may join a run with a
+            compatible config when none of its widths was started there.
+        write: write the run directory (False on non-chief workers of a multi-worker job).
     """
-    path = Path(path)
-    if resume and overwrite:
-        raise RunError("--resume and --overwrite cannot be used together")
-    if not write:
-        # A non-chief worker of a multi-worker job: the chief alone checks and writes the run
-        # directory (checking here too would race with the chief creating it).
-        return Run(path, config)
-    exists = path.exists()
-    if exists and not path.is_dir():
-        raise RunError(f"{path}: exists and is not a directory")
-    non_empty = exists and any(path.iterdir())
-    is_run = (path / CONFIG_NAME).is_file()
-    if non_empty and not is_run:
-        raise RunError(
-            f"{path}: folder is not empty and is not a segmenter run; choose another --out"
-        )
-    if check_only:
-        write = False
-    if non_empty and overwrite and not partial:
-        if write:
-            shutil.rmtree(path)
-        non_empty = is_run = False
-    if is_run:
+
+    path: Path
+    config: Config
+    widths: list[int] = field(default_factory=list)
+    resume: bool = False
+    overwrite: bool = False
+    partial: bool = False
+    write: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def check(self) -> CheckedRun:
+        """Apply the rules; nothing on disk changes.
+
+        Rules: a new or empty folder is created. An existing run is refused unless ``resume``
+        or ``overwrite``; a ``partial`` job may join a compatible run when none of its widths
+        was started there, and ``overwrite`` then clears only those widths.
+
+        Raises:
+            RunError: the folder exists and may not be reused, holds something else, or there
+                is nothing to resume.
+        """
+        path = self.path
+        if self.resume and self.overwrite:
+            raise RunError("--resume and --overwrite cannot be used together")
+        if not self.write:
+            # A non-chief worker of a multi-worker job: the chief alone checks and writes the
+            # run directory (checking here too would race with the chief creating it).
+            return CheckedRun(self, "follow")
+        exists = path.exists()
+        if exists and not path.is_dir():
+            raise RunError(f"{path}: exists and is not a directory")
+        non_empty = exists and any(path.iterdir())
+        is_run = (path / CONFIG_NAME).is_file()
+        if non_empty and not is_run:
+            raise RunError(
+                f"{path}: folder is not empty and is not a segmenter run; choose another --out"
+            )
+        if self.resume and not is_run:
+            where = "does not exist" if not exists else "holds no run (no config.yaml)"
+            raise RunError(
+                f"{path}: nothing to resume: the folder {where}; check --out, or drop --resume "
+                "to start a new run"
+            )
+        if non_empty and self.overwrite and not self.partial:
+            return CheckedRun(self, "restart")  # the old config need not even be valid
+        if not is_run:
+            return CheckedRun(self, "create")
         run = open_run(path)
-        differing = config_differences(run.config, config, widths)
-        started = [w for w in widths if run.status(w) is not None or run.state_dir(w).exists()]
-        if not resume and not partial and not overwrite:
+        differing = config_differences(run.config, self.config, self.widths)
+        started = [w for w in self.widths
+                   if run.status(w) is not None or run.state_dir(w).exists()]
+        if not self.resume and not self.partial and not self.overwrite:
             raise RunError(
                 f"{path}: run exists; use --resume to continue it or --overwrite to start again"
             )
         if differing:
-            action = "resume" if resume else "join"
+            action = "resume" if self.resume else "join"
             raise RunError(
                 f"{path}: cannot {action} this run: config differs in "
                 f"{', '.join(differing)} (use another --out, or --overwrite to start again)"
             )
-        if not resume and started and not overwrite:
+        if not self.resume and started and not self.overwrite:
             raise RunError(
                 f"{path}: run exists (widths {', '.join(map(str, started))} already started); "
                 f"use --resume to continue it or --overwrite to start again"
             )
-        if overwrite and write:
-            for width in widths:
-                run.clear_width(width)
-        merged = _merge_widths(run.config, config)
-        run = Run(path, merged)
-        if write and merged.train.widths != run_config_widths(path):
-            write_text(path / CONFIG_NAME, merged.to_yaml())
-        return run
-    run = Run(path, config)
-    if write:
+        cleared = tuple(self.widths) if self.overwrite else ()
+        return CheckedRun(self, "continue", existing=run, cleared=cleared)
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """A :class:`RunPlan` that passed its checks, and what applying it will do.
+
+    Attributes:
+        plan: the plan.
+        action: ``create`` (a new run), ``restart`` (``--overwrite``: training's files go),
+            ``continue`` (resume or join an existing run; ``cleared`` widths start again) or
+            ``follow`` (a non-chief worker: the chief writes the run).
+        existing: the run as it is on disk now (``None`` for a new one).
+        cleared: widths whose files ``--overwrite --patch-width`` removes.
+    """
+
+    plan: RunPlan
+    action: Literal["create", "restart", "continue", "follow"]
+    existing: Run | None = None
+    cleared: tuple[int, ...] = ()
+
+    @property
+    def path(self) -> Path:
+        return self.plan.path
+
+    def kept_statuses(self) -> dict[int, WidthStatus]:
+        """The statuses that stay in the run once the plan is applied (whose data fingerprint
+        a resuming or joining job must match)."""
+        if self.existing is None or self.action == "restart":
+            return {}
+        return {w: st for w, st in self.existing.statuses().items() if w not in self.cleared}
+
+    def apply(self) -> Run:
+        """Carry the plan out: clear what it clears, write ``config.yaml``; return the run.
+
+        Raises:
+            SegmenterError: the folder cannot be written.
+        """
+        plan, path = self.plan, self.plan.path
+        if self.action == "follow":
+            return Run(path, plan.config)
+        if self.action == "continue":
+            assert self.existing is not None
+            for width in self.cleared:
+                self.existing.clear_width(width)
+            merged = _merge_widths(self.existing.config, plan.config)
+            if merged.train.widths != run_config_widths(path):
+                write_text(path / CONFIG_NAME, merged.to_yaml())
+            return Run(path, merged)
+        if self.action == "restart":
+            clear_training_files(path)
         _probe_writable(path)
-        write_text(path / CONFIG_NAME, config.to_yaml())
-    return run
+        write_text(path / CONFIG_NAME, plan.config.to_yaml())
+        return Run(path, plan.config)
+
+
+def prepare_run(plan: RunPlan) -> Run:
+    """Check ``plan``, then apply it: create, join, reopen or restart its run directory.
+
+    Raises:
+        RunError: see :meth:`RunPlan.check`.
+        SegmenterError: the folder cannot be written.
+    """
+    return plan.check().apply()
+
+
+def clear_training_files(path: Path) -> list[str]:
+    """Remove what training wrote in ``path`` (``--overwrite``); return what was kept.
+
+    Only :data:`TRAINING_OWNED` entries go: ``predictions/`` (predict's default output),
+    ``evaluation/`` and anything a user put there stay, with a warning that they came from
+    the models being replaced.
+    """
+    kept = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in path.iterdir()
+                  if entry.name not in TRAINING_OWNED)
+    for name in TRAINING_OWNED:
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    if kept:
+        log.warning("%s: --overwrite kept %s (not written by train; made with the old models)",
+                    path, ", ".join(kept))
+    return kept
+
+
+def remove_stale_temporaries(run: Run, width: int) -> list[Path]:
+    """Delete the hidden ``.*.tmp*`` files a kill -9 left while writing ``width``'s files.
+
+    Only this width's (other widths may be written by another job at this moment).
+    """
+    patterns = [
+        (run.state_dir(width), ".*.tmp*"),
+        (run.model_path(width).parent, f".pw{width}.*.tmp*"),
+        (run.history_csv(width).parent, f".pw{width}.*.tmp*"),
+        (run.plot_path(width).parent, f".pw{width}_loss.*.tmp*"),
+    ]
+    removed = []
+    for folder, pattern in patterns:
+        if folder.is_dir():
+            for stale in folder.glob(pattern):
+                stale.unlink(missing_ok=True)
+                removed.append(stale)
+    if removed:
+        log.debug("removed %d stale temporary file(s) of pw%d", len(removed), width)
+    return removed
 
 
 def run_config_widths(path: Path) -> dict[int, int]:
@@ -443,6 +573,22 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError) as exc:
         raise RunError(f"{path}: unreadable run file ({exc})") from None
     return data if isinstance(data, dict) else None
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _read_model(path: Path, model: type[_Model]) -> _Model | None:
+    """A run file as its typed record (``None`` if absent); a malformed one is named."""
+    data = _read_json(path)
+    if data is None:
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "top level"
+        raise RunError(f"{path}: unreadable run file ({where}: {first['msg']})") from None
 
 
 def _csv_value(value: Any) -> str:

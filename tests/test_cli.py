@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from segmenter import __version__
 
 
@@ -77,3 +79,16 @@ def test_bad_config_is_reported_before_tensorflow_starts(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "train.stepz: unknown key; did you mean 'train.steps'?" in result.stderr
+
+
+@pytest.mark.parametrize("folder", [".", "sub/.."])
+def test_sample_data_overwrite_of_the_current_folder_is_refused(runner, tmp_path, monkeypatch,
+                                                                 folder):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "keep.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    result = runner("sample-data", folder, "--overwrite", "--n", "2", "--size", "64")
+    assert result.exit_code == 1
+    assert f"Error: {folder}: is the current folder" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "sub"]
+    assert list((tmp_path / "sub").iterdir()) == []

@@ -85,7 +85,6 @@ def test_keras_private_api_missing_is_a_clear_error(monkeypatch):
 
     from segmenter import distribute
     from segmenter.errors import SegmenterError
-    from segmenter.training import _avoid_multiworker_build_reduce
 
     monkeypatch.delattr(tf_trainer, "reduce_per_replica")
     with pytest.raises(SegmenterError, match=rf"Keras {keras.__version__} lacks "
@@ -96,7 +95,7 @@ def test_keras_private_api_missing_is_a_clear_error(monkeypatch):
         pass
 
     with pytest.raises(SegmenterError, match="lacks _maybe_symbolic_build, _symbolic_build"):
-        _avoid_multiworker_build_reduce(object(), MultiWorkerMirroredStrategy(), 16, 4)
+        distribute.avoid_multiworker_build_reduce(object(), MultiWorkerMirroredStrategy(), 16, 4)
 
 
 def _free_port() -> int:
@@ -113,7 +112,12 @@ def test_multiworker_two_local_processes(tmp_path):
     ensure_sample(load_config(config).data)  # generated once, before the workers start
     out = tmp_path / "run"
     ports = [str(_free_port()), str(_free_port())]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(HERE)}
+    # The workers import the segmenter this test imported (not another install of it).
+    import segmenter
+
+    code = str(Path(segmenter.__file__).resolve().parent.parent)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([str(HERE), code])}
     workers = [
         subprocess.Popen([sys.executable, str(HERE / "mw_worker.py"), str(i), *ports,
                           str(config), str(out)], env=env, stdout=subprocess.PIPE,

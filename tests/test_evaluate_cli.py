@@ -14,7 +14,7 @@ from segmenter.evaluation import evaluate_images, score_masks
 from segmenter.metrics import METRIC_NAMES
 from segmenter.model import build_model
 from segmenter.predictor import LoadedModels
-from segmenter.runs import prepare_run
+from segmenter.runs import RunPlan, prepare_run
 
 TINY = ["data.scale=0.25", "model.depth=1", "model.filters=4", "train.widths={16: 4}"]
 
@@ -23,7 +23,7 @@ TINY = ["data.scale=0.25", "model.depth=1", "model.filters=4", "train.widths={16
 def run_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("run") / "run"
     cfg = load_config(None, TINY)
-    run = prepare_run(path, cfg, [16])
+    run = prepare_run(RunPlan(path, cfg, [16]))
     run.model_path(16).parent.mkdir(parents=True, exist_ok=True)
     build_model(cfg.model).save(run.model_path(16))
     run.write_status(16, {"status": "finished", "final_val_water_iou": 0.5})
@@ -60,6 +60,29 @@ def test_evaluate_table_and_default_out(runner, run_dir, scenes):
     assert result.exit_code == 0, result.output
     assert "overall (4 images)" in result.output and "water_iou" in result.output
     assert (run_dir / "evaluation" / "evaluation.csv").is_file()
+    assert "4 image(s) in " in result.output and " s per image (prediction median " in result.output
+
+
+@pytest.mark.parametrize("content", [b"", b"0123456789"])
+def test_empty_mat_label_is_named_and_skip_bad_evaluates_the_rest(runner, run_dir, tmp_path,
+                                                                 content):
+    """Issue 9 item 3 in `evaluate`: a 0- or 10-byte .mat gave `unexpected MatReadError`."""
+    import shutil
+
+    folder = tmp_path / "scenes"
+    write_sample(folder, n=8, size=64, seed=0)
+    labels = sorted((folder / "test").glob("*.mat"))
+    assert len(labels) >= 2
+    labels[0].write_bytes(content)
+    result = runner("evaluate", "--run", run_dir, "--data", folder, "--out", tmp_path / "e")
+    assert result.exit_code == 1
+    assert f"{labels[0].name}: not a readable .mat file" in result.output, result.output
+    assert "unexpected" not in result.output
+    shutil.rmtree(tmp_path / "e", ignore_errors=True)
+    result = runner("evaluate", "--run", run_dir, "--data", folder, "--out", tmp_path / "e",
+                    "--set", "data.skip_bad=true", "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["images"]) == len(labels) - 1
 
 
 def test_scores_are_those_of_the_masks(tmp_path):

@@ -265,3 +265,25 @@ def test_photo_is_shrunk_exactly_as_the_data_loader_does(image):
     for channel in range(3):
         np.testing.assert_array_equal(small[..., channel],
                                       images.resize_land(image[..., channel], shape))
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_tta_runs_the_same_batches_as_plain_prediction(image, monkeypatch, tta):
+    """With TTA a call cuts a quarter of the windows, so the stacked flips make a batch of
+    the usual size (16 windows of 256 px, not 64), and the result is unchanged."""
+    monkeypatch.setattr(inference, "MIN_BATCH_PIXELS", 1)
+    model = pointwise_model()
+    real = inference.compiled_infer(model, (16, 16), tta=tta)
+    calls = []
+
+    def spy(model_, size, tta=False, output="raw"):
+        def run(windows):
+            calls.append(len(windows))
+            return real(windows)
+        return run
+
+    monkeypatch.setattr(inference, "compiled_infer", spy)
+    stitched, info = inference.predict_scale(model, image, 16, batch_size=8, tta=tta)
+    assert max(calls) == (2 if tta else 8) and sum(calls) == info["windows"]
+    assert inference.windows_per_call(8, 16, tta) * (4 if tta else 1) == 8
+    np.testing.assert_allclose(stitched, direct(model, image), atol=1e-5)

@@ -104,3 +104,31 @@ def test_compiled_model_with_custom_loss_loads_in_safe_mode(tmp_path, images):
     model.save(tmp_path / "c.keras")
     loaded = keras.saving.load_model(tmp_path / "c.keras", safe_mode=True)
     assert isinstance(loaded.loss, BCEDiceLoss)
+
+
+def test_window_normalisation_ignores_a_photo_s_overall_colour_and_light(tmp_path, images):
+    """With input_norm: window, a colour cast and an exposure change of the whole window do not
+    change the output (up to float error); with the fixed scaling they do. Saved and loaded in
+    safe mode, the layer keeps doing it."""
+    cast = (images * 0.8 + 0.1).astype(np.float32)  # darker contrast, brighter: one affine map
+    window = build_model(ModelConfig(depth=2, filters=4, input_norm="window"))
+    fixed = build_model(ModelConfig(depth=2, filters=4))
+    np.testing.assert_allclose(window(cast).numpy(), window(images).numpy(), atol=1e-4)
+    assert np.abs(fixed(cast).numpy() - fixed(images).numpy()).max() > 1e-3
+    tinted = (images * 0.8 + np.array([0.05, 0.15, 0.02], np.float32)).astype(np.float32)
+    np.testing.assert_allclose(window(tinted).numpy(), window(images).numpy(), atol=1e-4)
+    window.save(tmp_path / "w.keras")
+    loaded = keras.saving.load_model(tmp_path / "w.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded(images).numpy(), window(images).numpy(), atol=1e-6)
+
+
+def test_window_normalisation_removes_a_per_channel_offset():
+    from segmenter.model import WindowStandardise
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.2, 0.6, (1, 8, 8, 3)).astype(np.float32)
+    offset = base + np.array([0.2, -0.1, 0.3], np.float32)
+    layer = WindowStandardise()
+    np.testing.assert_allclose(layer(offset).numpy(), layer(base).numpy(), atol=1e-5)
+    flat = np.full((1, 8, 8, 3), 0.4, np.float32)  # a flat window: the floor, no blow-up
+    assert np.all(np.isfinite(layer(flat).numpy())) and np.abs(layer(flat).numpy()).max() < 1e-5

@@ -220,3 +220,28 @@ def test_bad_rasters_are_one_line(runner, run_dir, tmp_path, kind):
                 "bad_bands": "has 3 band(s) but data.bands asks for bands 1, 2, 5"}[kind]
     assert expected in failure[0]
     assert not list((tmp_path / "out").glob("*.tif"))  # no half-written output, no scratch
+
+
+def test_photos_and_a_raster_in_one_call_keep_their_order(runner, run_dir, tmp_path):
+    """Photos go through the decode-ahead / write-behind loop; a raster between them is
+    predicted on its own (the photo before it is finished first) and the records stay in
+    input order."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image, _ = scene_pixels(120)
+    Image.fromarray(image).save(folder / "a_photo.png")
+    rgb_raster(folder / "b_shore.tif", size=120)
+    Image.fromarray(image[:, ::-1].copy()).save(folder / "c_photo.png")
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, folder, "--out", out,
+                    "--set", "predict.tile_size=64")
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "predictions.json").read_text())["images"]
+    assert [r["stem"] for r in records] == ["a_photo", "b_shore", "c_photo"]
+    assert [r["status"] for r in records] == ["ok"] * 3
+    assert "tiles" in records[1] and "tiles" not in records[0]
+    assert (out / "a_photo_water_mask.png").is_file() and (out / "c_photo_water_mask.png").is_file()
+    assert (out / "b_shore_water_mask.tif").is_file()
+    assert "3 photo(s) in " in result.output and "s per photo" in result.output

@@ -99,3 +99,44 @@ def test_validation_patches_are_fixed_by_seed():
         np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(b, d)
     assert validation_patches(items, 64, 4, 2) == []
+
+
+COLOUR = AugmentConfig(flip=False, rotate90=False, brightness=0.0, contrast=0.0, gain=0.3,
+                       hue=60, saturation=0.5, greyscale=0.25, gamma=0.5, blur=1.5, noise=0.05)
+
+
+def _batches(augment, seed=0, steps=3):
+    items = [scene(0, 40), scene(1, 40)]
+    return [(x.numpy(), y.numpy()) for x, y in
+            training_dataset(items, 16, 8, seed=seed, steps=steps, augment=augment)]
+
+
+def test_colour_augmentation_changes_colours_not_labels_and_is_reproducible():
+    plain, coloured = _batches(NO_AUGMENT), _batches(COLOUR)
+    again = _batches(COLOUR)
+    for (x0, y0), (x1, y1), (x2, _) in zip(plain, coloured, again, strict=True):
+        np.testing.assert_array_equal(y0, y1)  # same patches, labels untouched
+        np.testing.assert_array_equal(x1, x2)  # keyed by step: reproducible
+        assert x1.shape == x0.shape and x1.dtype == np.float32
+        assert x1.min() >= 0.0 and x1.max() <= 1.0
+        assert np.abs(x1 - x0).mean() > 0.02
+    # Channel means move apart from patch to patch: casts, not one global change.
+    ratios = coloured[0][0].mean(axis=(1, 2)) / np.maximum(plain[0][0].mean(axis=(1, 2)), 1e-3)
+    assert np.ptp(ratios[:, 0] / ratios[:, 2]) > 0.05
+
+
+def test_greyscale_and_blur_do_what_they_say():
+    import tensorflow as tf
+
+    from segmenter.data.pipeline import _blur, _colour_matrices
+
+    grey = _colour_matrices(4, AugmentConfig(greyscale=1.0), tf.constant([3, 4], tf.int64))
+    rgb = np.random.default_rng(0).random((4, 6, 6, 3)).astype(np.float32)
+    out = np.einsum("bhwc,bcd->bhwd", rgb, grey.numpy())
+    assert np.abs(out - out[..., :1]).max() < 1e-5  # three equal channels
+    np.testing.assert_allclose(out[..., 0], rgb @ np.array([0.299, 0.587, 0.114]), atol=1e-4)
+    noisy = np.random.default_rng(1).random((2, 24, 24, 3)).astype(np.float32)
+    blurred = _blur(tf.constant(noisy), AugmentConfig(blur=2.0), tf.constant([5, 6], tf.int64))
+    assert blurred.shape == noisy.shape
+    assert float(np.std(blurred.numpy())) < float(np.std(noisy))  # smoother
+    np.testing.assert_allclose(blurred.numpy().mean(), noisy.mean(), atol=0.01)  # kept level

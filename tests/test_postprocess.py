@@ -34,7 +34,8 @@ def test_gmm_splits_two_populations():
 def test_revision_rule_fires_when_all_medians_on_one_side(caplog):
     prob, image, truth = two_populations(water_prob=0.6, land_prob=0.95)
     cfg = PostprocessConfig(n_components=2, subsample=5000)
-    with caplog.at_level("INFO"):
+    # debug here: predict and evaluate log it at info, naming the photo
+    with caplog.at_level("DEBUG", logger="segmenter.postprocess"):
         mask, info = water_mask(prob, image, cfg)
     assert info["revised"] is True
     assert 0.6 < info["threshold"] < 0.95
@@ -143,3 +144,40 @@ def test_component_purity():
     histogram = component_histogram(labels, prob, 3)
     purity = purity_from_histogram(histogram, np.array([True, False, True]), 0.5)
     assert purity == [0.75, 0.5, None]
+
+
+def test_mask_clean_up_fills_glints_and_drops_specks():
+    from segmenter.postprocess import clean_mask
+
+    prob = np.ones((100, 100), np.float32)  # land
+    prob[10:60, 10:60] = 0.0  # a pond ...
+    prob[30:32, 30:32] = 1.0  # ... with a 4-pixel glint
+    prob[90, 90] = 0.0  # a 1-pixel dark speck on land
+    cfg = PostprocessConfig(method="global")
+    raw, info = water_mask(prob, None, cfg)
+    assert not raw[30, 30] and raw[90, 90] and "cleaned" not in info
+    cleaned, info = water_mask(
+        prob, None, cfg.model_copy(update={"fill_holes": 0.001, "remove_specks": 0.001})
+    )
+    assert cleaned[30, 30] and not cleaned[90, 90]
+    assert info["cleaned"] == {"specks_removed_px": 1, "holes_filled_px": 4}
+    assert info["water_fraction"] == pytest.approx(2500 / 10000)
+    # Regions above the area stay: the pond is 2 500 px, far above 0.1 % of the photo.
+    big, _ = clean_mask(cleaned, 0.0, 0.3)
+    assert not big.any()  # ... unless the area says otherwise
+    same, stats = clean_mask(raw, 0.0, 0.0)
+    assert same is raw and stats == {}
+
+
+def test_gmm_subsample_follows_the_photo_size():
+    from segmenter.postprocess import subsample_size
+
+    cfg = PostprocessConfig()  # share 0.05, at least 20 000, at most 200 000
+    assert subsample_size(560_000, cfg) == 28_000
+    assert subsample_size(100_000, cfg) == 20_000
+    assert subsample_size(25_000_000, cfg) == 200_000
+    assert subsample_size(560_000, PostprocessConfig(subsample_share=None)) == 200_000
+    prob, image, _ = two_populations(size=300)
+    _, info = water_mask(prob, image, PostprocessConfig(n_components=3,
+                                                        subsample_min=1000))
+    assert info["fitted_on"] == 4500

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from segmenter.config import load_config
 from segmenter.model import build_model
 from segmenter.outputs import safe_stem, unique_stems
-from segmenter.runs import prepare_run
+from segmenter.runs import RunPlan, prepare_run
 
 TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16: 4, 32: 2}"]
 
@@ -20,7 +21,7 @@ TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16:
 def make_run(path: Path, widths=(16, 32), finished=True) -> Path:
     """A run directory as `segmenter train` leaves it, with tiny untrained models."""
     cfg = load_config(None, TINY)
-    run = prepare_run(path, cfg, list(widths))
+    run = prepare_run(RunPlan(path, cfg, list(widths)))
     if finished:
         for width in widths:
             run.model_path(width).parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,10 @@ def test_predict_writes_masks_overlays_and_summary(runner, run_dir, tmp_path):
     csv_lines = (out / "predictions.csv").read_text().splitlines()
     assert csv_lines[0].startswith("input,stem,status") and len(csv_lines) == 5
     assert "4 of 4 photo(s) predicted" in result.output
+    assert re.search(r"^4 photo\(s\) in [\d.]+ s: [\d.]+ s per photo \(prediction median "
+                     r"[\d.]+ s, slowest [\d.]+ s; mask step [\d.]+ s per photo\)$",
+                     result.output, re.M), result.output
+    assert all(0 <= r["gmm_seconds"] <= r["seconds"] for r in summary["images"])
     assert not list(out.glob(".*tmp*")), "temporary files left behind"
     del photos
 
@@ -87,6 +92,8 @@ def test_corrupt_photo_is_named_and_others_still_predicted(runner, run_dir, tmp_
     assert (out / "shore_water_mask.png").is_file()
     records = json.loads((out / "predictions.json").read_text())["images"]
     assert [r["status"] for r in records if r["stem"] == "broken"] == ["failed"]
+    # photos are decoded ahead and written behind; records stay in input order
+    assert [r["stem"] for r in records] == ["alpha", "broken", "grey", "photo", "shore"]
 
 
 def test_never_overwrites_without_flag_and_default_out(runner, run_dir, tmp_path):

@@ -29,3 +29,13 @@ def test_quick_start_has_exactly_two_shell_blocks():
     assert len(blocks) == 2
     assert "segmenter train" in blocks[0] and "segmenter predict" in blocks[0]
     assert "pytest" in blocks[1]
+
+
+def test_config_reference_types_read_as_a_user_writes_them():
+    script = REPO / "scripts" / "config_reference.py"
+    spec = importlib.util.spec_from_file_location("config_reference", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.reference()
+    assert "| `data.water_class` | int ≥ 1 \\| str non-empty |" in text
+    assert not any(word in text for word in ("Annotated", "FieldInfo", "Union", "typing"))

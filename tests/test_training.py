@@ -166,7 +166,7 @@ def test_linear_model_with_logit_loss_is_saved_with_a_sigmoid_head(tmp_path):
 def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     """Stopped mid-interval (step 5 of 9, checkpoint at 3), resumed: same losses, same
     weights as a run that was never interrupted (same patches per step, restored optimiser)."""
-    from segmenter import training
+    from segmenter.training.callback import WidthCallback
 
     cfg = load_config(None, [*TINY_SETTINGS, "train.steps=9"])
     train(cfg, tmp_path / "full", dataset=tiny_dataset())
@@ -174,17 +174,17 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, monk
     class Interrupted(Exception):
         pass
 
-    original = training._WidthCallback.on_train_batch_end
+    original = WidthCallback.on_train_batch_end
 
     def interrupt(self, batch, logs=None):
         original(self, batch, logs)
         if self.tracker.step == 5:
             raise Interrupted
 
-    monkeypatch.setattr(training._WidthCallback, "on_train_batch_end", interrupt)
+    monkeypatch.setattr(WidthCallback, "on_train_batch_end", interrupt)
     with pytest.raises(Interrupted):
         train(cfg, tmp_path / "part", dataset=tiny_dataset())
-    monkeypatch.setattr(training._WidthCallback, "on_train_batch_end", original)
+    monkeypatch.setattr(WidthCallback, "on_train_batch_end", original)
     state = json.loads((tmp_path / "part" / "state" / "pw16" / "state.json").read_text())
     assert state["step"] == 3
     train(cfg, tmp_path / "part", resume=True, dataset=tiny_dataset())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,3 +67,16 @@ def tiny_dataset(n_train: int = 3, test: bool = True, size: int = 40) -> TinyDat
 
 def tiny_yaml(steps: int, every: int) -> str:
     return TINY_YAML.replace("STEPS", str(steps)).replace("EVERY", str(every))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A 2 KB grey PNG whose header declares ``width x height`` (its data end early)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (width + 1) * 50, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
+            + chunk(b"IEND", b""))

@@ -71,6 +71,7 @@ def evaluate(
         out_dir, [], overwrite, names=(evaluation.EVALUATION_JSON, evaluation.EVALUATION_CSV),
         what="an evaluation",
     )
+    predictor.check_writable(out_dir)
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     need = ("test",) if split == "test" else ("train", "test")
@@ -94,6 +95,8 @@ def evaluate(
     json_path, csv_path = evaluation.write_report(out_dir, report)
     if as_json:
         click.echo(json.dumps(report))
+        click.echo(evaluation.seconds_line(report), err=True)  # stdout stays one JSON object
     else:
         click.echo(evaluation.format_table(report))
         click.echo(f"per-image scores: {csv_path}")
+        click.echo(evaluation.seconds_line(report))

@@ -58,7 +58,9 @@ class LazyGroup(click.Group):
         except SegmenterError as exc:
             if ctx.obj and ctx.obj.get("verbose"):
                 log.exception("traceback (shown because of -v):")
-            raise click.ClickException(str(exc)) from None
+            error = click.ClickException(str(exc))
+            error.exit_code = getattr(exc, "exit_code", 1)
+            raise error from None
         except MemoryError:
             raise click.ClickException(
                 "out of memory: lower batch sizes, patch widths or data.scale"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from pathlib import Path
 
 import click
@@ -58,7 +59,7 @@ def predict(
     exit code is then 1. With --scheduler (or predict.scheduler) the photos and raster tiles
     are predicted by the workers of a Dask cluster.
     """
-    from segmenter.data.storage import expand_inputs
+    from segmenter.data.inputs import expand_inputs
     from segmenter.errors import ConfigError
     from segmenter.outputs_fs import fetch_run, is_url
     from segmenter.runs import open_run
@@ -93,6 +94,7 @@ def predict(
 
     out_path = Path(out)
     predictor.check_overwrite(out_path, outputs.unique_stems([r.name for r in refs]), overwrite)
+    predictor.check_writable(out_path)
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     log.info(
@@ -106,11 +108,16 @@ def predict(
         lines.append(line)
         click.echo(line)
 
-    _, failures = predictor.predict_inputs(
+    started = time.perf_counter()
+    records, failures = predictor.predict_inputs(
         refs, loaded, cfg, out_path, run_path=str(run.path), report=report,
         progress=functools.partial(progress, label="photos"), vector=vector,
     )
+    wall = time.perf_counter() - started
     done = len(refs) - len(failures)
+    ok = [r for r in records if r.get("status") == "ok"]
+    click.echo(predictor.seconds_summary([r["seconds"] for r in ok],
+                                         [r.get("gmm_seconds", 0.0) for r in ok], wall))
     click.echo(f"{done} of {len(refs)} photo(s) predicted into {out_path}")
     if failures:
         listing = "; ".join(failures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -55,8 +56,16 @@ def sample_data(folder: Path, n: int, seed: int, size: int, overwrite: bool) -> 
     FOLDER must be new or empty unless --overwrite; it appears only once complete.
     """
     from segmenter.data.sample import write_sample
+    from segmenter.errors import DataError
 
-    counts = write_sample(folder, n=n, size=size, seed=seed, overwrite=overwrite)
+    target = Path(os.path.abspath(folder))  # "." and "sub/.." have no name of their own
+    here = Path.cwd()
+    if overwrite and (target == here or target in here.parents):
+        raise DataError(
+            f"{folder}: is the current folder (or holds it); --overwrite would replace it with "
+            "everything in it: name a sub-folder instead"
+        )
+    counts = write_sample(target, n=n, size=size, seed=seed, overwrite=overwrite)
     click.echo(
         f"wrote {n} scenes ({size} px wide, seed {seed}) to {folder}: "
         f"train {counts['train']}, test {counts['test']}, "

@@ -48,13 +48,21 @@ def train(
     if out is None:
         out = Path("runs") / (config_path.stem if config_path is not None else "default")
     base = None
+    if resume and not (out / "config.yaml").is_file():
+        from segmenter.runs import RunPlan
+
+        # Refuses (nothing to resume) before TensorFlow starts; changes nothing on disk.
+        RunPlan(out, resolve_config(config_path, overrides), resume=True).check()
     if resume and config_path is None and (out / "config.yaml").is_file():
         from segmenter.runs import open_run
 
         base = open_run(out).config
     cfg = resolve_config(config_path, overrides, base=base)
 
-    from segmenter.training import train as train_run  # imports TensorFlow
+    from segmenter.tfenv import start_tensorflow
+
+    start_tensorflow()  # before training.py imports Keras: TensorFlow's start-up noise captured
+    from segmenter.training import train as train_run
 
     results = train_run(
         cfg, out, widths=list(patch_widths) or None, resume=resume, overwrite=overwrite

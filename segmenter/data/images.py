@@ -18,6 +18,7 @@ EXIF orientation is deliberately ignored: labels are drawn on the stored pixel g
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import PurePosixPath
 
@@ -38,6 +39,14 @@ MAX_PIXELS = 2_000_000_000
 # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that.
 if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS // 2:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
+
+#: Default cap on one photo's pixels, checked from the header before decoding: a tiny file can
+#: declare a huge image (a decompression bomb). ``$SEGMENTER_MAX_PIXELS`` raises or lowers it.
+DEFAULT_PIXEL_CAP = 500_000_000
+PIXEL_CAP_ENV = "SEGMENTER_MAX_PIXELS"
+#: Bytes per pixel at the working size that decoding and predicting a photo touch (float RGB,
+#: probability maps, their copies): bench_predict's 25-megapixel photo peaked at ~66 B/px.
+WORKING_BYTES_PER_PIXEL = 48
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 LABEL_PNG_SUFFIX = "_label.png"
@@ -75,6 +84,12 @@ def load_photo(
     notes: list[str] = []
     suffix = PurePosixPath(name).suffix.lower()
     if suffix in (".tif", ".tiff"):
+        header = _tiff_header(data)
+        if header is not None:
+            check_decodable(name, header[0], scaled_shape(header[0], scale))
+            if header[1] in _FOREIGN_TIFF_COLOURS:
+                notes.append(f"{header[1]} TIFF read as if RGB: its colours are not RGB and "
+                             "predictions may be wrong; convert it to RGB first")
         array = _read_tiff(data, name)
         full = (int(array.shape[0]), int(array.shape[1]))
         image = _to_float_rgb(array, name, notes)
@@ -86,6 +101,7 @@ def load_photo(
             pil = Image.open(io.BytesIO(data))
             full = (pil.height, pil.width)
             target = scaled_shape(full, scale)
+            check_decodable(name, full, target, len(pil.getbands()))
             # The region of the decoded pixels that the full photo covers: after a reduced
             # decode by f, ceil(w / f) pixels of which only w / f are the photo.
             box = (0.0, 0.0, float(pil.width), float(pil.height))
@@ -111,6 +127,76 @@ def load_photo(
         pil = pil.resize((target[1], target[0]), Image.Resampling.BOX, box=box)
     image = _to_float_rgb(np.asarray(pil), name, notes)
     return _resize_float(image, target), full, notes
+
+
+def pixel_cap() -> int:
+    """The largest photo decoded, in pixels: ``$SEGMENTER_MAX_PIXELS`` or the default."""
+    text = os.environ.get(PIXEL_CAP_ENV, "").strip().replace("_", "")
+    if text:
+        try:
+            return max(1, int(float(text)))
+        except ValueError:
+            raise DataError(
+                f"${PIXEL_CAP_ENV}: expected a number of pixels, got {text!r}"
+            ) from None
+    return DEFAULT_PIXEL_CAP
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux ``MemAvailable``; else free pages), or ``None``."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_decodable(name: str, full: tuple[int, int], target: tuple[int, int],
+                    bands: int = 4) -> None:
+    """Refuse, before decoding, a photo whose declared size is over the pixel cap or memory.
+
+    Raises:
+        DataError: naming the file, its declared size, and the cap or the memory it needs.
+    """
+    pixels = full[0] * full[1]
+    cap = pixel_cap()
+    size = f"{full[1]}x{full[0]} pixels ({pixels / 1e6:,.0f} megapixels)"
+    if pixels > cap:
+        raise DataError(
+            f"{name}: declares {size}, over the {cap / 1e6:,.0f}-megapixel limit for one photo "
+            f"(a decompression bomb?); set ${PIXEL_CAP_ENV} to allow larger photos"
+        )
+    need = pixels * bands + target[0] * target[1] * WORKING_BYTES_PER_PIXEL
+    available = available_memory()
+    if available is not None and need > available:
+        raise DataError(
+            f"{name}: declares {size}; decoding and processing it needs about "
+            f"{need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of memory "
+            "available"
+        )
+
+
+#: TIFF photometric interpretations whose bands are not R, G, B (tifffile's names).
+_FOREIGN_TIFF_COLOURS = ("CIELAB", "ICCLAB", "ITULAB", "SEPARATED", "LOGLUV", "CFA")
+
+
+def _tiff_header(data: bytes) -> tuple[tuple[int, int], str] | None:
+    """A TIFF's ``(H, W)`` and photometric name from its header, without decoding."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            photometric = getattr(page.photometric, "name", str(page.photometric))
+            return (int(page.imagelength), int(page.imagewidth)), photometric
+    except Exception:  # noqa: BLE001 - any header problem is reported by the real read
+        return None
 
 
 def _read_tiff(data: bytes, name: str) -> np.ndarray:
@@ -178,7 +264,10 @@ def read_mat_label(data: bytes, name: str, water_class: int | str) -> np.ndarray
             ``labels`` (names ``name``).
     """
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
+    if not data:
+        raise DataError(f"{name}: not a readable .mat file (0 bytes)")
     try:
         # Only the two keys we use: real files also hold large float16 'preds'.
         mat = scipy.io.loadmat(io.BytesIO(data), variable_names=["class", "labels"])
@@ -186,7 +275,8 @@ def read_mat_label(data: bytes, name: str, water_class: int | str) -> np.ndarray
         raise DataError(
             f"{name}: MATLAB v7.3 (HDF5) label files are not supported; save with -v7"
         ) from None
-    except (ValueError, TypeError, OSError, KeyError, IndexError, EOFError) as exc:
+    except (MatReadError, ValueError, TypeError, OSError, KeyError, IndexError,
+            EOFError) as exc:
         raise DataError(f"{name}: not a readable .mat file ({_reason(exc)})") from None
     if "class" not in mat:
         raise DataError(f"{name}: no 'class' array in the .mat file")

@@ -24,8 +24,9 @@ import numpy as np
 
 from segmenter.config import DataConfig
 from segmenter.data import images
+from segmenter.data.inputs import is_photo_name
 from segmenter.data.rasterlabels import LABEL_RASTER_SUFFIXES, is_label_raster
-from segmenter.data.storage import Storage, is_photo_name, open_storage
+from segmenter.data.storage import Storage, open_storage
 from segmenter.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Dataset:
     split: str  # "folders" (train/ and test/) or "seeded" (split by data.seed)
     pairs_found: int = 0
     skipped: list[str] = field(default_factory=list)
+    legacy_fingerprint: str | None = None  # names and sizes only (runs before content hashing)
 
     def summary(self) -> str:
         """One line for logs and `segmenter data`: pairs, skipped, pixels, water fraction."""
@@ -282,6 +284,7 @@ def load_dataset(
         train=train,
         test=test,
         fingerprint=fingerprint(train, test, scale),
+        legacy_fingerprint=legacy_fingerprint(train, test, scale),
         source=storage.url if data_cfg.source != "sample" else "sample",
         scale=scale,
         split="folders" if use_test else "seeded",
@@ -367,7 +370,24 @@ def split_by_seed(
 
 
 def fingerprint(train: list[LabelledImage], test: list[LabelledImage], scale: float) -> str:
-    """A stable hash of stems, sizes and scale: the identity of the data a model saw."""
+    """A stable hash of the decoded content: stems, scale, every photo's and label's pixels.
+
+    Names and sizes alone let ``--resume`` continue on other data of the same shape (another
+    sample seed, labels edited in place); the pixels as loaded are what a model saw.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(json.dumps({"scale": round(float(scale), 9)}).encode())
+    for split, items in (("train", train), ("test", test)):
+        for item in items:
+            digest.update(json.dumps([split, item.stem, *item.land.shape]).encode())
+            digest.update(np.ascontiguousarray(item.image, np.float32).data)
+            digest.update(np.ascontiguousarray(item.land, np.float32).data)
+    return "c1-" + digest.hexdigest()
+
+
+def legacy_fingerprint(train: list[LabelledImage], test: list[LabelledImage],
+                       scale: float) -> str:
+    """The names-and-sizes fingerprint of runs made before content was hashed."""
     content = {
         "scale": round(float(scale), 9),
         "train": [[item.stem, *item.land.shape] for item in train],

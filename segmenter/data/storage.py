@@ -18,11 +18,14 @@ that found something are cached (a folder missing today is looked for again next
 a sub-folder such as ``test/`` exists is read from the source's own listing. Each read is
 checked against the size in the listing; a truncated download (an interrupted first run) is
 detected, dropped from the cache and fetched again.
+
+The inputs of ``predict`` (files, folders, globs, URLs) are expanded in
+:mod:`segmenter.data.inputs`; S3 and filesystem failures become one line in
+:mod:`segmenter.data.s3errors`.
 """
 
 from __future__ import annotations
 
-import glob as globmod
 import hashlib
 import json
 import logging
@@ -33,7 +36,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from segmenter.config import DEFAULT_CACHE_ENV, DataConfig
-from segmenter.data.images import LABEL_PNG_SUFFIX, PHOTO_EXTENSIONS
+from segmenter.data.s3errors import REFRESH_HINT  # noqa: F401  (re-exported)
+from segmenter.data.s3errors import first_line as _first_line  # noqa: F401
+from segmenter.data.s3errors import io_errors as _io_errors
+from segmenter.data.s3errors import not_found_kind as _not_found_kind
+from segmenter.data.s3errors import translate as _translate
 from segmenter.errors import DataError
 from segmenter.fileio import write_json
 
@@ -45,10 +52,6 @@ READ_TIMEOUT_S = 30
 MAX_ATTEMPTS = 2
 # s3fs's own retry loop on top of botocore's (default 5, with back-off).
 S3FS_RETRIES = 2
-#: Added to "not found" for S3 sources: the folder listings are cached, and may be stale.
-REFRESH_HINT = (
-    " (folder listings are cached: if the bucket changed since, run `segmenter data --refresh`)"
-)
 
 
 def cache_root(data_cfg: DataConfig | None = None) -> Path:
@@ -297,113 +300,7 @@ def _open_s3(source: str, data_cfg: DataConfig, refresh: bool) -> Storage:
 
 
 # --------------------------------------------------------------------------------------------
-# Inputs of `predict`: files, folders, globs and URLs
-
-
-@dataclass(frozen=True)
-class PhotoRef:
-    """One photo to predict: a display ``name`` (from the stem, unique), where it is, a reader."""
-
-    name: str
-    path: str
-    storage: Storage = field(repr=False, compare=False)
-    relpath: str = field(default="", repr=False)
-
-    def read_bytes(self) -> bytes:
-        """The photo's bytes, through the same cached storage as training data."""
-        return self.storage.read_bytes(self.relpath)
-
-
-def is_photo_name(name: str) -> bool:
-    """A photo file name (by extension), excluding ``<stem>_label.png`` label images."""
-    lower = name.lower()
-    return lower.endswith(PHOTO_EXTENSIONS) and not lower.endswith(LABEL_PNG_SUFFIX)
-
-
-def expand_inputs(inputs: list[str] | tuple[str, ...], data_cfg: DataConfig) -> list[PhotoRef]:
-    """Turn any mix of files, folders, globs and ``s3://`` URLs into photo references.
-
-    Folders contribute the photos directly inside them (sorted). Display names are the file
-    stems, made unique with ``-2``, ``-3``... so outputs never overwrite each other.
-
-    Raises:
-        DataError: an input that does not exist, or that holds no photo (names it).
-    """
-    refs: list[tuple[str, str, Storage, str]] = []
-    for item in inputs:
-        found = _expand_s3(item, data_cfg) if is_s3(item) else _expand_local(item, data_cfg)
-        if not found:
-            raise DataError(f"{item}: no photos ({', '.join(PHOTO_EXTENSIONS)}) found")
-        refs.extend(found)
-    seen: dict[str, int] = {}
-    out = []
-    for stem, path, storage, rel in refs:
-        count = seen.get(stem, 0) + 1
-        seen[stem] = count
-        name = stem if count == 1 else f"{stem}-{count}"
-        out.append(PhotoRef(name=name, path=path, storage=storage, relpath=rel))
-    return out
-
-
-def _expand_local(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Storage, str]]:
-    path = Path(item).expanduser()
-    # A path that exists is taken literally, even with glob characters ("a[1].jpg").
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_photo_name(p.name))
-    elif path.is_file():
-        files = [path]
-    elif globmod.has_magic(item):
-        matches = sorted(Path(p) for p in globmod.glob(str(path)) if is_photo_name(p))
-        files = [p for p in matches if p.is_file()]
-    else:
-        raise DataError(f"{item}: no such file or folder")
-    out = []
-    folders: dict[Path, Storage] = {}
-    for file in files:
-        if file.parent not in folders:
-            folders[file.parent] = open_storage(str(file.parent), data_cfg)
-        out.append((_stem(file.name), str(file), folders[file.parent], file.name))
-    return out
-
-
-def _expand_s3(item: str, data_cfg: DataConfig) -> list[tuple[str, str, Storage, str]]:
-    root = item.split("://", 1)[1].strip("/")
-    # An object that exists is taken literally, even with glob characters ("a[1].jpg").
-    parent, _, name = root.rpartition("/")
-    if parent and is_photo_name(name):
-        storage = open_storage("s3://" + parent, data_cfg)
-        if name in storage.list(""):
-            return [(_stem(name), storage.display(name), storage, name)]
-    if globmod.has_magic(root):
-        bucket = open_storage("s3://" + root.split("/", 1)[0], data_cfg)
-        try:
-            matches = sorted(bucket.fs.fs.glob(root))
-        except _io_errors(True) as exc:
-            raise _translate(exc, item, bucket) from None
-        out = []
-        folders: dict[str, Storage] = {}
-        for match in matches:
-            parent, _, name = match.rpartition("/")
-            if not is_photo_name(name):
-                continue
-            if parent not in folders:
-                folders[parent] = open_storage("s3://" + parent, data_cfg)
-            storage = folders[parent]
-            out.append((_stem(name), storage.display(name), storage, name))
-        return out
-    storage = open_storage(item, data_cfg)
-    if not storage.isdir(""):
-        raise DataError(f"{item}: no such file or folder in the bucket{REFRESH_HINT}")
-    names = [n for n in storage.list("") if is_photo_name(n)]
-    return [(_stem(n), storage.display(n), storage, n) for n in names]
-
-
-# --------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _stem(name: str) -> str:
-    return PurePosixPath(name).stem
 
 
 def _join(base: str, path: str) -> str:
@@ -421,10 +318,16 @@ def _local_listing(path: Path) -> dict[str, Any] | None:
     try:
         with os.scandir(path) as entries:
             for entry in entries:
-                if entry.is_dir():
-                    dirs.append(entry.name)
-                elif entry.is_file():
-                    files[entry.name] = entry.stat().st_size
+                try:
+                    if entry.is_dir():
+                        dirs.append(entry.name)
+                    elif entry.is_file():
+                        files[entry.name] = entry.stat().st_size
+                    elif entry.is_symlink():
+                        log.warning("%s: broken symbolic link; skipped", path / entry.name)
+                except OSError as exc:  # a self-looping or unreadable link: only it is lost
+                    log.warning("%s: cannot read (%s); skipped", path / entry.name,
+                                exc.strerror or exc)
     except OSError as exc:
         raise DataError(f"{path}: cannot list folder ({exc.strerror or exc})") from None
     return {"files": files, "dirs": sorted(dirs)}
@@ -435,116 +338,19 @@ def _json_safe(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
 
 
-def _io_errors(remote: bool) -> tuple[type[BaseException], ...]:
-    """What a read or listing can raise because of the data or the network (not our bugs).
-
-    s3fs maps most S3 errors to ``OSError`` subclasses; the rest come from botocore (no
-    credentials, unreachable endpoint), aiohttp or asyncio (timeouts).
-    """
-    if not remote:
-        return (OSError,)
-    import asyncio
-
-    import aiohttp
-    import botocore.exceptions
-
-    return (
-        OSError,
-        ValueError,
-        asyncio.TimeoutError,
-        aiohttp.ClientError,
-        botocore.exceptions.BotoCoreError,
-        botocore.exceptions.ClientError,
-    )
+# Moved to their own modules (issue 9); still importable from here.
+_MOVED = {
+    "PhotoRef": "segmenter.data.inputs",
+    "expand_inputs": "segmenter.data.inputs",
+    "is_photo_name": "segmenter.data.inputs",
+    "is_segmenter_output": "segmenter.data.inputs",
+}
 
 
-def _not_found_kind(exc: BaseException) -> str:
-    """What a remote "not found" means: ``bucket``, ``key`` (object or prefix) or ``http``.
+def __getattr__(name: str):
+    """Lazy re-exports (``inputs`` imports this module, so they cannot be imported eagerly)."""
+    if name in _MOVED:
+        import importlib
 
-    s3fs raises a bare FileNotFoundError for a prefix with nothing under it, and translates
-    S3's NoSuchBucket / NoSuchKey; a server that is not S3 (a wrong endpoint_url) answers a
-    plain 404, without an S3 error code, which says nothing about the folder.
-    """
-    codes = set()
-    for item in _chain(exc):
-        response = getattr(item, "response", None)
-        if isinstance(response, dict):
-            codes.add(str(response.get("Error", {}).get("Code", "")))
-    text = " ".join(str(item) for item in _chain(exc))
-    if "NoSuchBucket" in codes or "NoSuchBucket" in text:
-        return "bucket"
-    if codes - {"NoSuchKey", ""}:
-        return "http"
-    return "key"
-
-
-def _translate(exc: BaseException, where: str, storage: Storage) -> DataError:
-    """One line for an S3 / filesystem failure; the original is logged at debug level."""
-    log.debug("%s: %s: %r", where, type(exc).__name__, exc)
-    endpoint = storage.endpoint or "AWS S3"
-    bucket = storage.url.split("://", 1)[-1].split("/", 1)[0] if storage.remote else ""
-    names = {type(e).__name__ for e in _chain(exc)}
-    text = " ".join(str(e) for e in _chain(exc))
-    if isinstance(exc, FileNotFoundError):
-        if not storage.remote:
-            return DataError(f"{where}: file not found")
-        kind = _not_found_kind(exc)
-        if kind == "bucket":
-            return DataError(f"{where}: bucket '{bucket}' not found on {endpoint}")
-        if kind == "http":
-            return DataError(
-                f"{where}: {endpoint} answered 404 Not Found without an S3 error code "
-                f"(is it an S3 endpoint, and does bucket '{bucket}' exist?)"
-            )
-        return DataError(f"{where}: file not found{REFRESH_HINT}")
-    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
-        hint = (
-            " (the bucket is not public: set data.anon: false and provide AWS credentials)"
-            if storage.remote and _is_anon(storage)
-            else ""
-        )
-        return DataError(f"{where}: access denied{hint}")
-    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
-        return DataError(
-            f"{where}: no AWS credentials found (set data.anon: true for public buckets, or "
-            "configure credentials: AWS_PROFILE, ~/.aws/credentials, environment variables)"
-        )
-    if names & {
-        "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
-        "ConnectionClosedError",
-        "ClientConnectorError",
-        "ServerDisconnectedError",
-        "FSTimeoutError",
-        "TimeoutError",
-        "ConnectionRefusedError",
-        "gaierror",
-    }:
-        if storage.endpoint:
-            return DataError(f"{where}: cannot reach the S3 endpoint {storage.endpoint}")
-        return DataError(f"{where}: cannot reach AWS S3 (check the network connection)")
-    if isinstance(exc, IsADirectoryError):
-        return DataError(f"{where}: is a folder, expected a file")
-    if isinstance(exc, OSError):
-        return DataError(f"{where}: cannot read ({exc.strerror or _first_line(exc)})")
-    return DataError(f"{where}: {type(exc).__name__}: {_first_line(exc)}")
-
-
-def _is_anon(storage: Storage) -> bool:
-    inner = getattr(storage.fs, "fs", None)
-    return bool(getattr(inner, "anon", False))
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in out:
-        out.append(current)
-        current = current.__cause__ or current.__context__
-    return out
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

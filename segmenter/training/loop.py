@@ -1,0 +1,363 @@
+"""Training: one model per patch width, with validation, checkpoints, resume and history.
+
+:func:`train` is what ``segmenter train`` calls. For each patch width it builds the residual
+encoder-decoder, trains it for ``train.steps`` batches of random patches (``data/pipeline.py``)
+with Keras' ``fit`` under the chosen ``tf.distribute`` strategy, and every ``validate_every``
+steps:
+
+1. measures the loss and the water IoU on a fixed, seeded set of test patches;
+2. saves a checkpoint (model + optimiser state) to ``state/pw<W>/`` and only then records it
+   in ``state.json`` (so a kill -9 at any moment leaves the previous checkpoint usable);
+3. rewrites the history CSV and the width's status file (from which ``manifest.json`` is made).
+
+A resumed width restarts at its checkpoint's step with the same optimiser state; because the
+patches of step ``n`` depend only on ``(seed, width, n)``, it then sees exactly the batches an
+uninterrupted run would have seen. At most one validation interval of work is redone.
+
+A non-finite training loss stops that width at once (no checkpoint is written after it), marks
+it ``failed`` with a message, and leaves its last good checkpoint in place; the other widths
+still train.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from segmenter.config import Config
+from segmenter.data.pipeline import (
+    PatchSource,
+    eligible_images,
+    training_dataset,
+    validation_patches,
+)
+from segmenter.errors import ConfigError, DataError, Interrupted, RunError
+from segmenter.runs import Run, RunPlan, remove_stale_temporaries
+from segmenter.runstate import CheckpointState, WidthStatus
+from segmenter.training import ctrlc
+from segmenter.training.callback import Progress, WidthCallback, width_status
+from segmenter.training.ctrlc import stop_requested
+from segmenter.training.export import finish
+from segmenter.training.result import WidthResult
+
+log = logging.getLogger("segmenter.training")
+
+
+def train(
+    cfg: Config,
+    out: str | Path,
+    *,
+    widths: list[int] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    dataset: Any = None,
+    progress: bool | None = None,
+) -> list[WidthResult]:
+    """Train every configured patch width (or only ``widths``) into the run directory ``out``.
+
+    Args:
+        cfg: the resolved config.
+        out: the run directory.
+        widths: ``--patch-width`` values; ``None`` trains every width of ``train.widths``.
+        resume: continue unfinished widths from their checkpoints; finished ones are untouched.
+        overwrite: start the run (or, with ``widths``, those widths) again.
+        dataset: an already loaded ``Dataset`` (tests and scripts); default: load ``cfg.data``.
+        progress: draw Keras' progress bar; default: when stdout is a terminal.
+
+    Returns:
+        One :class:`WidthResult` per width; ``failed`` ones carry the reason.
+
+    Raises:
+        SegmenterError: bad widths, no training pairs, an unusable run directory.
+    """
+    from segmenter.distribute import describe, is_chief, select_strategy
+    from segmenter.tfenv import start_tensorflow
+
+    start_tensorflow()
+    # MultiWorkerMirroredStrategy must exist before TensorFlow runs any operation.
+    strategy = select_strategy(cfg.train)
+    chief = is_chief(strategy)
+    chosen = _chosen_widths(cfg, widths)
+    # Check the run directory first (a refusal is cheap), but change it (--overwrite clears
+    # the old run) only once the data have loaded and can train every chosen width.
+    checked = RunPlan(Path(out), cfg, chosen, resume=resume, overwrite=overwrite,
+                      partial=widths is not None, write=chief).check()
+
+    if dataset is None:
+        from segmenter.data.ontario import load_dataset
+
+        dataset = load_dataset(cfg.data)
+        log.info("%s", dataset.summary())
+    from segmenter.data.diversity import diversity_warnings
+
+    for line in diversity_warnings(dataset.train):
+        log.warning("training data: %s", line)
+    if not dataset.train:
+        raise DataError(f"{cfg.data.source}: no training pairs (train/ is empty)")
+    for width in chosen:
+        if not any(min(item.land.shape[:2]) >= width for item in dataset.train):
+            raise DataError(
+                f"patch width {width}: no training image is at least {width}x{width} pixels "
+                f"(lower the width or raise data.scale)"
+            )
+    # The widths that stay in the run (all of them, unless --overwrite clears them).
+    recorded = next((st.data_fingerprint for st in checked.kept_statuses().values()
+                     if st.data_fingerprint), None)
+    legacy = getattr(dataset, "legacy_fingerprint", None)
+    if recorded and recorded == legacy and recorded != dataset.fingerprint:
+        log.warning("%s: this run recorded only the names and sizes of its data (an older "
+                    "segmenter); their content cannot be checked", checked.path)
+    elif recorded and recorded != dataset.fingerprint and (resume or widths is not None):
+        raise RunError(
+            f"{checked.path}: the data differ from the data this run was trained on "
+            f"(fingerprint {dataset.fingerprint} != {recorded}); use another --out"
+        )
+    run = checked.apply()
+    log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,
+             describe(strategy))
+    if not dataset.test:
+        log.warning("no test pairs: validation is off (no val_loss, no water IoU, no val score)")
+
+    if progress is None:
+        progress = sys.stdout.isatty()
+    with ctrlc.guard():
+        return _train_widths(run, cfg, dataset, chosen, strategy, chief, resume, progress)
+
+
+def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strategy: Any,
+                  chief: bool, resume: bool, progress: bool) -> list[WidthResult]:
+    results = []
+    for width in chosen:
+        status = run.status(width)
+        finished = status is not None and status.status == "finished"
+        if finished and run.model_path(width).is_file():
+            results.append(WidthResult(
+                width, "skipped", status.steps_done, cfg.train.steps,
+                status.final_loss, status.final_val_loss, status.final_val_water_iou,
+            ))
+            log.info("%s", results[-1].summary_line())
+            continue
+        try:
+            result = _train_width(run, cfg, dataset, width, strategy, chief, resume, progress)
+        except (Interrupted, KeyboardInterrupt):
+            if chief:
+                _mark_interrupted(run, width, cfg, dataset.fingerprint)
+            raise
+        log.info("%s", result.summary_line())
+        results.append(result)
+    return results
+
+
+def _mark_interrupted(run: Run, width: int, cfg: Config, fingerprint: str) -> None:
+    """Record that ``width`` was stopped by Ctrl-C (its last checkpoint stays resumable)."""
+    status = run.status(width) or WidthStatus(status="interrupted")
+    state = run.read_state(width)
+    run.write_status(width, status.model_copy(update={
+        "status": "interrupted",
+        "steps_done": state.step if state is not None else status.steps_done,
+        "steps": cfg.train.steps,
+        "batch_size": cfg.train.widths[width],
+        "data_fingerprint": fingerprint,
+    }))
+
+
+def _interrupted(run: Run, width: int, step: int, checkpoint: int) -> Interrupted:
+    return Interrupted(
+        f"interrupted: pw{width} stopped at step {step}, its last checkpoint is step "
+        f"{checkpoint}; continue with `segmenter train --resume --out {run.path}`"
+    )
+
+
+def _chosen_widths(cfg: Config, widths: list[int] | None) -> list[int]:
+    configured = list(cfg.train.widths)
+    if not widths:
+        return configured
+    chosen = []
+    for width in widths:
+        if width not in cfg.train.widths:
+            raise ConfigError(
+                f"--patch-width {width}: not in train.widths "
+                f"({', '.join(map(str, configured))}); add it with its batch size"
+            )
+        if width not in chosen:
+            chosen.append(width)
+    return chosen
+
+
+def _train_width(
+    run: Run,
+    cfg: Config,
+    dataset: Any,
+    width: int,
+    strategy: Any,
+    chief: bool,
+    resume: bool,
+    progress: bool,
+) -> WidthResult:
+    steps = cfg.train.steps
+    batch_size = cfg.train.widths[width]
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        log.warning("pw%d: batch size %d does not divide over %d replicas; replicas get "
+                    "unequal shares", width, batch_size, replicas)
+    train_items = eligible_images(dataset.train, width, "train")
+    if not train_items:
+        raise DataError(
+            f"patch width {width}: no training image is at least {width}x{width} pixels "
+            f"(lower the width or raise data.scale)"
+        )
+    test_items = eligible_images(dataset.test, width, "test") if dataset.test else []
+    val_batches = validation_patches(
+        test_items, width, batch_size, cfg.train.validation_batches, seed=cfg.train.seed
+    )
+    if dataset.test and not val_batches:
+        log.warning("pw%d: no test image is large enough; validation is off for this width",
+                    width)
+
+    if chief:
+        remove_stale_temporaries(run, width)
+    state = run.read_state(width) if resume else None
+    if state is not None and state.batch_size != batch_size:
+        raise RunError(f"{run.path}: pw{width} checkpoint has another batch size")
+    tracker = Progress(step=state.step if state else 0)
+    if state:
+        tracker.rows = list(state.history)
+        tracker.seconds_before = state.seconds
+        tracker.last_checkpoint = tracker.step
+        log.info("pw%d: resuming at step %d/%d", width, tracker.step, steps)
+
+    try:
+        return _fit_width(run, cfg, dataset, width, strategy, chief, progress, train_items,
+                          val_batches, state, tracker)
+    except Exception as exc:
+        if not _out_of_memory(exc):
+            raise
+        message = _oom_message(width, batch_size)
+        tracker.failed = message
+        log.debug("pw%d: %s", width, exc)
+        if chief:
+            run.write_status(width, width_status(tracker, "failed", steps, batch_size,
+                                                 dataset.fingerprint, message))
+        return WidthResult(width, "failed", tracker.last_checkpoint, steps,
+                           seconds=tracker.seconds(), message=message)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """TensorFlow's ResourceExhaustedError (CPU or GPU allocator), or Python's MemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    import tensorflow as tf
+
+    return isinstance(exc, tf.errors.ResourceExhaustedError)
+
+
+def _oom_message(width: int, batch_size: int) -> str:
+    import tensorflow as tf
+
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    return (
+        f"out of {device} memory training patch width {width} with batch size {batch_size}; "
+        f"lower the batch size (train.widths.{width}) or the patch width"
+    )
+
+
+def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, chief: bool,
+               progress: bool, train_items: list, val_batches: list,
+               state: CheckpointState | None, tracker: Progress) -> WidthResult:
+    from segmenter.distribute import avoid_multiworker_build_reduce, precision
+
+    steps, every = cfg.train.steps, cfg.train.validate_every
+    batch_size = cfg.train.widths[width]
+    with precision(cfg.train):
+        with strategy.scope():
+            keras.utils.set_random_seed(cfg.train.seed)
+            model = _compiled_model(cfg, state)
+        if stop_requested():  # Ctrl-C while the model was built
+            raise _interrupted(run, width, tracker.step, tracker.last_checkpoint)
+        avoid_multiworker_build_reduce(model, strategy, width, batch_size)
+        loss_fn = loss_function(cfg)
+        tracker.started = time.monotonic()
+        callback = WidthCallback(run, cfg, width, batch_size, model, loss_fn, val_batches,
+                                  tracker, chief, dataset.fingerprint, progress)
+        callbacks: list[Any] = [callback]
+        if cfg.train.tensorboard and chief:
+            callbacks.append(keras.callbacks.TensorBoard(
+                log_dir=str(run.tensorboard_dir(width)), write_graph=False
+            ))
+        source = PatchSource.from_images(train_items)
+        if chief:
+            run.write_status(width, width_status(tracker, "running", steps, batch_size,
+                                            dataset.fingerprint))
+        for first, epochs, per_epoch in _segments(tracker.step, steps, every):
+            batches = training_dataset(
+                source, width, batch_size, seed=cfg.train.seed, start_step=first,
+                steps=first + epochs * per_epoch, augment=cfg.train.augment,
+            )
+            initial = first // every
+            model.fit(batches, epochs=initial + epochs, initial_epoch=initial,
+                      steps_per_epoch=per_epoch, verbose=0, callbacks=callbacks, shuffle=False)
+            if tracker.failed or stop_requested():
+                break
+        callback.close()
+    if stop_requested() and not tracker.failed:
+        raise _interrupted(run, width, tracker.step, tracker.last_checkpoint)
+
+    if tracker.failed:
+        if chief:
+            run.write_status(width, width_status(tracker, "failed", steps, batch_size,
+                                                 dataset.fingerprint, tracker.failed))
+        return WidthResult(width, "failed", tracker.step, steps, seconds=tracker.seconds(),
+                           message=tracker.failed)
+    return finish(run, cfg, width, batch_size, model, tracker, chief, dataset.fingerprint)
+
+
+def _segments(start: int, steps: int, every: int) -> list[tuple[int, int, int]]:
+    """``fit`` calls as (first step, epochs, steps per epoch): whole intervals, then the rest.
+
+    An epoch is one validation interval, so Keras' ``on_epoch_end`` is where validation and
+    checkpoints happen; a shorter last interval needs its own ``fit`` call.
+    """
+    remaining = steps - start
+    full, rest = divmod(max(remaining, 0), every)
+    segments = []
+    if full:
+        segments.append((start, full, every))
+    if rest:
+        segments.append((start + full * every, 1, rest))
+    return segments
+
+
+def loss_function(cfg: Config):
+    from segmenter.losses import get_loss, uses_logits
+
+    return get_loss(cfg.train.loss, from_logits=uses_logits(cfg.model.activation, cfg.train.loss))
+
+
+def _compiled_model(cfg: Config, state: CheckpointState | None):
+    """Build and compile the model; restore weights and optimiser state from a checkpoint."""
+    from segmenter.model import build_model
+
+    model = build_model(cfg.model)
+    rate: Any = cfg.train.learning_rate
+    if cfg.train.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(
+            cfg.train.learning_rate, decay_steps=cfg.train.steps, alpha=0.05
+        )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=rate),
+        loss=loss_function(cfg),
+        jit_compile=bool(cfg.train.jit_compile),
+    )
+    if state is not None:
+        model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(state.checkpoint_path)
+        except (OSError, ValueError) as exc:
+            where = state.checkpoint_path
+            raise RunError(f"{where}: cannot restore checkpoint ({exc})") from exc
+    return model

@@ -1,0 +1,141 @@
+"""Predict/evaluate hardening (issue 9): tiny photos, concurrent runs, corrupt models, --out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_predict_cli import make_run, write_photos
+from tiny_data import png_declaring
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run") / "run")
+
+
+def test_one_pixel_photo_does_not_abort_the_batch(runner, run_dir, tmp_path):
+    """A 1x1 photo used to stop the whole batch (GaussianMixture on 1 sample): no later photo
+    predicted, no predictions.json. It is now predicted (global threshold) and named."""
+    photos = tmp_path / "photos"
+    write_photos(photos)
+    Image.fromarray(np.full((1, 1, 3), 90, np.uint8)).save(photos / "aaa_dot.png")
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, photos, "--out", out)
+    assert result.exit_code == 0, result.output
+    records = {r["stem"]: r for r in json.loads((out / "predictions.json").read_text())["images"]}
+    assert set(records) == {"aaa_dot", "shore", "grey", "alpha", "photo"}
+    assert records["aaa_dot"]["status"] == "ok" and records["aaa_dot"]["method"] == "global"
+    assert (out / "shore_water_mask.png").is_file()
+
+
+def test_decompression_bomb_among_photos_is_named_and_the_others_are_predicted(
+        runner, run_dir, tmp_path):
+    """A 2 KB PNG declaring 40000 x 40000 pixels used to be decoded until memory ran out,
+    with no file named and the good photos of the folder not done."""
+    photos = tmp_path / "photos"
+    write_photos(photos)
+    (photos / "bomb.png").write_bytes(png_declaring(40_000, 40_000))
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, photos, "--out", out)
+    assert result.exit_code == 1
+    failed = [x for x in result.output.splitlines() if x.startswith("FAILED")]
+    assert len(failed) == 1 and "bomb.png: declares 40000x40000 pixels" in failed[0], failed
+    records = {r["stem"]: r for r in json.loads((out / "predictions.json").read_text())["images"]}
+    assert records["bomb"]["status"] == "failed"
+    assert all(records[s]["status"] == "ok" for s in ("shore", "grey", "alpha", "photo"))
+
+
+def test_failure_line_names_the_file_once(runner, run_dir, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "broken.png").write_bytes(b"not a png")
+    result = runner("predict", "--run", run_dir, photos, "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    line = [x for x in result.output.splitlines() if x.startswith("FAILED")][0]
+    assert line.count("broken.png") == 1, line
+
+
+def test_corrupt_model_file_is_called_corrupt_not_missing(runner, tmp_path):
+    run = make_run(tmp_path / "run", widths=(16,))
+    photos = write_photos(tmp_path / "photos")
+    for content in (b"", b"0123456789"):
+        (run / "models" / "pw16.keras").write_bytes(content)
+        result = runner("predict", "--run", run, photos["rgb"], "--out", tmp_path / "out")
+        assert result.exit_code == 1
+        error = result.output.strip().splitlines()[-1]
+        assert "pw16.keras" in error and "corrupt" in error, error
+        assert "not found" not in error.lower()
+
+
+def test_unwritable_out_is_refused_before_any_work(runner, run_dir, tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    out = blocker / "out"
+    result = runner("predict", "--run", run_dir, photos["rgb"], "--out", out)
+    assert result.exit_code == 1
+    assert f"Error: {out}: cannot write" in result.output, result.output
+    assert "FAILED" not in result.output and "predicting" not in result.output
+    result = runner("evaluate", "--run", run_dir, "--out", out)
+    assert result.exit_code == 1
+    assert f"Error: {out}: cannot write" in result.output, result.output
+    assert "evaluating" not in result.output
+
+
+def test_two_predicts_into_one_out_at_once_keep_both_summaries(run_dir, tmp_path):
+    out = tmp_path / "out"
+    folders = []
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for index in range(3):
+            rng = np.random.default_rng([index, len(name)])
+            pixels = (rng.random((24, 32, 3)) * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}{index}.png")
+        folders.append(folder)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    processes = [
+        # --overwrite: neither may refuse because the other already wrote its summary.
+        subprocess.Popen([sys.executable, "-m", "segmenter", "-q", "predict", "--run",
+                          str(run_dir), str(folder), "--out", str(out), "--overwrite"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for folder in folders
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    stems = sorted(r["stem"] for r in json.loads((out / "predictions.json").read_text())["images"])
+    assert stems == ["one0", "one1", "one2", "two0", "two1", "two2"]
+    csv_rows = (out / "predictions.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 7
+
+
+def test_revised_threshold_line_names_the_photo(runner, run_dir, tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    # A threshold below every component's median: the GMM step must revise it.
+    result = runner("predict", "--run", run_dir, photos["rgb"], "--out", tmp_path / "out",
+                    "--set", "postprocess.threshold=0.0001")
+    assert result.exit_code == 0, result.output
+    revised = [x for x in result.output.splitlines() if "threshold revised" in x]
+    assert revised and all(x.startswith("shore: ") for x in revised), result.output
+
+
+def test_an_earlier_summary_is_read_as_typed_records(tmp_path):
+    """Merging with another predict's summary: its records are validated; one that is not
+    a prediction record (hand-edited) is dropped rather than written back as is."""
+    from segmenter.predictor import _summary_records
+
+    (tmp_path / "predictions.json").write_text(json.dumps({"images": [
+        {"input": "a.png", "stem": "a", "status": "ok", "size": [2, 3], "tiles": 4},
+        {"stem": "b", "status": "maybe"},
+    ]}))
+    records = _summary_records(tmp_path)
+    assert [r.stem for r in records] == ["a"]
+    assert records[0].to_json() == {"input": "a.png", "stem": "a", "status": "ok",
+                                    "size": [2, 3], "tiles": 4}
