@@ -15,22 +15,59 @@ DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn",
                 "skimage": "scikit-image"}
 
 
+def _names(items):
+    """Distribution names a requirement list declares; `dask[distributed]` declares both."""
+    names = set()
+    for item in items:
+        match = re.match(r"\s*([A-Za-z0-9_.-]+)\s*(?:\[([^\]]*)\])?", item)
+        names.add(match.group(1).lower())
+        if match.group(2):
+            names |= {extra.strip().lower() for extra in match.group(2).split(",")}
+    return names
+
+
+def _imports(tree, top_level_only):
+    """Third-party top-level names imported in `tree` (only at module level when asked)."""
+    nodes = []
+    if top_level_only:
+        stack = list(tree.body)
+        while stack:  # module level, including try/if blocks, but not inside def/class
+            node = stack.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            nodes.append(node)
+            stack.extend(ast.iter_child_nodes(node))
+    else:
+        nodes = list(ast.walk(tree))
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {name for name in names
+            if name not in sys.stdlib_module_names and name != "segmenter"}
+
+
+def _missing(imported, declared):
+    return sorted(DISTRIBUTION.get(name, name) for name in imported
+                  if DISTRIBUTION.get(name, name).lower() not in declared)
+
+
 def test_every_imported_module_is_declared():
+    """Module-level imports need a core dependency; imports deferred into a function (the
+    optional Dask path) need at least an optional extra that brings them."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = {re.split(r"[<>=!\[ ;]", item, maxsplit=1)[0].lower()
-                for item in project["dependencies"]}
-    imported = set()
+    core = _names(project["dependencies"])
+    extras = set().union(*(_names(items)
+                           for items in project["optional-dependencies"].values()))
+    top, anywhere = set(), set()
     for path in (REPO / "segmenter").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                imported |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                imported.add(node.module.split(".")[0])
-    third_party = {name for name in imported
-                   if name not in sys.stdlib_module_names and name not in {"segmenter"}}
-    missing = sorted(DISTRIBUTION.get(name, name) for name in third_party
-                     if DISTRIBUTION.get(name, name).lower() not in declared)
-    assert missing == []
+        tree = ast.parse(path.read_text())
+        top |= _imports(tree, top_level_only=True)
+        anywhere |= _imports(tree, top_level_only=False)
+    assert _missing(top, core) == []
+    assert _missing(anywhere, core | extras) == []
 
 
 def test_keras_upper_bound_is_the_tested_release():
