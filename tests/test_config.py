@@ -224,3 +224,23 @@ def test_set_string_values_are_trimmed_and_unquoted():
     cfg = load_config(None, ["data.source= /data/photos ", "data.train_dir='fit'"])
     assert cfg.data.source == "/data/photos"
     assert cfg.data.train_dir == "fit"
+
+
+def test_schema_and_loading_live_apart_behind_one_import():
+    """Issue 9: config/schema.py is the schema alone (usable without the YAML machinery);
+    config/load.py resolves layers; every public name still imports from segmenter.config."""
+    import ast
+    from pathlib import Path
+
+    import segmenter.config as config
+    from segmenter.config import load, schema
+
+    for name in config.__all__:
+        assert getattr(config, name) is (getattr(schema, name, None) or getattr(load, name))
+    assert config.Config is schema.Config and config.load_config is load.load_config
+    tree = ast.parse(Path(schema.__file__).read_text())
+    defined = {node.name for node in tree.body
+               if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    assert not defined & {"load_config", "read_yaml", "safe_load", "parse_override"}
+    cfg = load.load_config(None, ["train.steps=7"])
+    assert isinstance(cfg, schema.Config) and cfg.train.steps == 7
