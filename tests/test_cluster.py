@@ -273,6 +273,26 @@ def test_skip_existing_in_one_process_after_a_plain_run(runner, run_dir, photos,
     assert stems_of(out) == stems_of(single)
 
 
+def test_plain_overwrite_drops_the_records_of_an_earlier_job(runner, run_dir, photos, single,
+                                                             tmp_path):
+    """A record vouches for outputs its job wrote: once a plain --overwrite has rewritten
+    them (and its own predictions.json), the old record must not be trusted any more."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(single, out)
+    (out / "grey_water_mask.png").unlink()
+    first = runner("predict", "--run", run_dir, photos, "--out", out, "--skip-existing")
+    assert first.exit_code == 0, first.output
+    assert (out / ".records" / "grey.json").exists()
+    again = runner("predict", "--run", run_dir, photos, "--out", out, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert not list((out / ".records").glob("[!.]*.json"))  # .job.json (the probe) may stay
+    rerun = runner("predict", "--run", run_dir, photos, "--out", out, "--skip-existing")
+    assert rerun.exit_code == 0, rerun.output
+    assert "10 input(s) already predicted" in rerun.output
+
+
 def test_bad_photo_is_a_failure_line_not_a_stop(runner, scheduler, run_dir, photos, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -93,8 +93,13 @@ def predict(
     from segmenter.tfenv import start_tensorflow
 
     out_path = Path(out)
-    predictor.check_overwrite(out_path, outputs.unique_stems([r.name for r in refs]), overwrite)
+    stems = outputs.unique_stems([r.name for r in refs])
+    predictor.check_overwrite(out_path, stems, overwrite)
     predictor.check_writable(out_path)
+    if overwrite:  # an earlier job's commit marks must not vouch for what is predicted again
+        from segmenter.outputs_fs import open_output
+
+        open_output(out_path, cfg.data).forget(stems)
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     log.info(
