@@ -41,10 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 def make_run(path: Path) -> Path:
     from segmenter.config import load_config
     from segmenter.model import build_model
-    from segmenter.runs import prepare_run
+    from segmenter.runs import RunPlan, prepare_run
 
     cfg = load_config(REPO / "configs" / "default.yaml")
-    run = prepare_run(path, cfg, list(cfg.train.widths))
+    run = prepare_run(RunPlan(path, cfg, list(cfg.train.widths)))
     for width in cfg.train.widths:
         run.model_path(width).parent.mkdir(parents=True, exist_ok=True)
         build_model(cfg.model).save(run.model_path(width))
