@@ -158,6 +158,8 @@ def main() -> None:
         child(*args.child)
         return
 
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_mosaic_", dir=args.workdir) as tmp:
         workdir = Path(tmp)
         run_dir = ensure_run(args.run, workdir)
