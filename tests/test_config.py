@@ -128,12 +128,25 @@ def test_set_errors(override, expected):
     assert expected in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "ontario.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
-    path = REPO / "configs" / name
-    if not path.exists():
-        pytest.skip(f"{name} not written yet")
-    load_config(path)
+    load_config(REPO / "configs" / name)
+
+
+def test_shipped_configs_include_the_documented_ones():
+    names = {p.name for p in (REPO / "configs").glob("*.yaml")}
+    assert {"default.yaml", "ontario.yaml", "photo.yaml", "photo-large.yaml",
+            "notebook-small.yaml"} <= names
+
+
+def test_photo_large_is_photo_trained_longer():
+    """photo-large.yaml is the quality-per-compute step up from photo.yaml (issue 8): only the
+    steps differ, so both stay in step when photo.yaml is retuned."""
+    photo = load_config(REPO / "configs" / "photo.yaml").to_dict()
+    large = load_config(REPO / "configs" / "photo-large.yaml").to_dict()
+    assert large["train"]["steps"] == 3 * photo["train"]["steps"]
+    del photo["train"]["steps"], large["train"]["steps"]
+    assert large == photo
 
 
 def test_ontario_config_is_the_notebook_setup():
