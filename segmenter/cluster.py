@@ -227,24 +227,26 @@ def worker_models(job: dict[str, Any], cfg: Config) -> Any:
         return loaded
 
 
+def _per_process(cache: dict, opener: Any, location: str, cfg: Config) -> Any:
+    """``opener(location, cfg.data)``, opened once per process for each location and data
+    settings (stores and output folders hold connections worth keeping)."""
+    key = (location, cfg.data.model_dump_json())
+    with _LOCK:
+        if key not in cache:
+            cache[key] = opener(location, cfg.data)
+        return cache[key]
+
+
 def _storage(url: str, cfg: Config) -> Any:
     from segmenter.data.storage import open_storage
 
-    key = (url, cfg.data.model_dump_json())
-    with _LOCK:
-        if key not in _STORAGES:
-            _STORAGES[key] = open_storage(url, cfg.data)
-        return _STORAGES[key]
+    return _per_process(_STORAGES, open_storage, url, cfg)
 
 
 def _output(location: str, cfg: Config) -> Any:
     from segmenter.outputs_fs import open_output
 
-    key = (location, cfg.data.model_dump_json())
-    with _LOCK:
-        if key not in _OUTPUTS:
-            _OUTPUTS[key] = open_output(location, cfg.data)
-        return _OUTPUTS[key]
+    return _per_process(_OUTPUTS, open_output, location, cfg)
 
 
 def _raster(location: str, cfg: Config) -> Any:
