@@ -107,15 +107,9 @@ def predict(
         len(refs), ", ".join(map(str, sorted(loaded.models))), out_path,
     )
 
-    lines: list[str] = []
-
-    def report(line: str) -> None:
-        lines.append(line)
-        click.echo(line)
-
     started = time.perf_counter()
     records, failures = predictor.predict_inputs(
-        refs, loaded, cfg, out_path, run_path=str(run.path), report=report,
+        refs, loaded, cfg, out_path, run_path=str(run.path), report=click.echo,
         progress=functools.partial(progress, label="photos"), vector=vector,
     )
     wall = time.perf_counter() - started
