@@ -222,7 +222,9 @@ def build_model(model_cfg: ModelConfig | None = None, **overrides: Any) -> keras
         filters, kernel_size, padding="same", activation="relu", name="stem_conv"
     )(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    encoder_maps = []  # the map at each size, finest first, for the skip connections
     for level in range(depth):
+        encoder_maps.append(x)
         x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=f"down{level}_pool")(x)
         x = _residual_block(x, filters, kernel_size, transpose=False, name=f"down{level}")
     for level in range(depth):
@@ -232,12 +234,21 @@ def build_model(model_cfg: ModelConfig | None = None, **overrides: Any) -> keras
             x = keras.layers.Conv2DTranspose(
                 filters, 2, strides=2, padding="same", name=f"up{level}_deconv"
             )(x)
+        if model_cfg.skips:
+            # The encoder map of this size joins the upsampled one; a 1x1 convolution mixes the
+            # two back to `filters` channels so the residual block's sum still adds up.
+            x = keras.layers.Concatenate(name=f"up{level}_skip")(
+                [x, encoder_maps[depth - 1 - level]]
+            )
+            x = keras.layers.Conv2D(filters, 1, activation="relu", name=f"up{level}_mix")(x)
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"up{level}_mix_bn")(x)
         x = _residual_block(x, filters, kernel_size, transpose=True, name=f"up{level}")
     # The head stays float32 under mixed precision: probabilities near 0 and 1 matter.
     x = keras.layers.Conv2DTranspose(
         1, kernel_size, padding="same", dtype="float32", name="head_conv"
     )(x)
     outputs = keras.layers.Activation(model_cfg.activation, dtype="float32", name="land_prob")(x)
+    variant = "_skips" if model_cfg.skips else ""
     return keras.Model(
-        inputs, outputs, name=f"segmenter_d{depth}_f{filters}_k{kernel_size}"
+        inputs, outputs, name=f"segmenter_d{depth}_f{filters}_k{kernel_size}{variant}"
     )

@@ -25,9 +25,11 @@ def test_output_is_a_float32_probability_of_the_input_size(images):
     assert 0.0 <= out.min() and out.max() <= 1.0
 
 
-@pytest.mark.parametrize("upsampling", ["bilinear", "transpose"])
-def test_save_load_gives_identical_outputs(tmp_path, images, upsampling):
-    model = build_model(ModelConfig(depth=2, filters=4, upsampling=upsampling))
+@pytest.mark.parametrize(
+    ("upsampling", "skips"), [("bilinear", False), ("transpose", False), ("bilinear", True)]
+)
+def test_save_load_gives_identical_outputs(tmp_path, images, upsampling, skips):
+    model = build_model(ModelConfig(depth=2, filters=4, upsampling=upsampling, skips=skips))
     expected = model.predict(images, verbose=0)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
@@ -41,6 +43,28 @@ def test_get_config_round_trip(images):
     clone.set_weights(model.get_weights())
     np.testing.assert_allclose(clone(images).numpy(), model(images).numpy(), atol=1e-6)
     assert clone.layers[-1].activation.__name__ == "linear"
+
+
+def test_skips_feed_each_decoder_level_the_encoder_map_of_its_size(images):
+    depth, filters = 3, 4
+    plain = build_model(ModelConfig(depth=depth, filters=filters))
+    skips = build_model(ModelConfig(depth=depth, filters=filters, skips=True))
+    assert skips.name.endswith("_skips") and not plain.name.endswith("_skips")
+    joins = [layer for layer in skips.layers if isinstance(layer, keras.layers.Concatenate)]
+    assert len(joins) == depth
+    assert not any(isinstance(layer, keras.layers.Concatenate) for layer in plain.layers)
+    # Decoder level i joins the encoder map that is 2^(depth-1-i) times smaller than the input.
+    for level, join in enumerate(joins):
+        upsampled, encoder = (tuple(t.shape) for t in join.input)
+        assert upsampled == encoder and upsampled[-1] == filters
+    probe = keras.Model(skips.input, [join.output for join in joins])
+    maps = probe(np.zeros((1, 32, 32, 3), np.float32))
+    assert [m.shape[1] for m in maps] == [32 // 2 ** (depth - 1 - i) for i in range(depth)]
+    # Per level, a 1x1 convolution (2F -> F, with bias) and its batch norm (4 F) are added.
+    extra = depth * (2 * filters * filters + filters + 4 * filters)
+    assert skips.count_params() == plain.count_params() + extra
+    out = skips(images, training=False).numpy()
+    assert out.shape == (2, 16, 24, 1) and 0.0 <= out.min() and out.max() <= 1.0
 
 
 def test_width_not_a_multiple_of_2_to_the_depth_is_refused():

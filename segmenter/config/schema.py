@@ -109,6 +109,11 @@ class ModelConfig(_Section):
         description="Input scaling: fixed [0,1] -> [-1,1], or per window (each channel's mean "
         "removed, divided by the window's spread): drops a photo's overall colour and light.",
     )
+    skips: bool = Field(
+        False,
+        description="U-Net-style skip connections: each decoder level also reads the encoder's "
+        "map of the same size, so edges lost to pooling come back.",
+    )
 
 
 class AugmentConfig(_Section):
