@@ -1,5 +1,8 @@
 """The residual encoder-decoder of the reference method (SPEC.md, "The network").
 
+``model.skips: true`` adds U-Net-style skip connections (each decoder level concatenates the
+encoder's map of its size); off by default and in the shipped configs (README, "Quality").
+
 One builder, :func:`build_model`, turns a :class:`~segmenter.config.ModelConfig` into a native
 Keras 3 functional model. The network is fully convolutional, so one model serves every spatial
 size that divides by ``2**depth``; a :class:`SizeCheck` layer at the input refuses other sizes

@@ -54,7 +54,7 @@ def test_skips_feed_each_decoder_level_the_encoder_map_of_its_size(images):
     assert len(joins) == depth
     assert not any(isinstance(layer, keras.layers.Concatenate) for layer in plain.layers)
     # Decoder level i joins the encoder map that is 2^(depth-1-i) times smaller than the input.
-    for level, join in enumerate(joins):
+    for join in joins:
         upsampled, encoder = (tuple(t.shape) for t in join.input)
         assert upsampled == encoder and upsampled[-1] == filters
     probe = keras.Model(skips.input, [join.output for join in joins])
