@@ -57,7 +57,7 @@ def evaluate_images(
     rows: list[dict[str, Any]] = []
     pooled = {method: metrics.Confusion(0, 0, 0, 0), BASELINE: metrics.Confusion(0, 0, 0, 0)}
     items = list(items)
-    started = time.perf_counter()
+    batch_started = time.perf_counter()
     for item in progress(items) if progress else items:
         started = time.perf_counter()
         result = predict_photo(loaded, item.image, cfg, keep_scales=False)
@@ -90,7 +90,7 @@ def evaluate_images(
                            for m in metrics.METRIC_NAMES})
             for key in (method, BASELINE)
         }
-    overall["seconds"] = round(time.perf_counter() - started, 3)
+    overall["seconds"] = round(time.perf_counter() - batch_started, 3)
     return {"method": method, "images": rows, "overall": overall}
 
 

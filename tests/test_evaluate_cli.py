@@ -54,6 +54,17 @@ def test_evaluate_json_reports_both_masks(runner, run_dir, scenes, tmp_path):
     assert json.loads((out / "evaluation.json").read_text())["overall"] == overall
 
 
+def test_overall_seconds_cover_every_image_not_only_the_last(runner, run_dir, scenes, tmp_path):
+    result = runner("evaluate", "--run", run_dir, "--data", scenes, "--split", "all", "--json",
+                    "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    per_image = [row["seconds"] for row in report["images"]]
+    assert len(per_image) == 4
+    # Rounding to milliseconds per image is the only slack.
+    assert report["overall"]["seconds"] >= sum(per_image) - 0.001 * len(per_image)
+
+
 def test_evaluate_table_and_default_out(runner, run_dir, scenes):
     result = runner("evaluate", "--run", run_dir, "--data", scenes, "--split", "all",
                     "--overwrite")
