@@ -490,8 +490,14 @@ class RasterJob:
             if cfg.predict.save_scales or cfg.predict.save_float:
                 self.notes.append("predict.save_scales / save_float do not apply to rasters "
                                   "(the probability GeoTIFF is float32)")
-            for note in self.notes:  # a missing CRS is a warning: the outputs will not be on a map
-                level = logging.WARNING if "no coordinate" in note else logging.INFO
+            pp = cfg.postprocess
+            if pp.fill_holes > 0 or pp.remove_specks > 0:
+                self.notes.append(
+                    "postprocess.fill_holes / remove_specks are not applied to rasters (they are "
+                    "shares of one photo; a mosaic's mask is written tile by tile)")
+            for note in self.notes:  # warnings: the outputs are not on a map, or not cleaned
+                warn = "no coordinate" in note or "not applied" in note
+                level = logging.WARNING if warn else logging.INFO
                 log.log(level, "%s: %s", self.location, note)
             self.plan = plan_tiles(raster.height, raster.width, cfg.data.scale, self.widths,
                                    cfg.predict.overlap, self._tile_size)

@@ -199,6 +199,19 @@ def test_raster_without_crs_is_predicted_and_said_once(runner, run_dir, tmp_path
         assert mask.crs is None
 
 
+def test_mask_clean_up_is_said_not_to_apply_to_rasters(runner, run_dir, tmp_path):
+    tif = rgb_raster(tmp_path / "m.tif", size=120)
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, tif, "--out", out,
+                    "--set", "postprocess.fill_holes=0.002")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("fill_holes / remove_specks are not applied to rasters") == 1
+    summary = json.loads((out / "predictions.json").read_text())["images"][0]
+    assert any("not applied to rasters" in note for note in summary["notes"])
+    plain = runner("predict", "--run", run_dir, tif, "--out", tmp_path / "plain")
+    assert plain.exit_code == 0 and "not applied" not in plain.output
+
+
 @pytest.mark.parametrize("kind", ["corrupt", "one_band", "bad_bands"])
 def test_bad_rasters_are_one_line(runner, run_dir, tmp_path, kind):
     path = tmp_path / f"{kind}.tif"
