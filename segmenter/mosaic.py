@@ -486,19 +486,17 @@ class RasterJob:
         self.raster = raster = self._opener.__enter__()
         try:
             cfg = self.cfg
-            self.notes = list(raster.notes)
+            self.notes: list[str] = []
+            for note in raster.notes:  # no CRS is a warning: the outputs are not on a map
+                level = logging.WARNING if "no coordinate" in note else logging.INFO
+                self._note(level, note)
             if cfg.predict.save_scales or cfg.predict.save_float:
-                self.notes.append("predict.save_scales / save_float do not apply to rasters "
-                                  "(the probability GeoTIFF is float32)")
-            pp = cfg.postprocess
-            if pp.fill_holes > 0 or pp.remove_specks > 0:
-                self.notes.append(
-                    "postprocess.fill_holes / remove_specks are not applied to rasters (they are "
-                    "shares of one photo; a mosaic's mask is written tile by tile)")
-            for note in self.notes:  # warnings: the outputs are not on a map, or not cleaned
-                warn = "no coordinate" in note or "not applied" in note
-                level = logging.WARNING if warn else logging.INFO
-                log.log(level, "%s: %s", self.location, note)
+                self._note(logging.INFO, "predict.save_scales / save_float do not apply to "
+                           "rasters (the probability GeoTIFF is float32)")
+            if cfg.postprocess.fill_holes > 0 or cfg.postprocess.remove_specks > 0:
+                self._note(logging.WARNING, "postprocess.fill_holes / remove_specks are not "
+                           "applied to rasters (they are shares of one photo; a mosaic's mask "
+                           "is written tile by tile)")
             self.plan = plan_tiles(raster.height, raster.width, cfg.data.scale, self.widths,
                                    cfg.predict.overlap, self._tile_size)
             self.prob_nodata = geooutputs.prob_nodata(raster)
@@ -525,6 +523,11 @@ class RasterJob:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _note(self, level: int, note: str) -> None:
+        """Log a note about this raster and keep it for ``predictions.json``."""
+        log.log(level, "%s: %s", self.location, note)
+        self.notes.append(note)
 
     def __exit__(self, *exc: Any) -> None:
         import contextlib
