@@ -49,8 +49,10 @@ UNCOVERED_VALUE = 0.5
 #: it), so ``predict.batch_size`` is raised for small widths until a batch holds this many
 #: pixels (~3 MB of input, ~17 MB per activation of a 16-filter layer).
 MIN_BATCH_PIXELS = 256 * 1024
-#: passes of flip test-time augmentation: as is, flipped left-right, up-down, and both.
+#: passes of flip test-time augmentation: as is, flipped left-right, up-down, and both; for
+#: upright photos (``data.upright``) as is and flipped left-right.
 TTA_PASSES = 4
+UPRIGHT_TTA_PASSES = 2
 #: fixed seed of the random window positions, as the notebook's ``np.random.seed(0)``.
 RANDOM_SEED = 0
 
@@ -130,9 +132,10 @@ def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # The compiled inference function
 
 
-#: model -> {(h, w, tta, output): tf.function}. The functions reach the model only through a
-#: weak reference, so the cache entry, its traced graphs and the model's weights go away with
-#: the model (a function closing over the model itself would keep it alive for ever).
+#: model -> {(h, w, tta, output, upright TTA): tf.function}. The functions reach the model
+#: only through a weak reference, so the cache entry, its traced graphs and the model's
+#: weights go away with the model (a function closing over the model itself would keep it
+#: alive for ever).
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 #: what :func:`compiled_infer` does to the model's raw output.
@@ -162,8 +165,8 @@ def output_transform(model: Any, cfg: Config) -> str:
 
 
 def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
-                   output: str = "raw"):
-    """One ``tf.function`` per (model, window size, tta, output): (B, h, w, 3) -> (B, h, w).
+                   output: str = "raw", upright: bool = False):
+    """One ``tf.function`` per (model, window size, TTA kind, output): (B, h, w, 3) -> (B, h, w).
 
     The spatial size is part of the signature (Keras' bilinear upsampling needs it static) and
     the batch size is not, so the last, shorter batch does not trigger a second trace.
@@ -172,14 +175,15 @@ def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
     is off). ``output`` turns the raw output into a probability (:func:`output_transform`):
     ``sigmoid`` of logits, ``clip`` of a linear MSE model's values to [0, 1], or ``raw`` as
     is. With ``tta`` the batch is run once with its flipped copies stacked along the batch
-    axis and the un-flipped probabilities are averaged.
+    axis and the un-flipped probabilities are averaged: left-right, up-down and both, or only
+    left-right for ``upright`` photos, whose models never saw anything upside down.
     """
     import tensorflow as tf
 
     if output not in OUTPUTS:
         raise ValueError(f"compiled_infer: output must be one of {OUTPUTS}, got {output!r}")
     cache = _COMPILED.setdefault(model, {})
-    key = (int(size[0]), int(size[1]), bool(tta), output)
+    key = (int(size[0]), int(size[1]), bool(tta), output, bool(tta and upright))
     if key in cache:
         return cache[key]
     model_ref = weakref.ref(model)
@@ -202,6 +206,9 @@ def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
         if not tta:
             return run(windows)
         batch = tf.shape(windows)[0]
+        if upright:
+            out = run(tf.concat([windows, windows[:, :, ::-1]], axis=0))
+            return (out[:batch] + out[batch:][:, :, ::-1]) / 2.0
         stacked = tf.concat(
             [windows, windows[:, :, ::-1], windows[:, ::-1, :], windows[:, ::-1, ::-1]],
             axis=0,
@@ -225,17 +232,20 @@ def effective_batch_size(batch_size: int, window: int) -> int:
     return max(int(batch_size), -(-MIN_BATCH_PIXELS // (window * window)))
 
 
-def windows_per_call(batch_size: int, window: int, tta: bool = False) -> int:
+def windows_per_call(batch_size: int, window: int, tta: bool = False,
+                     upright: bool = False) -> int:
     """Windows cut per inference call, so that a call runs :func:`effective_batch_size` windows.
 
-    With ``tta`` each window goes through the model :data:`TTA_PASSES` times, stacked in one
-    batch, so a call takes that many times fewer windows: the model then runs the same batches
+    With ``tta`` each window goes through the model :data:`TTA_PASSES` times
+    (:data:`UPRIGHT_TTA_PASSES` if ``upright``), stacked in one batch, so a call takes that
+    many times fewer windows: the model then runs the same batches
     with and without TTA. (Stacking the flips onto full batches made 64-window batches of
     256 px, 268 MB per activation of a 16-filter layer, which ran about twice as slow per
     window as 16-window ones on a 2-core CPU: TTA cost 8 passes' time instead of 4.)
     """
     size = effective_batch_size(batch_size, window)
-    return max(1, size // TTA_PASSES) if tta else size
+    passes = UPRIGHT_TTA_PASSES if upright else TTA_PASSES
+    return max(1, size // passes) if tta else size
 
 
 def predict_scale(
@@ -250,6 +260,7 @@ def predict_scale(
     tta: bool = False,
     output: str = "raw",
     seed: int = RANDOM_SEED,
+    upright: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Stitch one model's window predictions into a float32 (H, W) map of ``image``.
 
@@ -283,8 +294,8 @@ def predict_scale(
     else:
         raise ConfigError(f"predict.sampling: unknown sampling {sampling!r}")
 
-    infer = compiled_infer(model, (window, window), tta=tta, output=output)
-    batch_size = windows_per_call(batch_size, window, tta)
+    infer = compiled_infer(model, (window, window), tta=tta, output=output, upright=upright)
+    batch_size = windows_per_call(batch_size, window, tta, upright)
     weight = window_weight(window)
     total = np.zeros((padded_h, padded_w), np.float32)
     weight_sum = np.zeros((padded_h, padded_w), np.float32)
@@ -401,6 +412,7 @@ def predict_land(
             sampling=pcfg.sampling,
             random_count=pcfg.random_windows.get(patch_width, 1000),
             tta=pcfg.tta,
+            upright=cfg.data.upright is True,  # "auto" is resolved by training, never here
             output=output_transform(model, cfg),
             seed=RANDOM_SEED + patch_width,
         )

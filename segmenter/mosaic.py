@@ -295,8 +295,10 @@ def _stitch(model: Any, small_image: np.ndarray, small_valid: np.ndarray | None,
     weight_sum = np.zeros(padded.shape[:2], np.float32)
     if positions:
         pcfg = cfg.predict
-        infer = compiled_infer(model, (window, window), tta=pcfg.tta, output=output)
-        batch_size = windows_per_call(pcfg.batch_size, window, pcfg.tta)
+        upright = cfg.data.upright is True  # "auto" is resolved by training, never here
+        infer = compiled_infer(model, (window, window), tta=pcfg.tta, output=output,
+                               upright=upright)
+        batch_size = windows_per_call(pcfg.batch_size, window, pcfg.tta, upright)
         weight = window_weight(window)
         size = min(batch_size, len(positions))
         buffers = [np.empty((size, window, window, 3), np.float32) for _ in range(2)]

@@ -124,6 +124,8 @@ def config_differences(
     for key in sorted(set(old) | set(new)):
         if any(key == p or key.startswith(p) for p in RESUME_IGNORED_PREFIXES):
             continue
+        if key == "data.upright" and new.get(key) == "auto":
+            continue  # training resolves auto from the same data: it keeps the saved value
         if old.get(key) != new.get(key):
             differing.append(key)
     check = widths if widths is not None else list(current.train.widths)

@@ -276,7 +276,7 @@ def test_tta_runs_the_same_batches_as_plain_prediction(image, monkeypatch, tta):
     real = inference.compiled_infer(model, (16, 16), tta=tta)
     calls = []
 
-    def spy(model_, size, tta=False, output="raw"):
+    def spy(model_, size, tta=False, output="raw", upright=False):
         def run(windows):
             calls.append(len(windows))
             return real(windows)
@@ -287,3 +287,29 @@ def test_tta_runs_the_same_batches_as_plain_prediction(image, monkeypatch, tta):
     assert max(calls) == (2 if tta else 8) and sum(calls) == info["windows"]
     assert inference.windows_per_call(8, 16, tta) * (4 if tta else 1) == 8
     np.testing.assert_allclose(stitched, direct(model, image), atol=1e-5)
+
+
+def test_upright_tta_averages_the_photo_and_its_left_right_mirror_only():
+    """data.upright: the models never saw a photo upside down, so TTA must not show them one."""
+    model = build_model(load_config().model, depth=2, filters=4)  # not symmetric: any flip shows
+    rng = np.random.default_rng(3)
+    windows = rng.random((3, 16, 16, 3), dtype=np.float32)
+
+    def plain(x):
+        return np.asarray(model(x, training=False))[..., 0]
+
+    mirrored = (plain(windows) + plain(windows[:, :, ::-1])[:, :, ::-1]) / 2
+    upright = np.asarray(inference.compiled_infer(model, (16, 16), tta=True, upright=True)(windows))
+    np.testing.assert_allclose(upright, mirrored, atol=1e-5)
+    every_flip = np.asarray(inference.compiled_infer(model, (16, 16), tta=True)(windows))
+    assert np.abs(every_flip - mirrored).max() > 1e-4
+    # Half the passes: a call cuts twice the windows of four-pass TTA for the same batch.
+    assert (inference.windows_per_call(8, 16, tta=True, upright=True)
+            == 2 * inference.windows_per_call(8, 16, tta=True))
+    # predict_land reads data.upright from the (run's) config.
+    image = rng.random((40, 40, 3), dtype=np.float32)
+    plain_cfg = cfg_with("predict.tta=true")
+    upright_cfg = cfg_with("predict.tta=true", "data.upright=true")
+    by_upright = inference.predict_land({16: model}, image, upright_cfg).land_prob
+    by_default = inference.predict_land({16: model}, image, plain_cfg).land_prob
+    assert np.abs(by_upright - by_default).max() > 1e-4

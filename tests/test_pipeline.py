@@ -60,6 +60,35 @@ def test_geometric_augmentation_keeps_image_and_label_aligned():
     assert all(_locate(items, images[i].numpy(), lands[i].numpy(), 16) for i in range(8))
 
 
+def _orientation(item, patch, width):
+    """'as is' or 'mirrored' if ``patch`` is a cut of ``item`` kept upright, else None."""
+    height, wide = item.land.shape
+    for top in range(height - width + 1):
+        for left in range(wide - width + 1):
+            cut = item.image[top : top + width, left : left + width]
+            if np.array_equal(cut, patch):
+                return "as is"
+            if np.array_equal(cut[:, ::-1], patch):
+                return "mirrored"
+    return None
+
+
+def test_upright_photos_are_only_mirrored_left_right():
+    # One photo of unique pixels, so a patch's orientation is unambiguous.
+    rng = np.random.default_rng(1)
+    item = Item("u", rng.random((24, 24, 3), dtype=np.float32),
+                (rng.random((24, 24)) > 0.5).astype(np.float32))
+    augment = AugmentConfig(flip=True, rotate90=True, brightness=0.0, contrast=0.0)
+    images, _ = next(iter(training_dataset([item], 16, 32, seed=2, steps=1, augment=augment,
+                                           upright=True)))
+    seen = [_orientation(item, images[i].numpy(), 16) for i in range(32)]
+    assert None not in seen  # never upside down, never turned
+    assert {"as is", "mirrored"} == set(seen)
+    # Without upright, the same draw turns some patches.
+    images, _ = next(iter(training_dataset([item], 16, 32, seed=2, steps=1, augment=augment)))
+    assert None in [_orientation(item, images[i].numpy(), 16) for i in range(32)]
+
+
 def test_same_step_same_patches_whatever_the_start():
     items = _items()
     full = [b[0] for b in training_dataset(items, 16, 4, seed=5, steps=4,

@@ -54,5 +54,13 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def resolve_config(
     config_path: Path | None, overrides: tuple[str, ...], base: Config | None = None
 ) -> Config:
-    """The effective config of a command: base < --config < --set."""
-    return load_config(config_path, overrides, base=base)
+    """The effective config of a command: base < --config < --set.
+
+    ``data.upright: auto`` over a run's saved config keeps the run's value: training decided
+    it from its labels, and its models only know that orientation.
+    """
+    cfg = load_config(config_path, overrides, base=base)
+    if base is not None and cfg.data.upright == "auto" and base.data.upright != "auto":
+        data = cfg.data.model_copy(update={"upright": base.data.upright})
+        cfg = cfg.model_copy(update={"data": data})
+    return cfg

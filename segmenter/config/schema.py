@@ -70,6 +70,13 @@ class DataConfig(_Section):
         0, ge=0, le=MAX_SEED, description="Seed of the train/test split when there is no test/."
     )
     skip_bad: bool = Field(False, description="Skip unreadable pairs with a warning.")
+    upright: bool | Literal["auto"] = Field(
+        False,
+        description="Photos have a fixed up (oblique views with a horizon, sky above water): "
+        "training never turns patches upside down or sideways and flip TTA only mirrors "
+        "left-right. False for aerial views, which have no up; auto: training decides from "
+        "where its labels put water, and the run keeps the decision.",
+    )
     bands: list[int] | None = Field(
         None, min_length=3, max_length=3,
         description="Rasters: the 3 bands (1-based) read as R, G, B (null = the first three).",
@@ -119,8 +126,12 @@ class ModelConfig(_Section):
 class AugmentConfig(_Section):
     """Augmentation of training patches (never applied to validation or prediction)."""
 
-    flip: bool = Field(True, description="Random horizontal and vertical flips.")
-    rotate90: bool = Field(True, description="Random rotations by multiples of 90 degrees.")
+    flip: bool = Field(
+        True, description="Random left-right and up-down flips (left-right only if data.upright)."
+    )
+    rotate90: bool = Field(
+        True, description="Random rotations by multiples of 90 degrees (off if data.upright)."
+    )
     brightness: float = Field(0.1, ge=0, le=1, description="Max random brightness shift.")
     contrast: float = Field(0.1, ge=0, le=1, description="Max random relative contrast change.")
     gain: float = Field(
@@ -183,7 +194,11 @@ class PredictConfig(_Section):
         default_factory=lambda: {16: 4000, 32: 2000, 64: 1000, 128: 500, 256: 250},
         description="Window count per width when sampling is 'random'.",
     )
-    tta: bool = Field(False, description="Average predictions over flips (test-time augmentation).")
+    tta: bool = Field(
+        False,
+        description="Average predictions over flips (test-time augmentation): left-right and "
+        "up-down (4 passes), or left-right only if data.upright (2 passes).",
+    )
     merge: Literal["mean", "weighted"] = Field(
         "mean", description="Merge scales by mean, or weighted by each width's validation score."
     )

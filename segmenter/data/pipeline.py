@@ -125,12 +125,13 @@ def _step_seed(seed: int, width: int, step):
     return tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int64))
 
 
-def _draw_geometry(batch_size: int, augment: AugmentConfig, seed_pair):
+def _draw_geometry(batch_size: int, augment: AugmentConfig, seed_pair, upright: bool = False):
     """Per patch: transpose, left-right and up-down flags that together give the flips/rotations.
 
     A rotation by k quarter turns is k=1 transpose + up-down, k=2 left-right + up-down, k=3
     transpose + left-right; random flips are XOR-ed on top, which yields all 8 symmetries of the
-    square when both are on.
+    square when both are on. ``upright`` photos (``data.upright``) keep their up: only the
+    left-right flip is drawn.
     """
     import tensorflow as tf
 
@@ -138,7 +139,7 @@ def _draw_geometry(batch_size: int, augment: AugmentConfig, seed_pair):
     transpose = tf.zeros([batch_size], tf.bool)
     flip_lr = tf.zeros([batch_size], tf.bool)
     flip_ud = tf.zeros([batch_size], tf.bool)
-    if augment.rotate90:
+    if augment.rotate90 and not upright:
         quarter = tf.random.stateless_uniform([batch_size], seeds[0], 0, 4, dtype=tf.int32)
         transpose = tf.logical_or(tf.equal(quarter, 1), tf.equal(quarter, 3))
         flip_lr = tf.logical_or(tf.equal(quarter, 2), tf.equal(quarter, 3))
@@ -146,11 +147,13 @@ def _draw_geometry(batch_size: int, augment: AugmentConfig, seed_pair):
     if augment.flip:
         coins = tf.random.stateless_uniform([2, batch_size], seeds[1]) < 0.5
         flip_lr = tf.math.logical_xor(flip_lr, coins[0])
-        flip_ud = tf.math.logical_xor(flip_ud, coins[1])
+        if not upright:
+            flip_ud = tf.math.logical_xor(flip_ud, coins[1])
     return transpose, flip_lr, flip_ud
 
 
-def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentConfig, seed_pair):
+def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentConfig, seed_pair,
+                  upright: bool = False):
     """Cut ``batch_size`` random patches: a random image each, then a random corner in it.
 
     Flips and rotations are applied to the gather indices rather than to the pixels, so they
@@ -177,7 +180,7 @@ def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentC
     down = tf.broadcast_to(span[None, :, None], [batch_size, width, width])  # output row
     across = tf.broadcast_to(span[None, None, :], [batch_size, width, width])  # output column
     if augment.flip or augment.rotate90:
-        transpose, flip_lr, flip_ud = _draw_geometry(batch_size, augment, seeds[2])
+        transpose, flip_lr, flip_ud = _draw_geometry(batch_size, augment, seeds[2], upright)
         last = width - 1
         down = tf.where(flip_ud[:, None, None], last - down, down)
         across = tf.where(flip_lr[:, None, None], last - across, across)
@@ -314,6 +317,7 @@ def training_dataset(
     start_step: int = 0,
     steps: int,
     augment: AugmentConfig | None = None,
+    upright: bool = False,
 ):
     """Batches ``(image (B, w, w, 3), land (B, w, w, 1))`` for steps ``start_step .. steps - 1``.
 
@@ -324,6 +328,7 @@ def training_dataset(
         start_step: first step (a resumed run starts at its checkpoint's step).
         steps: one past the last step.
         augment: ``train.augment``; ``None`` disables augmentation.
+        upright: ``data.upright``: no up-down flips or quarter turns, whatever ``augment`` says.
 
     Returns:
         A finite ``tf.data.Dataset`` of ``steps - start_step`` batches, built by a parallel map
@@ -349,7 +354,7 @@ def training_dataset(
 
     def make_batch(step):
         seeds = tf.random.experimental.stateless_split(_step_seed(seed, width, step), num=2)
-        patches = _sample_batch(tensors, width, batch_size, augment, seeds[0])
+        patches = _sample_batch(tensors, width, batch_size, augment, seeds[0], upright)
         image = _photometric(patches[..., :3], augment, seeds[1])
         land = patches[..., 3:]
         image = tf.ensure_shape(image, [batch_size, width, width, 3])

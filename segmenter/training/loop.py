@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,8 @@ def train(
             f"{checked.path}: the data differ from the data this run was trained on "
             f"(fingerprint {dataset.fingerprint} != {recorded}); use another --out"
         )
+    cfg = _resolve_upright(cfg, dataset, checked)
+    checked = replace(checked, plan=replace(checked.plan, config=cfg))
     run = checked.apply()
     log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,
              describe(strategy))
@@ -127,6 +130,23 @@ def train(
         progress = sys.stdout.isatty()
     with ctrlc.guard():
         return _train_widths(run, cfg, dataset, chosen, strategy, chief, resume, progress)
+
+
+def _resolve_upright(cfg: Config, dataset: Any, checked: Any) -> Config:
+    """``data.upright: auto`` made true or false: a continued run keeps the value it saved,
+    a new one decides from its training labels (:mod:`segmenter.data.orientation`)."""
+    if cfg.data.upright != "auto":
+        return cfg
+    saved = checked.existing.config.data.upright if checked.existing is not None else "auto"
+    if checked.action == "continue" and saved != "auto":
+        upright = bool(saved)
+    else:
+        from segmenter.data.orientation import detect_upright
+
+        orientation = detect_upright(dataset.train)
+        log.info("data.upright auto: %s", orientation.describe())
+        upright = orientation.upright
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"upright": upright})})
 
 
 def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strategy: Any,
@@ -297,6 +317,7 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
             batches = training_dataset(
                 source, width, batch_size, seed=cfg.train.seed, start_step=first,
                 steps=first + epochs * per_epoch, augment=cfg.train.augment,
+                upright=cfg.data.upright is True,
             )
             initial = first // every
             model.fit(batches, epochs=initial + epochs, initial_epoch=initial,
