@@ -15,7 +15,6 @@ low is not taken for a view with a horizon.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +22,6 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MIN_PHOTOS", "TOP_RATIO", "Orientation", "detect_upright"]
-
-log = logging.getLogger(__name__)
 
 #: photos with water that ``auto`` needs before it calls the photos upright.
 MIN_PHOTOS = 5
@@ -50,18 +47,20 @@ class Orientation:
     top_share: float
     rest_share: float
 
-    def describe(self) -> str:
+    def describe(self, hint: bool = True) -> str:
+        """The decision and its figures; with ``hint``, how to overrule it."""
         if self.photos < MIN_PHOTOS:
             return (f"aerial: only {self.photos} training photo(s) with water, too few to tell "
-                    f"a horizon (at least {MIN_PHOTOS}); set data.upright: true for oblique "
-                    f"photos")
+                    f"a horizon (at least {MIN_PHOTOS})"
+                    + ("; set data.upright: true for oblique photos" if hint else ""))
         shares = (f"water {self.top_share:.0%} in the top quarter of the {self.photos} training "
                   f"photos with water, {self.rest_share:.0%} below it")
         if self.upright:
             return (f"upright (oblique photos with a horizon): {shares}; patches are only "
-                    f"mirrored left-right (set data.upright: false to turn them every way)")
-        return (f"aerial: {shares}; patches are flipped and turned every way (set "
-                f"data.upright: true for oblique photos)")
+                    f"mirrored left-right"
+                    + (" (set data.upright: false to turn them every way)" if hint else ""))
+        return (f"aerial: {shares}; patches are flipped and turned every way"
+                + (" (set data.upright: true for oblique photos)" if hint else ""))
 
 
 def detect_upright(items: Sequence[Any]) -> Orientation:

@@ -226,12 +226,17 @@ def test_cli_data_prints_the_summary(runner, scenes_dir: Path) -> None:
     result = _run_data(runner, scenes_dir)
     assert result.exit_code == 0, result.output
     assert "4 pairs found, 0 skipped; train 3, test 1" in result.output
+    # What data.upright: auto would make of the labels, and what the config sets instead.
+    assert ("data.upright: false (set in the config; auto would read the labels as aerial: "
+            "only 3 training photo(s) with water, too few to tell a horizon" in result.output)
+    auto = _run_data(runner, scenes_dir, "data.upright=auto")
+    assert "data.upright auto: aerial: only 3 training photo(s) with water" in auto.output
 
 
 def test_default_source_is_the_generated_sample(runner) -> None:
     result = runner("data", "--set", "data.sample.n=3", "--set", "data.sample.size=64")
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1].startswith("sample: 3 pairs found")
+    assert result.output.strip().splitlines()[-2].startswith("sample: 3 pairs found")
 
 
 def test_real_photo_loads(real_dir: Path) -> None:
