@@ -25,7 +25,7 @@ def horizon(index: int, size: int = 40) -> Item:
 
 
 def aerial(index: int, size: int = 40) -> Item:
-    """A top-down view: a pond somewhere in the photo, as likely high as low."""
+    """A top-down view: three ponds anywhere in the photo, as likely high as low."""
     rng = np.random.default_rng(index)
     land = np.ones((size, size), np.float32)
     for _ in range(3):
