@@ -295,7 +295,7 @@ def _stitch(model: Any, small_image: np.ndarray, small_valid: np.ndarray | None,
     weight_sum = np.zeros(padded.shape[:2], np.float32)
     if positions:
         pcfg = cfg.predict
-        upright = cfg.data.upright is True  # "auto" is resolved by training, never here
+        upright = cfg.data.is_upright
         infer = compiled_infer(model, (window, window), tta=pcfg.tta, output=output,
                                upright=upright)
         batch_size = windows_per_call(pcfg.batch_size, window, pcfg.tta, upright)

@@ -59,8 +59,7 @@ def resolve_config(
     ``data.upright: auto`` over a run's saved config keeps the run's value: training decided
     it from its labels, and its models only know that orientation.
     """
+    from segmenter.data.orientation import keep_saved_upright
+
     cfg = load_config(config_path, overrides, base=base)
-    if base is not None and cfg.data.upright == "auto" and base.data.upright != "auto":
-        data = cfg.data.model_copy(update={"upright": base.data.upright})
-        cfg = cfg.model_copy(update={"data": data})
-    return cfg
+    return keep_saved_upright(cfg, base) if base is not None else cfg

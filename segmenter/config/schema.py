@@ -91,6 +91,12 @@ class DataConfig(_Section):
     )
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
+    @property
+    def is_upright(self) -> bool:
+        """``upright`` as training and prediction apply it: ``auto`` is decided by training
+        (and saved in the run), so an undecided ``auto`` counts as aerial."""
+        return self.upright is True
+
     @field_validator("bands")
     @classmethod
     def _bands_from_one(cls, bands: list[int] | None) -> list[int] | None:

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["MIN_PHOTOS", "TOP_RATIO", "Orientation", "detect_upright"]
+if TYPE_CHECKING:
+    from segmenter.config import Config
+
+__all__ = ["MIN_PHOTOS", "TOP_RATIO", "Orientation", "detect_upright", "keep_saved_upright",
+           "with_upright"]
 
 #: photos with water that ``auto`` needs before it calls the photos upright.
 MIN_PHOTOS = 5
@@ -82,3 +86,16 @@ def detect_upright(items: Sequence[Any]) -> Orientation:
     top, rest = top / photos, rest / photos
     upright = photos >= MIN_PHOTOS and top < TOP_RATIO * rest
     return Orientation(upright, photos, top, rest)
+
+
+def with_upright(cfg: Config, upright: bool) -> Config:
+    """``cfg`` with ``data.upright`` set to a decided ``upright``."""
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"upright": upright})})
+
+
+def keep_saved_upright(cfg: Config, saved: Config) -> Config:
+    """``cfg``, whose ``auto`` over a run's saved (decided) value becomes that value: the run's
+    models only know the orientation they were trained in."""
+    if cfg.data.upright == "auto" and saved.data.upright != "auto":
+        return with_upright(cfg, saved.data.upright)
+    return cfg

@@ -135,18 +135,17 @@ def train(
 def _resolve_upright(cfg: Config, dataset: Any, checked: Any) -> Config:
     """``data.upright: auto`` made true or false: a continued run keeps the value it saved,
     a new one decides from its training labels (:mod:`segmenter.data.orientation`)."""
+    from segmenter.data.orientation import detect_upright, keep_saved_upright, with_upright
+
     if cfg.data.upright != "auto":
         return cfg
-    saved = checked.existing.config.data.upright if checked.existing is not None else "auto"
-    if checked.action == "continue" and saved != "auto":
-        upright = bool(saved)
-    else:
-        from segmenter.data.orientation import detect_upright
-
-        orientation = detect_upright(dataset.train)
-        log.info("data.upright auto: %s", orientation.describe())
-        upright = orientation.upright
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"upright": upright})})
+    if checked.action == "continue":
+        kept = keep_saved_upright(cfg, checked.existing.config)
+        if kept.data.upright != "auto":
+            return kept
+    orientation = detect_upright(dataset.train)
+    log.info("data.upright auto: %s", orientation.describe())
+    return with_upright(cfg, orientation.upright)
 
 
 def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strategy: Any,
@@ -317,7 +316,7 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
             batches = training_dataset(
                 source, width, batch_size, seed=cfg.train.seed, start_step=first,
                 steps=first + epochs * per_epoch, augment=cfg.train.augment,
-                upright=cfg.data.upright is True,
+                upright=cfg.data.is_upright,
             )
             initial = first // every
             model.fit(batches, epochs=initial + epochs, initial_epoch=initial,
