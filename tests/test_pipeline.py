@@ -89,6 +89,43 @@ def test_upright_photos_are_only_mirrored_left_right():
     assert None in [_orientation(item, images[i].numpy(), 16) for i in range(32)]
 
 
+def _ramp_item(height, wide):
+    """A photo whose red is the row and green the column (in pixels / 1000), land left of 40."""
+    rows, cols = np.mgrid[0:height, 0:wide].astype(np.float32)
+    image = np.stack([rows / 1000, cols / 1000, np.full_like(rows, 0.5)], axis=-1)
+    return Item("ramp", image, (cols < 40).astype(np.float32))
+
+
+def test_zoom_resamples_patches_at_random_scales_with_labels_that_follow():
+    item = _ramp_item(120, 160)
+    augment = AugmentConfig(flip=True, rotate90=False, brightness=0.0, contrast=0.0, scale=0.5)
+    images, lands = (a.numpy() for a in next(iter(training_dataset(
+        [item], 16, 64, seed=4, steps=1, augment=augment))))
+    red, green = images[..., 0] * 1000, images[..., 1] * 1000
+    # Photo pixels per patch pixel: the same down and across, between 1/1.5 and 1.5.
+    down = np.abs(np.diff(red, axis=1)).mean(axis=(1, 2))
+    across = np.abs(np.diff(green, axis=2)).mean(axis=(1, 2))
+    np.testing.assert_allclose(down, across, atol=1e-3)
+    assert down.min() >= 1 / 1.5 - 1e-3 and down.max() <= 1.5 + 1e-3
+    assert down.min() < 0.85 and down.max() > 1.15  # both ways, not one fixed zoom
+    assert red.min() >= 0 and red.max() <= 119 and green.min() >= 0 and green.max() <= 159
+    # The label is resampled with the photo: land left of column 40, soft only at the shore.
+    land = lands[..., 0]
+    np.testing.assert_array_equal(land[green <= 39], 1.0)
+    np.testing.assert_array_equal(land[green >= 40], 0.0)
+    # Same step, same zoom.
+    again = next(iter(training_dataset([item], 16, 64, seed=4, steps=1, augment=augment)))
+    np.testing.assert_array_equal(images, again[0].numpy())
+
+
+def test_zoom_never_reaches_outside_a_photo_just_the_patch_size():
+    item = _ramp_item(16, 16)
+    augment = AugmentConfig(flip=False, rotate90=False, brightness=0.0, contrast=0.0, scale=1.0)
+    images = next(iter(training_dataset([item], 16, 32, seed=0, steps=1, augment=augment)))[0]
+    down = np.diff(images.numpy()[..., 0] * 1000, axis=1).mean(axis=(1, 2))
+    assert down.max() <= 1.0 + 1e-4 and down.min() < 0.75  # zoomed in, never out
+
+
 def test_same_step_same_patches_whatever_the_start():
     items = _items()
     full = [b[0] for b in training_dataset(items, 16, 4, seed=5, steps=4,

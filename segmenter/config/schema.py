@@ -151,6 +151,13 @@ class AugmentConfig(_Section):
     )
     blur: float = Field(0.0, ge=0, le=4, description="Max Gaussian blur sigma, in pixels.")
     noise: float = Field(0.0, ge=0, le=0.5, description="Max std of additive Gaussian noise.")
+    scale: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Max random zoom: a patch covers width x s photo pixels, s log-uniform in "
+        "[1/(1+z), 1+z], resampled bilinearly to the patch width (other flying heights, lenses).",
+    )
 
 
 class TrainConfig(_Section):

@@ -14,8 +14,8 @@ fast, reproducible and resumable:
   so the model never waits for data and the pipeline does not steal the step's cores
   (``scripts/bench_train.py`` measures that).
 
-Augmentation (flips, 90-degree rotations; brightness, contrast, channel gains, hue, saturation,
-greyscale, gamma, blur, noise) is applied to training batches only; validation patches are a
+Augmentation (flips, 90-degree rotations, zoom; brightness, contrast, channel gains, hue,
+saturation, greyscale, gamma, blur, noise) is applied to training batches only; validation patches are a
 fixed, seeded set cut once with numpy.
 
 The flat tensor is captured in the dataset's graph; TensorFlow caps a graph constant at 2 GB,
@@ -157,7 +157,8 @@ def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentC
     """Cut ``batch_size`` random patches: a random image each, then a random corner in it.
 
     Flips and rotations are applied to the gather indices rather than to the pixels, so they
-    cost nothing beyond the single gather that cuts the patches.
+    cost nothing beyond the single gather that cuts the patches. With ``augment.scale`` the
+    patches are zoomed too (:func:`_zoomed_gather`).
     """
     import tensorflow as tf
 
@@ -170,11 +171,8 @@ def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentC
         index_type,
     )
     image_w = tf.gather(widths, index)
-    room_y = tf.gather(heights, index) - width + 1
-    room_x = image_w - width + 1
+    image_h = tf.gather(heights, index)
     unit = tf.random.stateless_uniform([2, batch_size], seeds[1], dtype=tf.float32)
-    top = tf.minimum(tf.cast(unit[0] * tf.cast(room_y, tf.float32), index_type), room_y - 1)
-    left = tf.minimum(tf.cast(unit[1] * tf.cast(room_x, tf.float32), index_type), room_x - 1)
 
     span = tf.range(width, dtype=index_type)
     down = tf.broadcast_to(span[None, :, None], [batch_size, width, width])  # output row
@@ -188,12 +186,59 @@ def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentC
             tf.where(transpose[:, None, None], across, down),
             tf.where(transpose[:, None, None], down, across),
         )
+    if augment.scale > 0:
+        return _zoomed_gather(pixels, tf.gather(offsets, index), image_h, image_w, unit,
+                              down, across, width, augment.scale,
+                              tf.random.experimental.stateless_fold_in(seed_pair, 3))
+    room_y = image_h - width + 1
+    room_x = image_w - width + 1
+    top = tf.minimum(tf.cast(unit[0] * tf.cast(room_y, tf.float32), index_type), room_y - 1)
+    left = tf.minimum(tf.cast(unit[1] * tf.cast(room_x, tf.float32), index_type), room_x - 1)
     flat = (
         (tf.gather(offsets, index) + top * image_w + left)[:, None, None]
         + down * image_w[:, None, None]
         + across
     )
     return tf.gather(pixels, flat)  # (batch, width, width, 4)
+
+
+def _zoomed_gather(pixels, offsets, heights, widths, unit, down, across, width: int,
+                   zoom: float, seed_pair):
+    """Patches that each cover ``width * s`` photo pixels, resampled bilinearly to ``width``.
+
+    ``s`` is drawn log-uniform in ``[1/(1+zoom), 1+zoom]`` per patch and capped so the patch fits
+    its photo: ``s > 1`` shows more of the scene at a coarser ground resolution (a higher
+    flight), ``s < 1`` less at a finer one. Output pixel ``(i, j)`` (after the flips, which are
+    index changes as in :func:`_sample_batch`) samples the photo at the centre of its footprint;
+    the land fraction is interpolated like the colours, so shore pixels get soft labels.
+    """
+    import tensorflow as tf
+
+    index_type = offsets.dtype
+    batch = tf.shape(offsets)[0]
+    log_zoom = float(np.log1p(zoom))
+    scale = tf.exp(tf.random.stateless_uniform([batch], seed_pair, -log_zoom, log_zoom))
+    height_f, width_f = tf.cast(heights, tf.float32), tf.cast(widths, tf.float32)
+    scale = tf.minimum(scale, tf.minimum(height_f, width_f) / float(width))
+    extent = scale * float(width)
+    top = unit[0] * (height_f - extent)
+    left = unit[1] * (width_f - extent)
+
+    def axis(position, start, size):
+        """Lower neighbour, upper neighbour and weight of the upper one along one axis."""
+        at = start[:, None, None] + (tf.cast(position, tf.float32) + 0.5) * scale[:, None, None]
+        at = tf.clip_by_value(at - 0.5, 0.0, size[:, None, None] - 1.0)
+        low = tf.floor(at)
+        high = tf.minimum(low + 1.0, size[:, None, None] - 1.0)
+        return tf.cast(low, index_type), tf.cast(high, index_type), (at - low)[..., None]
+
+    y0, y1, wy = axis(down, top, height_f)
+    x0, x1, wx = axis(across, left, width_f)
+    base = offsets[:, None, None]
+    row0, row1 = base + y0 * widths[:, None, None], base + y1 * widths[:, None, None]
+    upper = (1 - wx) * tf.gather(pixels, row0 + x0) + wx * tf.gather(pixels, row0 + x1)
+    lower = (1 - wx) * tf.gather(pixels, row1 + x0) + wx * tf.gather(pixels, row1 + x1)
+    return (1 - wy) * upper + wy * lower  # (batch, width, width, 4)
 
 
 # RGB <-> YIQ (NTSC): Y is brightness, I and Q the two chroma axes. A hue change is a rotation
