@@ -687,7 +687,7 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
 
     ``gmm``: the mixture of :func:`segmenter.postprocess.gmm_water_mask` (same features,
     settings and naming rule: a component is land when the median probability of its pixels is
-    above the threshold, revised to the mean of the medians when all fall on one side), fitted
+    above the threshold, revised as :func:`segmenter.postprocess.decide_threshold` says), fitted
     on the subsample, its medians taken over the subsample. ``otsu``: Otsu's threshold of the
     subsample's probabilities. ``global``: ``postprocess.threshold``.
     """
@@ -708,6 +708,7 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
     from segmenter.postprocess import (
         assign_components,
         component_histogram,
+        decide_threshold,
         medians_from_histogram,
         prob_logit,
     )
@@ -725,18 +726,14 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
         gmm.fit(features)
         labels = assign_components(gmm, land, rgb)
     medians = medians_from_histogram(component_histogram(labels, land, gmm.n_components))
-    threshold = pp.threshold
-    present = [m for m in medians if m is not None]
-    revised = False
-    if len(present) > 1 and (all(m > threshold for m in present)
-                             or all(m <= threshold for m in present)):
-        threshold, revised = float(np.mean(present)), True
+    threshold, revised, one_class = decide_threshold(medians, pp)
+    if revised:
         log.info("GMM: every component median is on one side of %.3f; threshold revised to "
                  "the mean of the medians, %.3f", pp.threshold, threshold)
     is_land = np.array([m is not None and m > threshold for m in medians])
     info = {
         "method": "gmm", "features": "logit(p), R, G, B", "threshold": threshold,
-        "threshold_configured": pp.threshold, "revised": revised,
+        "threshold_configured": pp.threshold, "revised": revised, "one_class": one_class,
         "components": [{"median_land_prob": m, "class": "land" if k else "water"}
                        for m, k in zip(medians, is_land.tolist(), strict=True)],
         "fitted_on": int(land.size),

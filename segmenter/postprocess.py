@@ -183,19 +183,12 @@ def gmm_water_mask(
     histogram = component_histogram(labels, flat_prob, gmm.n_components)
     medians = medians_from_histogram(histogram)
 
-    threshold = pp_cfg.threshold
-    present = [m for m in medians if m is not None]
-    revised = False
-    if len(present) > 1 and (
-        all(m > threshold for m in present) or all(m <= threshold for m in present)
-    ):
-        new_threshold = float(np.mean(present))
+    threshold, revised, one_class = decide_threshold(medians, pp_cfg)
+    if revised:
         log.debug(  # the caller names the photo (predictor, evaluation)
-            "GMM: every component median is %s the threshold %.3f; threshold revised to "
-            "the mean of the medians, %.3f",
-            "above" if present[0] > threshold else "at or below", threshold, new_threshold,
+            "GMM: every component median is on one side of the threshold %.3f; threshold "
+            "revised to the mean of the medians, %.3f", pp_cfg.threshold, threshold,
         )
-        threshold, revised = new_threshold, True
     is_land = np.array([m is not None and m > threshold for m in medians])
     purities = purity_from_histogram(histogram, is_land, threshold)
     mask = ~is_land[labels].reshape(height, width)
@@ -205,6 +198,7 @@ def gmm_water_mask(
         "threshold": threshold,
         "threshold_configured": pp_cfg.threshold,
         "revised": revised,
+        "one_class": one_class,
         "components": [
             {"median_land_prob": m, "pixels": int(c), "class": "land" if land else "water",
              "purity": p}
@@ -214,6 +208,35 @@ def gmm_water_mask(
         "fitted_on": int(sample_idx.size),
     }
     return mask, info
+
+
+def decide_threshold(
+    medians: list[float | None], pp_cfg: PostprocessConfig
+) -> tuple[float, bool, str | None]:
+    """The threshold that names the GMM components: ``(threshold, revised, one_class)``.
+
+    Components whose median probability of land is above ``postprocess.threshold`` are land.
+    When every median falls on one side, that threshold would make the whole photo one class,
+    so (the notebook's rule) it is revised to the mean of the medians: a poorly calibrated map
+    still gets split. But when every median is also beyond ``postprocess.one_class`` (all above
+    ``1 - one_class``, or all below ``one_class``), the models are sure, and the photo is taken
+    as all land (an inland photo) or all water (open sea): revising would invent a shore.
+    ``one_class`` is then ``"land"`` or ``"water"``, else ``None``.
+    """
+    threshold = pp_cfg.threshold
+    present = [m for m in medians if m is not None]
+    if len(present) < 2:
+        return threshold, False, None
+    sure = pp_cfg.one_class
+    if all(m > threshold for m in present):
+        if sure > 0 and all(m > 1 - sure for m in present):
+            return threshold, False, "land"
+    elif all(m <= threshold for m in present):
+        if sure > 0 and all(m < sure for m in present):
+            return threshold, False, "water"
+    else:
+        return threshold, False, None
+    return float(np.mean(present)), True, None
 
 
 def subsample_size(n_pixels: int, pp_cfg: PostprocessConfig) -> int:

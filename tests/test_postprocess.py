@@ -181,3 +181,18 @@ def test_gmm_subsample_follows_the_photo_size():
     _, info = water_mask(prob, image, PostprocessConfig(n_components=3,
                                                         subsample_min=1000))
     assert info["fitted_on"] == 4500
+
+
+@pytest.mark.parametrize(("prob", "water"), [(0.97, False), (0.02, True)])
+def test_a_photo_the_models_are_sure_of_stays_one_class(prob, water):
+    """An inland photo (or open sea): every component sure of one class is not split in two."""
+    rng = np.random.default_rng(3)
+    land_prob = np.clip(prob + rng.normal(0, 0.005, (60, 80)), 0.001, 0.999).astype(np.float32)
+    image = rng.random((60, 80, 3), dtype=np.float32)  # many colours: several components
+    mask, info = water_mask(land_prob, image, PostprocessConfig(subsample=5000))
+    assert info["revised"] is False and info["one_class"] == ("water" if water else "land")
+    assert (mask == water).all()
+    # The notebook's rule (one_class 0) splits the same photo at the mean of the medians.
+    mask, info = water_mask(land_prob, image, PostprocessConfig(subsample=5000, one_class=0.0))
+    assert info["revised"] is True and info["one_class"] is None
+    assert 0.05 < mask.mean() < 0.95
