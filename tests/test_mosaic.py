@@ -258,3 +258,18 @@ def test_photos_and_a_raster_in_one_call_keep_their_order(runner, run_dir, tmp_p
     assert (out / "a_photo_water_mask.png").is_file() and (out / "c_photo_water_mask.png").is_file()
     assert (out / "b_shore_water_mask.tif").is_file()
     assert "3 photo(s) in " in result.output and "s per photo" in result.output
+
+
+def test_a_dry_mosaic_the_models_are_sure_of_has_no_water():
+    """The whole-raster GMM follows the photos' rule: sure land everywhere stays land."""
+    from segmenter.config import PostprocessConfig
+    from segmenter.mosaic import fit_decision
+
+    rng = np.random.default_rng(5)
+    land = np.clip(0.96 + rng.normal(0, 0.01, 4000), 0.001, 0.999).astype(np.float32)
+    rgb = rng.random((4000, 3), dtype=np.float32)  # fields, roofs, roads: many colours
+    decision = fit_decision(land, rgb, PostprocessConfig())
+    assert decision.info["one_class"] == "land" and not decision.info["revised"]
+    assert not decision.water(land, rgb).any()
+    notebook = fit_decision(land, rgb, PostprocessConfig(one_class=0.0))
+    assert notebook.info["revised"] and notebook.water(land, rgb).any()
