@@ -16,7 +16,8 @@ component whose median straddles 0.5 (on the built-in sample the GMM then scored
 0.71 against 0.88 for a plain 0.5 threshold). The logit spreads the uncertain range out and
 squeezes the spikes, so components follow the uncertain band by colour as intended. It is a
 monotone reparametrisation: each component is still called by the median of its pixels'
-probability ``p`` against ``threshold``, and the revision rule is unchanged.
+probability ``p`` against ``threshold``, and the revision rule is unchanged
+(:func:`decide_threshold`).
 
 The mixture is fitted on a seeded random subsample and evaluated for every pixel in chunks:
 fitting on all pixels of a 25-megapixel photo would take minutes and gigabytes, and the fit does

@@ -15,8 +15,8 @@ fast, reproducible and resumable:
   (``scripts/bench_train.py`` measures that).
 
 Augmentation (flips, 90-degree rotations, zoom; brightness, contrast, channel gains, hue,
-saturation, greyscale, gamma, blur, noise) is applied to training batches only; validation patches are a
-fixed, seeded set cut once with numpy.
+saturation, greyscale, gamma, blur, noise) is applied to training batches only; validation
+patches are a fixed, seeded set cut once with numpy.
 
 The flat tensor is captured in the dataset's graph; TensorFlow caps a graph constant at 2 GB,
 about 130 million pixels at float32: lower ``data.scale`` for more.
