@@ -268,7 +268,7 @@ def test_a_dry_mosaic_the_models_are_sure_of_has_no_water():
     rng = np.random.default_rng(5)
     land = np.clip(0.96 + rng.normal(0, 0.01, 4000), 0.001, 0.999).astype(np.float32)
     rgb = rng.random((4000, 3), dtype=np.float32)  # fields, roofs, roads: many colours
-    decision = fit_decision(land, rgb, PostprocessConfig())
+    decision = fit_decision(land, rgb, PostprocessConfig(one_class=0.2))
     assert decision.info["one_class"] == "land" and not decision.info["revised"]
     assert not decision.water(land, rgb).any()
     notebook = fit_decision(land, rgb, PostprocessConfig(one_class=0.0))

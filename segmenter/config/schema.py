@@ -249,10 +249,11 @@ class PostprocessConfig(_Section):
     max_iter: int = Field(50, ge=1, le=10_000, description="GMM EM iterations.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Probability-of-land threshold.")
     one_class: float = Field(
-        0.2, ge=0, lt=0.5,
+        0.0, ge=0, lt=0.5,
         description="GMM: when every component's median probability of land is above "
         "1 - one_class (or every one below one_class), the photo is all land (all water) and "
-        "the threshold is not revised; 0 = always revise, as the notebook did.",
+        "the threshold is not revised; 0 = always revise (the notebook). 0.2 keeps photos "
+        "with no water dry.",
     )
     subsample: int = Field(
         200_000, ge=100, le=100_000_000,
