@@ -22,7 +22,7 @@ import numpy as np
 from segmenter import metrics
 from segmenter.config import Config
 from segmenter.fileio import write_json, write_text
-from segmenter.predictor import LoadedModels, log_revised, predict_photo
+from segmenter.predictor import LoadedModels, log_threshold_decision, predict_photo
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def evaluate_images(
     for item in progress(items) if progress else items:
         started = time.perf_counter()
         result = predict_photo(loaded, item.image, cfg, keep_scales=False)
-        log_revised(item.stem, result.threshold)
+        log_threshold_decision(item.stem, result.threshold)
         mask_counts, base_counts = score_masks(result.land_prob, result.water, item.land)
         pooled[method] = pooled[method] + mask_counts
         pooled[BASELINE] = pooled[BASELINE] + base_counts

@@ -228,7 +228,7 @@ def predict_inputs(
         except (SegmenterError, Exception) as exc:  # one photo's failure never stops the batch
             fail(record, ref, exc)
             return
-        log_revised(stem, result.threshold)
+        log_threshold_decision(stem, result.threshold)
         fraction = float(result.water.mean())
         height, width = image_shape
         records.append(PredictionRecord(
@@ -345,7 +345,7 @@ def predict_one(ref: Any, stem: str, loaded: LoadedModels, cfg: Config, out_dir:
             message = f"{ref.path}: {message}"
         failed = PredictionRecord(**record, status="failed", error=message).to_json()
         return failed, f"FAILED {message}", message
-    log_revised(stem, result.threshold)
+    log_threshold_decision(stem, result.threshold)
     fraction = float(result.water.mean())
     height, width = image.shape[:2]
     record.update({
@@ -365,7 +365,7 @@ def predict_one(ref: Any, stem: str, loaded: LoadedModels, cfg: Config, out_dir:
     return PredictionRecord(**record).to_json(), line, None
 
 
-def log_revised(name: str, threshold: dict[str, Any]) -> None:
+def log_threshold_decision(name: str, threshold: dict[str, Any]) -> None:
     """Say, naming the photo, that the GMM step revised its threshold or kept one class."""
     if threshold.get("one_class"):
         log.info("%s: all %s: every GMM component's median probability of land was beyond "
