@@ -213,7 +213,10 @@ def avoid_multiworker_build_reduce(model: Any, strategy: Any, width: int,
                           "multi-worker model build")
     import numpy as np
 
-    example = (np.zeros((batch_size, width, width, 3), np.float32),
+    from segmenter.inference import input_channels
+
+    channels = input_channels(model)  # 3, or 4 with the row channel
+    example = (np.zeros((batch_size, width, width, channels), np.float32),
                np.zeros((batch_size, width, width, 1), np.float32))
 
     def build_locally(iterator: Any = None, data_batch: Any = None) -> None:

@@ -142,6 +142,28 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 OUTPUTS = ("raw", "sigmoid", "clip")
 
 
+def input_channels(model: Any) -> int:
+    """Channels a built or loaded model takes: 3 (RGB), or 4 with the row channel.
+
+    A model without symbolic inputs (a subclassed one, as in tests) is taken as RGB.
+    """
+    try:
+        return int(model.inputs[0].shape[-1])
+    except (AttributeError, IndexError, TypeError):
+        return 3
+
+
+def with_row_channel(image: np.ndarray, model: Any) -> np.ndarray:
+    """``image`` as ``model`` takes it: float32 RGB, with the row position of each pixel
+    (:func:`segmenter.data.pipeline.row_position`) appended for a row-channel model."""
+    image = image.astype(np.float32, copy=False)
+    if input_channels(model) == 3:
+        return image
+    from segmenter.data.pipeline import row_position
+
+    return np.concatenate([image, row_position(*image.shape[:2])], axis=-1)
+
+
 def head_activation(model: Any) -> str | None:
     """Name of the activation of the model's last layer (``sigmoid``, ``linear``), if any."""
     activation = getattr(model.layers[-1], "activation", None) if model.layers else None
@@ -166,7 +188,9 @@ def output_transform(model: Any, cfg: Config) -> str:
 
 def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
                    output: str = "raw", upright: bool = False):
-    """One ``tf.function`` per (model, window size, TTA kind, output): (B, h, w, 3) -> (B, h, w).
+    """One ``tf.function`` per (model, window size, TTA kind, output): (B, h, w, c) -> (B, h, w).
+
+    ``c`` is the model's input channels: 3, or 4 with the row channel (``model.row_channel``).
 
     The spatial size is part of the signature (Keras' bilinear upsampling needs it static) and
     the batch size is not, so the last, shorter batch does not trigger a second trace.
@@ -187,6 +211,7 @@ def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
     if key in cache:
         return cache[key]
     model_ref = weakref.ref(model)
+    channels = input_channels(model)
 
     def run(windows):
         out = tf.cast(model_ref()(windows, training=False), tf.float32)[..., 0]
@@ -199,7 +224,7 @@ def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
     # Plain Python control flow on constants only: AutoGraph has nothing to convert (and warns
     # that it cannot convert the closure).
     @tf.function(
-        input_signature=[tf.TensorSpec([None, key[0], key[1], 3], tf.float32)],
+        input_signature=[tf.TensorSpec([None, key[0], key[1], channels], tf.float32)],
         autograph=False,
     )
     def infer(windows):
@@ -268,7 +293,9 @@ def predict_scale(
     The image is reflection-padded by half a window per side (symmetric mode, so even a photo
     smaller than the window can be padded), windows are taken on the padded image, and the
     weighted predictions are accumulated per pixel. Pixels that no window reached (random
-    sampling only; zero weight sum) are NaN.
+    sampling only; zero weight sum) are NaN. A row-channel model's row position is appended
+    before the padding and mirrored with the pixels: the padding shows mirrored photo, and
+    the windows the model trained on never left their photo.
 
     Returns:
         The map and a dict with the window count and the coverage factor.
@@ -283,7 +310,7 @@ def predict_scale(
     pad_y = max(pad, int(math.ceil((window - height) / 2)))
     pad_x = max(pad, int(math.ceil((window - width) / 2)))
     padded = np.pad(
-        image.astype(np.float32, copy=False),
+        with_row_channel(image, model),
         ((pad_y, pad_y), (pad_x, pad_x), (0, 0)),
         mode="symmetric",
     )
@@ -303,7 +330,7 @@ def predict_scale(
     # Two batch buffers: while TensorFlow predicts one batch (it releases the GIL), this thread
     # accumulates the previous batch and cuts the next one, so the model never waits on numpy.
     size = min(batch_size, len(positions))
-    buffers = [np.empty((size, window, window, 3), np.float32) for _ in range(2)]
+    buffers = [np.empty((size, window, window, padded.shape[2]), np.float32) for _ in range(2)]
 
     def accumulate(predicted: np.ndarray, chunk: list[tuple[int, int]]) -> None:
         if not np.isfinite(predicted).all():

@@ -9,6 +9,12 @@ size that divides by ``2**depth``; a :class:`SizeCheck` layer at the input refus
 with a readable message instead of silently returning a map of the wrong size (the encoder's
 "same" pooling would round up and the decoder would give back a larger map).
 
+With ``model.row_channel`` (upright photos) the input has a fourth channel, each pixel's row in
+its photo as a fraction (0 top, 1 bottom): the network then knows where in the frame a window
+lies, which the colours and texture of one window cannot tell it (a grey sky above the horizon
+against grey water below it). The channel skips the input normalisation and joins the colours at
+the first convolution.
+
 Input normalisation lives inside the model (``[0, 1]`` photos are mapped to ``[-1, 1]``, or with
 ``input_norm: window`` each window is standardised on its own), so a saved ``.keras`` file is
 self-contained: prediction feeds photos exactly as they are decoded.
@@ -189,7 +195,8 @@ def build_model(model_cfg: ModelConfig | None = None, **overrides: Any) -> keras
         **overrides: keys of :class:`ModelConfig` to replace (handy in tests and scripts).
 
     Returns:
-        An uncompiled ``keras.Model``: input ``(None, None, 3)`` float32 RGB in ``[0, 1]``,
+        An uncompiled ``keras.Model``: input ``(None, None, 3)`` float32 RGB in ``[0, 1]``
+        (``(None, None, 4)`` with ``model.row_channel: true``, the row position last),
         output ``(None, None, 1)`` float32, the probability of land (``sigmoid``) or a raw
         value (``linear``).
 
@@ -215,12 +222,20 @@ def build_model(model_cfg: ModelConfig | None = None, **overrides: Any) -> keras
             f"build_model: activation must be 'sigmoid' or 'linear', got {model_cfg.activation!r}"
         )
 
-    inputs = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
+    row_channel = model_cfg.has_row_channel
+    inputs = keras.Input(shape=(None, None, 4 if row_channel else 3), dtype="float32",
+                         name="image")
     x = SizeCheck(size_multiple(depth), name="size_check")(inputs)
+    if row_channel:
+        # [0, 1] from top to bottom -> [-1, 1], like the fixed colour scaling.
+        row = keras.layers.Rescaling(2.0, offset=-1.0, name="row_position")(x[..., 3:])
+        x = x[..., :3]
     if model_cfg.input_norm == "window":
         x = WindowStandardise(name="normalise")(x)
     else:
         x = keras.layers.Rescaling(2.0, offset=-1.0, name="normalise")(x)
+    if row_channel:
+        x = keras.layers.Concatenate(name="with_row")([x, row])
     x = keras.layers.Conv2D(
         filters, kernel_size, padding="same", activation="relu", name="stem_conv"
     )(x)
@@ -251,7 +266,7 @@ def build_model(model_cfg: ModelConfig | None = None, **overrides: Any) -> keras
         1, kernel_size, padding="same", dtype="float32", name="head_conv"
     )(x)
     outputs = keras.layers.Activation(model_cfg.activation, dtype="float32", name="land_prob")(x)
-    variant = "_skips" if model_cfg.skips else ""
+    variant = ("_skips" if model_cfg.skips else "") + ("_row" if row_channel else "")
     return keras.Model(
         inputs, outputs, name=f"segmenter_d{depth}_f{filters}_k{kernel_size}{variant}"
     )

@@ -380,9 +380,15 @@ def predict_raster(location: str, stem: str, loaded: Any, cfg: Config, out_dir: 
     Raises:
         SegmenterError: unreadable raster, bad bands, unsupported settings, a write failure.
     """
-    from segmenter.inference import _merge_weights, select_models
+    from segmenter.inference import _merge_weights, input_channels, select_models
 
     models = select_models(loaded.models, cfg)
+    if any(input_channels(model) != 3 for model in models.values()):
+        raise ConfigError(
+            f"{location}: this run's models read each pixel's row in an upright photo "
+            f"(model.row_channel), which a raster predicted tile by tile does not have; "
+            f"predict rasters with a run trained with model.row_channel: false"
+        )
     weights = _merge_weights(models, cfg.predict.merge, loaded.scores)
     with RasterJob(location, stem, list(models), cfg, out_dir, storage=storage,
                    relpath=relpath, tile_size=tile_size) as job:
@@ -668,6 +674,7 @@ class Decision:
     info: dict[str, Any]
     gmm: Any = None
     is_land: np.ndarray | None = None
+    per_pixel: np.ndarray | None = None  # mixed components, called by the threshold
 
     def water(self, land: np.ndarray, rgb: np.ndarray) -> np.ndarray:
         """Water (True) for pixels of probability of land ``land`` (n,) and colour (n, 3)."""
@@ -675,11 +682,13 @@ class Decision:
             return land <= self.threshold
         from threadpoolctl import threadpool_limits
 
-        from segmenter.postprocess import assign_components
+        from segmenter.postprocess import assign_components, call_pixels
 
         with threadpool_limits(1, user_api="blas"):
             labels = assign_components(self.gmm, land, rgb)
-        return ~self.is_land[labels]
+        per_pixel = (self.per_pixel if self.per_pixel is not None
+                     else np.zeros(len(self.is_land), bool))
+        return call_pixels(labels, land, self.is_land, per_pixel, self.threshold)
 
 
 def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
@@ -687,8 +696,9 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
 
     ``gmm``: the mixture of :func:`segmenter.postprocess.gmm_water_mask` (same features,
     settings and naming rule: a component is land when the median probability of its pixels is
-    above the threshold, revised as :func:`segmenter.postprocess.decide_threshold` says), fitted
-    on the subsample, its medians taken over the subsample. ``otsu``: Otsu's threshold of the
+    above the threshold, revised as :func:`segmenter.postprocess.decide_threshold` says, and a
+    mixed one, purity below ``min_purity``, is called pixel by pixel), fitted on the
+    subsample, its medians and purities taken over the subsample. ``otsu``: Otsu's threshold of the
     subsample's probabilities. ``global``: ``postprocess.threshold``.
     """
     if pp.method == "global":
@@ -709,8 +719,10 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
         assign_components,
         component_histogram,
         decide_threshold,
+        impure_components,
         medians_from_histogram,
         prob_logit,
+        purity_from_histogram,
     )
 
     features = np.empty((land.size, 4), np.float32)
@@ -725,20 +737,27 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
     with threadpool_limits(1, user_api="blas"):
         gmm.fit(features)
         labels = assign_components(gmm, land, rgb)
-    medians = medians_from_histogram(component_histogram(labels, land, gmm.n_components))
+    histogram = component_histogram(labels, land, gmm.n_components)
+    medians = medians_from_histogram(histogram)
     threshold, revised, one_class = decide_threshold(medians, pp)
     if revised:
         log.info("GMM: every component median is on one side of %.3f; threshold revised to "
                  "the mean of the medians, %.3f", pp.threshold, threshold)
     is_land = np.array([m is not None and m > threshold for m in medians])
+    purities = purity_from_histogram(histogram, is_land, threshold)
+    per_pixel = impure_components(purities, pp.min_purity)
     info = {
         "method": "gmm", "features": "logit(p), R, G, B", "threshold": threshold,
         "threshold_configured": pp.threshold, "revised": revised, "one_class": one_class,
-        "components": [{"median_land_prob": m, "class": "land" if k else "water"}
-                       for m, k in zip(medians, is_land.tolist(), strict=True)],
+        "min_purity": pp.min_purity,
+        "components": [{"median_land_prob": m,
+                        "class": "per pixel" if mixed else "land" if k else "water",
+                        "purity": p}
+                       for m, k, p, mixed in zip(medians, is_land.tolist(), purities,
+                                                 per_pixel.tolist(), strict=True)],
         "fitted_on": int(land.size),
     }
-    return Decision("gmm", threshold, info, gmm=gmm, is_land=is_land)
+    return Decision("gmm", threshold, info, gmm=gmm, is_land=is_land, per_pixel=per_pixel)
 
 
 def is_raster_ref(ref: Any) -> bool:

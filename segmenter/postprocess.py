@@ -19,6 +19,15 @@ monotone reparametrisation: each component is still called by the median of its 
 probability ``p`` against ``threshold``, and the revision rule is unchanged
 (:func:`decide_threshold`).
 
+A component is a colour cluster; calling it as a whole is right when the network mostly agrees
+within it, and wrong when the cluster mixes both sides: at night or in haze the sky and the water
+share one colour, and on photos unlike the training photos the network may be sure of water
+that shares a cluster with land. ``postprocess.min_purity`` names such components (the share of
+their pixels whose own probability agrees with the component's class, its *purity*, is below
+it) and calls their pixels one by one by the threshold instead (:func:`call_pixels`). With 0.7
+water IoU rose on every benchmark case: OASIs ship photos 0.866 -> 0.888, the generated shifted
+scenes 0.467 -> 0.513, the real aerial photo level (README, "Quality").
+
 The mixture is fitted on a seeded random subsample and evaluated for every pixel in chunks:
 fitting on all pixels of a 25-megapixel photo would take minutes and gigabytes, and the fit does
 not improve beyond a few hundred thousand samples. The subsample follows the photo's size
@@ -192,7 +201,8 @@ def gmm_water_mask(
         )
     is_land = np.array([m is not None and m > threshold for m in medians])
     purities = purity_from_histogram(histogram, is_land, threshold)
-    mask = ~is_land[labels].reshape(height, width)
+    per_pixel = impure_components(purities, pp_cfg.min_purity)
+    mask = call_pixels(labels, flat_prob, is_land, per_pixel, threshold).reshape(height, width)
     info = {
         "method": "gmm",
         "features": "logit(p), R, G, B",
@@ -200,11 +210,12 @@ def gmm_water_mask(
         "threshold_configured": pp_cfg.threshold,
         "revised": revised,
         "one_class": one_class,
+        "min_purity": pp_cfg.min_purity,
         "components": [
-            {"median_land_prob": m, "pixels": int(c), "class": "land" if land else "water",
-             "purity": p}
-            for m, c, land, p in zip(medians, counts.tolist(), is_land.tolist(), purities,
-                                     strict=True)
+            {"median_land_prob": m, "pixels": int(c),
+             "class": "per pixel" if mixed else "land" if land else "water", "purity": p}
+            for m, c, land, p, mixed in zip(medians, counts.tolist(), is_land.tolist(), purities,
+                                            per_pixel.tolist(), strict=True)
         ],
         "fitted_on": int(sample_idx.size),
     }
@@ -360,6 +371,22 @@ def purity_from_histogram(histogram: np.ndarray, is_land: np.ndarray,
         above = int(row[split:].sum())
         out.append(round((above if land else total - above) / total, 4))
     return out
+
+
+def impure_components(purities: list[float | None], min_purity: float) -> np.ndarray:
+    """Bool per component: its purity is below ``min_purity``, so it is called pixel by pixel."""
+    return np.array([p is not None and p < min_purity for p in purities], bool)
+
+
+def call_pixels(labels: np.ndarray, prob: np.ndarray, is_land: np.ndarray,
+                per_pixel: np.ndarray, threshold: float) -> np.ndarray:
+    """Water (True) per pixel: its component's class, or for a component in ``per_pixel`` (a
+    mixed one, :func:`impure_components`) the pixel's own ``prob <= threshold``."""
+    water = ~is_land[labels]
+    if per_pixel.any():
+        mixed = per_pixel[labels]
+        water[mixed] = prob[mixed] <= threshold
+    return water
 
 
 def prob_logit(prob: np.ndarray) -> np.ndarray:

@@ -124,7 +124,7 @@ def config_differences(
     for key in sorted(set(old) | set(new)):
         if any(key == p or key.startswith(p) for p in RESUME_IGNORED_PREFIXES):
             continue
-        if key == "data.upright" and new.get(key) == "auto":
+        if key in ("data.upright", "model.row_channel") and new.get(key) == "auto":
             continue  # training resolves auto from the same data: it keeps the saved value
         if old.get(key) != new.get(key):
             differing.append(key)

@@ -289,6 +289,35 @@ def test_tta_runs_the_same_batches_as_plain_prediction(image, monkeypatch, tta):
     np.testing.assert_allclose(stitched, direct(model, image), atol=1e-5)
 
 
+def row_reader():
+    """A 4-channel pointwise model that answers each pixel's row channel: its input, shown."""
+    inputs = keras.Input((None, None, 4))
+    conv = keras.layers.Conv2D(1, 1)
+    model = keras.Model(inputs, conv(inputs))
+    conv.set_weights([np.array([0, 0, 0, 1], np.float32).reshape(1, 1, 4, 1),
+                      np.zeros(1, np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_a_row_channel_model_is_given_each_pixel_s_row_in_the_photo(image, tta):
+    model = row_reader()
+    assert inference.input_channels(model) == 4
+    assert inference.input_channels(pointwise_model()) == 3
+    got, _ = inference.predict_scale(model, image, 16, overlap=0.5, batch_size=4, tta=tta,
+                                     upright=True)
+    expected = np.broadcast_to(np.linspace(0, 1, image.shape[0], dtype=np.float32)[:, None],
+                               image.shape[:2])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Through predict_land's rescaling too: the row of the scaled photo (a linear head of an
+    # MSE model is read as it is, clipped to [0, 1]).
+    cfg = cfg_with("data.scale=0.5", "data.upright=true", "train.loss=mse")
+    land = inference.predict_land({16: model}, image, cfg).land_prob
+    assert land.shape == image.shape[:2]
+    assert abs(land[0].mean()) < 0.05 and abs(land[-1].mean() - 1) < 0.05
+    assert (np.diff(land.mean(axis=1)) >= -1e-6).all()
+
+
 def test_upright_tta_averages_the_photo_and_its_left_right_mirror_only():
     """data.upright: the models never saw a photo upside down, so TTA must not show them one."""
     model = build_model(load_config().model, depth=2, filters=4)  # not symmetric: any flip shows

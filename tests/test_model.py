@@ -36,6 +36,21 @@ def test_save_load_gives_identical_outputs(tmp_path, images, upsampling, skips):
     np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
 
 
+def test_row_channel_model_takes_the_row_as_a_fourth_input(tmp_path, images):
+    cfg = ModelConfig(depth=2, filters=4, row_channel=True, input_norm="window")
+    model = build_model(cfg)
+    assert model.input_shape == (None, None, None, 4)
+    assert build_model(ModelConfig(depth=2, filters=4, row_channel="auto")).input_shape[-1] == 3
+    top = np.concatenate([images, np.zeros_like(images[..., :1])], axis=-1)
+    bottom = np.concatenate([images, np.ones_like(images[..., :1])], axis=-1)
+    # Same colours, another height in the photo: another answer.
+    assert np.abs(model.predict(top, verbose=0) - model.predict(bottom, verbose=0)).max() > 1e-4
+    model.save(tmp_path / "row.keras")
+    loaded = keras.saving.load_model(tmp_path / "row.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(bottom, verbose=0),
+                                  model.predict(bottom, verbose=0))
+
+
 def test_get_config_round_trip(images):
     model = build_model(ModelConfig(depth=2, filters=4, activation="linear"))
     clone = keras.Model.from_config(model.get_config())

@@ -273,3 +273,39 @@ def test_a_dry_mosaic_the_models_are_sure_of_has_no_water():
     assert not decision.water(land, rgb).any()
     notebook = fit_decision(land, rgb, PostprocessConfig(one_class=0.0))
     assert notebook.info["revised"] and notebook.water(land, rgb).any()
+
+
+def test_a_run_that_reads_rows_refuses_rasters(run_dir, tmp_path):
+    """model.row_channel models know where a window sits in an upright photo; a raster
+    predicted tile by tile gives them no such row, so it is refused, by name, before work."""
+    from dataclasses import replace
+
+    from segmenter import mosaic
+    from segmenter.config import ModelConfig
+    from segmenter.errors import ConfigError
+    from segmenter.model import build_model
+
+    tif = rgb_raster(tmp_path / "m.tif", size=64)
+    loaded, cfg = loaded_run(run_dir)
+    rows = {w: build_model(ModelConfig(depth=2, filters=4, row_channel=True))
+            for w in loaded.models}
+    with pytest.raises(ConfigError, match=r"m\.tif: this run's models read each pixel's row"):
+        mosaic.predict_raster(str(tif), "m", replace(loaded, models=rows), cfg,
+                              tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_whole_raster_rule_calls_mixed_components_pixel_by_pixel():
+    """fit_decision follows postprocess.min_purity as a photo's GMM does."""
+    from segmenter.config import PostprocessConfig
+    from segmenter.mosaic import fit_decision
+
+    rng = np.random.default_rng(2)
+    water = rng.random(4000) < 0.4
+    land = np.where(water, 0.1, 0.9).astype(np.float32)
+    rgb = np.full((4000, 3), 0.12, np.float32) + rng.normal(0, 0.01, (4000, 3)).astype(np.float32)
+    notebook = fit_decision(land, rgb, PostprocessConfig(n_components=1))
+    assert not notebook.water(land, rgb).any()
+    decision = fit_decision(land, rgb, PostprocessConfig(n_components=1, min_purity=0.7))
+    assert decision.info["components"][0]["class"] == "per pixel"
+    np.testing.assert_array_equal(decision.water(land, rgb), water)

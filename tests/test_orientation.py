@@ -10,8 +10,9 @@ from tiny_data import TINY_SETTINGS, Item, TinyDataset, scene
 
 from segmenter.cli.options import resolve_config
 from segmenter.config import load_config
-from segmenter.data.orientation import MIN_PHOTOS, detect_upright
+from segmenter.data.orientation import MIN_PHOTOS, detect_upright, with_row_channel
 from segmenter.errors import ConfigError, RunError
+from segmenter.inference import input_channels, predict_land
 from segmenter.runs import open_run
 from segmenter.training import train
 
@@ -65,6 +66,14 @@ def test_training_with_auto_saves_its_decision_and_resuming_keeps_it(tmp_path, c
     assert "data.upright auto: upright (oblique photos with a horizon)" in caplog.text
     run = open_run(tmp_path / "run")
     assert run.config.data.upright is True  # predict reads the decision from the run
+    # model.row_channel: auto follows the decision: the networks also read each pixel's row.
+    assert run.config.model.row_channel is True
+    assert "model.row_channel: the networks also read each pixel's row" in caplog.text
+    model = run.load_model(16)
+    assert input_channels(model) == 4
+    photo = horizon(11).image
+    land = predict_land({16: model}, photo, run.config).land_prob
+    assert land.shape == photo.shape[:2] and np.isfinite(land).all()
     # The same run resumed (or predicted) with auto in the config keeps the saved decision.
     again = train(cfg, tmp_path / "run", resume=True, dataset=data)
     assert [r.status for r in again] == ["skipped"]  # accepted; the width was already done
@@ -77,7 +86,27 @@ def test_training_with_auto_saves_its_decision_and_resuming_keeps_it(tmp_path, c
 
     aerial_data = TinyDataset(train=[aerial(i) for i in range(8)], test=[aerial(20)])
     train(cfg, tmp_path / "aerial", dataset=aerial_data)
-    assert open_run(tmp_path / "aerial").config.data.upright is False
+    aerial_run = open_run(tmp_path / "aerial")
+    assert aerial_run.config.data.upright is False
+    assert aerial_run.config.model.row_channel is False
+    assert input_channels(aerial_run.load_model(16)) == 3
+
+
+def test_row_channel_follows_upright_and_refuses_photos_without_an_up():
+    upright = load_config(None, ["data.upright=true"])
+    aerial_cfg = load_config(None, ["data.upright=false"])
+    assert with_row_channel(upright).model.row_channel is True
+    assert with_row_channel(aerial_cfg).model.row_channel is False
+    off = load_config(None, ["data.upright=true", "model.row_channel=false"])
+    assert with_row_channel(off).model.row_channel is False
+    with pytest.raises(ConfigError, match=r"model.row_channel: true needs upright photos"):
+        with_row_channel(load_config(None, ["data.upright=false", "model.row_channel=true"]))
+    # A continued run keeps what its models were built with; a run saved before the key
+    # existed (auto in its config) has no row channel.
+    saved_old = load_config(None, ["data.upright=true"])
+    assert with_row_channel(upright, saved_old).model.row_channel is False
+    saved_on = with_row_channel(upright)
+    assert with_row_channel(upright, saved_on).model.row_channel is True
 
 
 def test_a_bad_upright_value_names_the_key():

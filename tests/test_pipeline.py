@@ -9,7 +9,12 @@ import pytest
 from tiny_data import Item, scene
 
 from segmenter.config import AugmentConfig
-from segmenter.data.pipeline import eligible_images, training_dataset, validation_patches
+from segmenter.data.pipeline import (
+    PatchSource,
+    eligible_images,
+    training_dataset,
+    validation_patches,
+)
 from segmenter.errors import DataError
 
 NO_AUGMENT = AugmentConfig(flip=False, rotate90=False, brightness=0.0, contrast=0.0)
@@ -124,6 +129,35 @@ def test_zoom_never_reaches_outside_a_photo_just_the_patch_size():
     images = next(iter(training_dataset([item], 16, 32, seed=0, steps=1, augment=augment)))[0]
     down = np.diff(images.numpy()[..., 0] * 1000, axis=1).mean(axis=(1, 2))
     assert down.max() <= 1.0 + 1e-4 and down.min() < 0.75  # zoomed in, never out
+
+
+@pytest.mark.parametrize("zoom", [0.0, 0.5])
+def test_row_channel_is_each_pixel_s_row_in_its_photo(zoom):
+    """model.row_channel: a fourth channel, the pixel's row / (height - 1), through zoom and
+    mirroring, never touched by the colour augmentation."""
+    item = _ramp_item(120, 160)  # red = row / 1000
+    augment = AugmentConfig(flip=True, rotate90=True, brightness=0.2, contrast=0.2, scale=zoom)
+    source = PatchSource.from_images([item], row_channel=True)
+    assert source.row_channel and source.pixels.shape == (120 * 160, 5)
+    images = next(iter(training_dataset(source, 16, 32, seed=5, steps=1, augment=augment,
+                                        upright=True)))[0].numpy()
+    assert images.shape == (32, 16, 16, 4)
+    rows = images[..., 3] * 119
+    assert rows.min() >= -1e-3 and rows.max() <= 119 + 1e-3
+    # Where the photo is: red is the row too, unless brightness/contrast moved it.
+    plain = next(iter(training_dataset(
+        source, 16, 32, seed=5, steps=1, upright=True,
+        augment=augment.model_copy(update={"brightness": 0.0, "contrast": 0.0}))))[0].numpy()
+    np.testing.assert_allclose(plain[..., 3] * 119, plain[..., 0] * 1000, atol=2e-3)
+    np.testing.assert_allclose(images[..., 3], plain[..., 3])  # colour changes leave it
+    np.testing.assert_allclose(np.diff(rows, axis=2), 0.0, atol=1e-4)  # one value per row
+    assert (np.diff(rows, axis=1) > 0).all()  # and it grows downwards: never upside down
+    # Patches that may be turned have no row to give: refused.
+    with pytest.raises(ValueError, match="row channel needs upright patches"):
+        training_dataset(source, 16, 4, steps=1, augment=augment)
+    val = validation_patches([item], 16, 4, 1, seed=0, row_channel=True)[0][0]
+    assert val.shape == (4, 16, 16, 4)
+    np.testing.assert_allclose(val[..., 3] * 119, val[..., 0] * 1000, atol=2e-3)
 
 
 def test_same_step_same_patches_whatever_the_start():

@@ -196,3 +196,34 @@ def test_a_photo_the_models_are_sure_of_stays_one_class(prob, water):
     mask, info = water_mask(land_prob, image, PostprocessConfig(subsample=5000, one_class=0.0))
     assert info["revised"] is True and info["one_class"] is None
     assert 0.05 < mask.mean() < 0.95
+
+
+def night_scene(size: int = 60, seed: int = 1):
+    """Sky above, water below, both one dark grey: the network tells them apart (land
+    probability 0.9 above, 0.1 below), their colour does not."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((size, size), bool)
+    truth[size * 3 // 5 :] = True  # water: the lower 40 %
+    image = np.full((size, size, 3), 0.12, np.float32) + rng.normal(0, 0.01, (size, size, 3))
+    prob = np.where(truth, 0.1, 0.9) + rng.normal(0, 0.02, truth.shape)
+    return np.clip(prob, 0, 1).astype(np.float32), np.clip(image, 0, 1).astype(np.float32), truth
+
+
+def test_a_component_that_mixes_both_sides_is_called_pixel_by_pixel():
+    prob, image, truth = night_scene()
+    # One colour cluster holds sky and water: called as a whole by its median, all is land.
+    notebook, info = water_mask(prob, image, PostprocessConfig(n_components=1))
+    assert not notebook.any() and info["components"][0]["class"] == "land"
+    assert info["components"][0]["purity"] == pytest.approx(0.6, abs=0.01)
+    # min_purity: the cluster is mixed (60 % of its pixels agree), so each pixel's own
+    # probability decides.
+    mask, info = water_mask(prob, image, PostprocessConfig(n_components=1, min_purity=0.7))
+    assert np.array_equal(mask, truth)
+    assert info["components"][0]["class"] == "per pixel" and info["min_purity"] == 0.7
+    # Clusters that agree with the network are still called by colour, as a whole.
+    prob2, image2, _ = two_populations()
+    cfg = PostprocessConfig(n_components=3, subsample=5000)
+    pure, _ = water_mask(prob2, image2, cfg)
+    kept, info = water_mask(prob2, image2, cfg.model_copy(update={"min_purity": 0.7}))
+    assert np.array_equal(pure, kept)
+    assert {c["class"] for c in info["components"]} == {"water", "land"}

@@ -127,6 +127,19 @@ class ModelConfig(_Section):
         description="U-Net-style skip connections: each decoder level also reads the encoder's "
         "map of the same size, so edges lost to pooling come back.",
     )
+    row_channel: bool | Literal["auto"] = Field(
+        "auto",
+        description="Give the network each pixel's height in the photo (0 top, 1 bottom) as a "
+        "fourth input, so it learns where sky, horizon and water sit in oblique photos. Upright "
+        "photos only; auto: on when data.upright is (or auto decides) true, and the run keeps "
+        "the decision.",
+    )
+
+    @property
+    def has_row_channel(self) -> bool:
+        """``row_channel`` as the network is built: ``auto`` is decided by training (and saved
+        in the run), so an undecided ``auto`` counts as off."""
+        return self.row_channel is True
 
 
 class AugmentConfig(_Section):
@@ -254,6 +267,12 @@ class PostprocessConfig(_Section):
         "1 - one_class (or every one below one_class), the photo is all land (all water) and "
         "the threshold is not revised; 0 = always revise (the notebook). 0.2 keeps photos "
         "with no water dry.",
+    )
+    min_purity: float = Field(
+        0.0, ge=0, le=1,
+        description="GMM: a component in which fewer than this share of the pixels agree with "
+        "its class by their own probability mixes both sides; its pixels are called one by one "
+        "by the threshold instead of as a whole by colour. 0 = never (the notebook).",
     )
     subsample: int = Field(
         200_000, ge=100, le=100_000_000,

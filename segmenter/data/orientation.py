@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from segmenter.config import Config
 
 __all__ = ["MIN_PHOTOS", "TOP_RATIO", "Orientation", "detect_upright", "keep_saved_upright",
-           "with_upright"]
+           "with_row_channel", "with_upright"]
 
 #: photos with water that ``auto`` needs before it calls the photos upright.
 MIN_PHOTOS = 5
@@ -99,3 +99,27 @@ def keep_saved_upright(cfg: Config, saved: Config) -> Config:
     if cfg.data.upright == "auto" and saved.data.upright != "auto":
         return with_upright(cfg, saved.data.upright)
     return cfg
+
+
+def with_row_channel(cfg: Config, saved: Config | None = None) -> Config:
+    """``cfg`` with ``model.row_channel`` decided, once ``data.upright`` is.
+
+    ``auto`` follows ``data.upright``: a photo's rows say where sky, horizon and water are only
+    when the photo has an up. A continued run (``saved``) keeps what its models were built
+    with; a run saved before the key existed has none.
+
+    Raises:
+        ConfigError: ``model.row_channel: true`` for photos that are not upright.
+    """
+    from segmenter.errors import ConfigError
+
+    wanted = cfg.model.row_channel
+    if wanted == "auto" and saved is not None:
+        wanted = saved.model.row_channel if saved.model.row_channel != "auto" else False
+    if wanted is True and not cfg.data.is_upright:
+        raise ConfigError(
+            "model.row_channel: true needs upright photos (data.upright: true, or auto "
+            "deciding so); aerial photos have no up, so a pixel's row says nothing"
+        )
+    on = cfg.data.is_upright if wanted == "auto" else bool(wanted)
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"row_channel": on})})

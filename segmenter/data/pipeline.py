@@ -4,9 +4,10 @@ Training patches follow the reference method: a random image, a random top-left 
 of ``width`` pixels cut from the photo and its ``land`` label. Three choices make the pipeline
 fast, reproducible and resumable:
 
-- **All eligible images live in one flat tensor** ``(pixels, 4)`` (RGB + land) with per-image
-  offsets, so one batch is a single vectorised ``tf.gather`` of exactly ``B x w x w`` pixels:
-  no per-patch Python, no per-step copies of whole images, no padding of unequal photos.
+- **All eligible images live in one flat tensor** ``(pixels, 4)`` (RGB + land; a fifth
+  channel, the row position, with ``model.row_channel``) with per-image offsets, so one batch
+  is a single vectorised ``tf.gather`` of exactly ``B x w x w`` pixels: no per-patch Python,
+  no per-step copies of whole images, no padding of unequal photos.
 - **Randomness is stateless and keyed by the step number** (``(seed, width, step)``), so the
   patches of step ``n`` are the same on every run, in any ``num_parallel_calls`` order, and a
   resumed run continues with exactly the patches an uninterrupted run would have drawn.
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "PatchSource",
     "eligible_images",
+    "row_position",
     "training_dataset",
     "validation_patches",
 ]
@@ -71,12 +73,25 @@ def eligible_images(items: Sequence[Any], width: int, split: str = "train") -> l
     return kept
 
 
+def row_position(height: int, width: int, top: int = 0, rows: int | None = None) -> np.ndarray:
+    """The row channel of ``model.row_channel``: float32 ``(rows, width, 1)``, each pixel's row
+    in a photo ``height`` rows tall as a fraction, 0 at the top row and 1 at the bottom one.
+
+    ``top`` and ``rows`` cut a band (``rows`` defaults to the whole photo); rows outside the
+    photo (padding) get values below 0 or above 1.
+    """
+    rows = height - top if rows is None else rows
+    fraction = (top + np.arange(rows, dtype=np.float32)) / np.float32(max(height - 1, 1))
+    return np.broadcast_to(fraction[:, None, None], (rows, width, 1))
+
+
 @dataclass
 class PatchSource:
     """Eligible images packed into one flat ``(pixels, 4)`` float32 array with offsets.
 
     Attributes:
-        pixels: RGB in channels 0-2, land fraction in channel 3, images one after another.
+        pixels: RGB in channels 0-2, land fraction in channel 3 (and the row position of
+            :func:`row_position` in channel 4 with ``row_channel``), images one after another.
         offsets: index of each image's first pixel in ``pixels``.
         heights, widths: each image's size.
     """
@@ -87,7 +102,7 @@ class PatchSource:
     widths: np.ndarray
 
     @classmethod
-    def from_images(cls, items: Sequence[Any]) -> PatchSource:
+    def from_images(cls, items: Sequence[Any], row_channel: bool = False) -> PatchSource:
         """Pack ``LabelledImage``-like items (``image`` HxWx3, ``land`` HxW)."""
         if not items:
             raise DataError("no images to cut patches from")
@@ -101,7 +116,10 @@ class PatchSource:
                 raise DataError(
                     f"{item.stem}: photo {image.shape} and label {land.shape} sizes differ"
                 )
-            parts.append(np.concatenate([image, land[..., None]], axis=-1).reshape(-1, 4))
+            channels = [image, land[..., None]]
+            if row_channel:
+                channels.append(row_position(height, wide))
+            parts.append(np.concatenate(channels, axis=-1).reshape(height * wide, -1))
             offsets.append(total)
             heights.append(height)
             widths.append(wide)
@@ -115,6 +133,11 @@ class PatchSource:
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    @property
+    def row_channel(self) -> bool:
+        """Whether the pixels carry the row position (channel 4)."""
+        return self.pixels.shape[1] == 5
 
 
 def _step_seed(seed: int, width: int, step):
@@ -199,7 +222,7 @@ def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentC
         + down * image_w[:, None, None]
         + across
     )
-    return tf.gather(pixels, flat)  # (batch, width, width, 4)
+    return tf.gather(pixels, flat)  # (batch, width, width, 4 or 5)
 
 
 def _zoomed_gather(pixels, offsets, heights, widths, unit, down, across, width: int,
@@ -210,7 +233,8 @@ def _zoomed_gather(pixels, offsets, heights, widths, unit, down, across, width: 
     its photo: ``s > 1`` shows more of the scene at a coarser ground resolution (a higher
     flight), ``s < 1`` less at a finer one. Output pixel ``(i, j)`` (after the flips, which are
     index changes as in :func:`_sample_batch`) samples the photo at the centre of its footprint;
-    the land fraction is interpolated like the colours, so shore pixels get soft labels.
+    the land fraction is interpolated like the colours, so shore pixels get soft labels (and the
+    row position, which is linear, stays exact).
     """
     import tensorflow as tf
 
@@ -238,7 +262,7 @@ def _zoomed_gather(pixels, offsets, heights, widths, unit, down, across, width: 
     row0, row1 = base + y0 * widths[:, None, None], base + y1 * widths[:, None, None]
     upper = (1 - wx) * tf.gather(pixels, row0 + x0) + wx * tf.gather(pixels, row0 + x1)
     lower = (1 - wx) * tf.gather(pixels, row1 + x0) + wx * tf.gather(pixels, row1 + x1)
-    return (1 - wy) * upper + wy * lower  # (batch, width, width, 4)
+    return (1 - wy) * upper + wy * lower  # (batch, width, width, 4 or 5)
 
 
 # RGB <-> YIQ (NTSC): Y is brightness, I and Q the two chroma axes. A hue change is a rotation
@@ -366,6 +390,10 @@ def training_dataset(
 ):
     """Batches ``(image (B, w, w, 3), land (B, w, w, 1))`` for steps ``start_step .. steps - 1``.
 
+    The image has a fourth channel, each pixel's row position in its photo
+    (:func:`row_position`; untouched by the photometric augmentation), when the source was
+    packed with ``row_channel``.
+
     Args:
         items: eligible training images (see :func:`eligible_images`) or a packed source.
         width, batch_size: patch width and patches per batch (the global batch).
@@ -396,13 +424,19 @@ def training_dataset(
         tf.constant(source.widths.astype(index_type)),
     )
     augment = augment or AugmentConfig(flip=False, rotate90=False, brightness=0.0, contrast=0.0)
+    if source.row_channel and (augment.rotate90 or augment.flip) and not upright:
+        raise ValueError("training_dataset: a row channel needs upright patches (no up-down "
+                         "flips or quarter turns)")
+    channels = 4 if source.row_channel else 3
 
     def make_batch(step):
         seeds = tf.random.experimental.stateless_split(_step_seed(seed, width, step), num=2)
         patches = _sample_batch(tensors, width, batch_size, augment, seeds[0], upright)
         image = _photometric(patches[..., :3], augment, seeds[1])
-        land = patches[..., 3:]
-        image = tf.ensure_shape(image, [batch_size, width, width, 3])
+        land = patches[..., 3:4]
+        if source.row_channel:
+            image = tf.concat([image, patches[..., 4:]], axis=-1)
+        image = tf.ensure_shape(image, [batch_size, width, width, channels])
         land = tf.ensure_shape(land, [batch_size, width, width, 1])
         return image, land
 
@@ -424,12 +458,14 @@ def training_dataset(
 
 
 def validation_patches(
-    items: Sequence[Any], width: int, batch_size: int, n_batches: int, seed: int = 0
+    items: Sequence[Any], width: int, batch_size: int, n_batches: int, seed: int = 0,
+    row_channel: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """A fixed, seeded set of test patches: ``n_batches`` pairs ``(image, land[..., None])``.
 
     The same (seed, width) always gives the same patches, so validation losses of different
     runs and of a resumed run are comparable. Empty when no test image is large enough.
+    With ``row_channel`` each image has the row position as a fourth channel.
     """
     usable = [item for item in items if min(item.land.shape[:2]) >= width]
     if not usable:
@@ -437,14 +473,16 @@ def validation_patches(
     rng = np.random.default_rng([seed, width, 7919])
     batches = []
     for _ in range(n_batches):
-        images = np.empty((batch_size, width, width, 3), np.float32)
+        images = np.empty((batch_size, width, width, 4 if row_channel else 3), np.float32)
         lands = np.empty((batch_size, width, width, 1), np.float32)
         for slot in range(batch_size):
             item = usable[int(rng.integers(len(usable)))]
             height, wide = item.land.shape
             top = int(rng.integers(height - width + 1))
             left = int(rng.integers(wide - width + 1))
-            images[slot] = item.image[top : top + width, left : left + width]
+            images[slot, ..., :3] = item.image[top : top + width, left : left + width]
+            if row_channel:
+                images[slot, ..., 3:] = row_position(height, width, top, width)
             lands[slot, ..., 0] = item.land[top : top + width, left : left + width]
         batches.append((images, lands))
     return batches

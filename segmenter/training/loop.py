@@ -119,6 +119,11 @@ def train(
             f"(fingerprint {dataset.fingerprint} != {recorded}); use another --out"
         )
     cfg = _resolve_upright(cfg, dataset, checked)
+    from segmenter.data.orientation import with_row_channel
+
+    cfg = with_row_channel(cfg, checked.existing.config if checked.action == "continue" else None)
+    if cfg.model.has_row_channel:
+        log.info("model.row_channel: the networks also read each pixel's row in the photo")
     checked = replace(checked, plan=replace(checked.plan, config=cfg))
     run = checked.apply()
     log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,
@@ -232,7 +237,8 @@ def _train_width(
         )
     test_items = eligible_images(dataset.test, width, "test") if dataset.test else []
     val_batches = validation_patches(
-        test_items, width, batch_size, cfg.train.validation_batches, seed=cfg.train.seed
+        test_items, width, batch_size, cfg.train.validation_batches, seed=cfg.train.seed,
+        row_channel=cfg.model.has_row_channel,
     )
     if dataset.test and not val_batches:
         log.warning("pw%d: no test image is large enough; validation is off for this width",
@@ -308,7 +314,7 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
             callbacks.append(keras.callbacks.TensorBoard(
                 log_dir=str(run.tensorboard_dir(width)), write_graph=False
             ))
-        source = PatchSource.from_images(train_items)
+        source = PatchSource.from_images(train_items, row_channel=cfg.model.has_row_channel)
         if chief:
             run.write_status(width, width_status(tracker, "running", steps, batch_size,
                                             dataset.fingerprint))
