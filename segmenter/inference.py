@@ -153,7 +153,7 @@ def input_channels(model: Any) -> int:
         return 3
 
 
-def with_row_channel(image: np.ndarray, model: Any) -> np.ndarray:
+def model_input(image: np.ndarray, model: Any) -> np.ndarray:
     """``image`` as ``model`` takes it: float32 RGB, with the row position of each pixel
     (:func:`segmenter.data.pipeline.row_position`) appended for a row-channel model."""
     image = image.astype(np.float32, copy=False)
@@ -310,7 +310,7 @@ def predict_scale(
     pad_y = max(pad, int(math.ceil((window - height) / 2)))
     pad_x = max(pad, int(math.ceil((window - width) / 2)))
     padded = np.pad(
-        with_row_channel(image, model),
+        model_input(image, model),
         ((pad_y, pad_y), (pad_x, pad_x), (0, 0)),
         mode="symmetric",
     )
