@@ -673,8 +673,7 @@ class Decision:
     threshold: float
     info: dict[str, Any]
     gmm: Any = None
-    is_land: np.ndarray | None = None
-    per_pixel: np.ndarray | None = None  # mixed components, called by the threshold
+    names: Any = None  # segmenter.postprocess.ComponentNames, with gmm
 
     def water(self, land: np.ndarray, rgb: np.ndarray) -> np.ndarray:
         """Water (True) for pixels of probability of land ``land`` (n,) and colour (n, 3)."""
@@ -682,24 +681,20 @@ class Decision:
             return land <= self.threshold
         from threadpoolctl import threadpool_limits
 
-        from segmenter.postprocess import assign_components, call_pixels
+        from segmenter.postprocess import assign_components
 
         with threadpool_limits(1, user_api="blas"):
             labels = assign_components(self.gmm, land, rgb)
-        per_pixel = (self.per_pixel if self.per_pixel is not None
-                     else np.zeros(len(self.is_land), bool))
-        return call_pixels(labels, land, self.is_land, per_pixel, self.threshold)
+        return self.names.water(labels, land)
 
 
 def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
     """The whole raster's rule, from a subsample of its valid pixels.
 
     ``gmm``: the mixture of :func:`segmenter.postprocess.gmm_water_mask` (same features,
-    settings and naming rule: a component is land when the median probability of its pixels is
-    above the threshold, revised as :func:`segmenter.postprocess.decide_threshold` says, and a
-    mixed one, purity below ``min_purity``, is called pixel by pixel), fitted on the
-    subsample, its medians and purities taken over the subsample. ``otsu``: Otsu's threshold of the
-    subsample's probabilities. ``global``: ``postprocess.threshold``.
+    settings and naming rule, :func:`segmenter.postprocess.name_components`), fitted on the
+    subsample, its medians and purities taken over the subsample. ``otsu``: Otsu's threshold
+    of the subsample's probabilities. ``global``: ``postprocess.threshold``.
     """
     if pp.method == "global":
         return Decision("global", pp.threshold, {"method": "global", "threshold": pp.threshold})
@@ -715,15 +710,7 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
     from sklearn.mixture import GaussianMixture
     from threadpoolctl import threadpool_limits
 
-    from segmenter.postprocess import (
-        assign_components,
-        component_histogram,
-        decide_threshold,
-        impure_components,
-        medians_from_histogram,
-        prob_logit,
-        purity_from_histogram,
-    )
+    from segmenter.postprocess import assign_components, name_components, prob_logit
 
     features = np.empty((land.size, 4), np.float32)
     features[:, 0] = prob_logit(land)
@@ -737,27 +724,13 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
     with threadpool_limits(1, user_api="blas"):
         gmm.fit(features)
         labels = assign_components(gmm, land, rgb)
-    histogram = component_histogram(labels, land, gmm.n_components)
-    medians = medians_from_histogram(histogram)
-    threshold, revised, one_class = decide_threshold(medians, pp)
-    if revised:
+    names = name_components(labels, land, gmm.n_components, pp)
+    if names.revised:
         log.info("GMM: every component median is on one side of %.3f; threshold revised to "
-                 "the mean of the medians, %.3f", pp.threshold, threshold)
-    is_land = np.array([m is not None and m > threshold for m in medians])
-    purities = purity_from_histogram(histogram, is_land, threshold)
-    per_pixel = impure_components(purities, pp.min_purity)
-    info = {
-        "method": "gmm", "features": "logit(p), R, G, B", "threshold": threshold,
-        "threshold_configured": pp.threshold, "revised": revised, "one_class": one_class,
-        "min_purity": pp.min_purity,
-        "components": [{"median_land_prob": m,
-                        "class": "per pixel" if mixed else "land" if k else "water",
-                        "purity": p}
-                       for m, k, p, mixed in zip(medians, is_land.tolist(), purities,
-                                                 per_pixel.tolist(), strict=True)],
-        "fitted_on": int(land.size),
-    }
-    return Decision("gmm", threshold, info, gmm=gmm, is_land=is_land, per_pixel=per_pixel)
+                 "the mean of the medians, %.3f", pp.threshold, names.threshold)
+    info = {"method": "gmm", "features": "logit(p), R, G, B", **names.info(pp),
+            "fitted_on": int(land.size)}
+    return Decision("gmm", names.threshold, info, gmm=gmm, names=names)
 
 
 def is_raster_ref(ref: Any) -> bool:

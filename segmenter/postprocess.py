@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -191,36 +192,75 @@ def gmm_water_mask(
         gmm.fit(sample)
         labels = assign_components(gmm, flat_prob, flat_rgb)
     counts = np.bincount(labels, minlength=gmm.n_components)
-    histogram = component_histogram(labels, flat_prob, gmm.n_components)
-    medians = medians_from_histogram(histogram)
-
-    threshold, revised, one_class = decide_threshold(medians, pp_cfg)
-    if revised:
+    names = name_components(labels, flat_prob, gmm.n_components, pp_cfg)
+    if names.revised:
         log.debug(  # the caller names the photo (predictor, evaluation)
             "GMM: every component median is on one side of the threshold %.3f; threshold "
-            "revised to the mean of the medians, %.3f", pp_cfg.threshold, threshold,
+            "revised to the mean of the medians, %.3f", pp_cfg.threshold, names.threshold,
         )
+    mask = names.water(labels, flat_prob).reshape(height, width)
+    info = {"method": "gmm", "features": "logit(p), R, G, B",
+            **names.info(pp_cfg, counts.tolist()), "fitted_on": int(sample_idx.size)}
+    return mask, info
+
+
+@dataclass
+class ComponentNames:
+    """What each GMM component is called, and by which threshold (:func:`name_components`).
+
+    Attributes:
+        threshold, revised, one_class: as :func:`decide_threshold` returns them.
+        medians, purities: per component (``None`` for an empty one).
+        is_land: bool per component, its median above ``threshold``.
+        per_pixel: bool per component, mixed (purity below ``min_purity``): its pixels are
+            called by their own probability.
+    """
+
+    threshold: float
+    revised: bool
+    one_class: str | None
+    medians: list[float | None]
+    purities: list[float | None]
+    is_land: np.ndarray
+    per_pixel: np.ndarray
+
+    def water(self, labels: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """Water (True) for pixels of component ``labels`` and probability of land ``prob``."""
+        return call_pixels(labels, prob, self.is_land, self.per_pixel, self.threshold)
+
+    def info(self, pp_cfg: PostprocessConfig, counts: list[int] | None = None) -> dict[str, Any]:
+        """The threshold decision and each component's median, class, purity (and pixels)."""
+        components = []
+        for k, (median, land, purity, mixed) in enumerate(zip(
+                self.medians, self.is_land.tolist(), self.purities, self.per_pixel.tolist(),
+                strict=True)):
+            component: dict[str, Any] = {"median_land_prob": median}
+            if counts is not None:
+                component["pixels"] = int(counts[k])
+            component["class"] = "per pixel" if mixed else "land" if land else "water"
+            component["purity"] = purity
+            components.append(component)
+        return {"threshold": self.threshold, "threshold_configured": pp_cfg.threshold,
+                "revised": self.revised, "one_class": self.one_class,
+                "min_purity": pp_cfg.min_purity, "components": components}
+
+
+def name_components(labels: np.ndarray, prob: np.ndarray, n_components: int,
+                    pp_cfg: PostprocessConfig) -> ComponentNames:
+    """Call each component water or land by the median probability of its pixels.
+
+    The threshold is ``postprocess.threshold`` or its revision (:func:`decide_threshold`);
+    components that mix both sides (:func:`impure_components`) are marked to be called pixel
+    by pixel. One rule for a photo's pixels and for a raster's subsample
+    (:func:`segmenter.mosaic.fit_decision`).
+    """
+    histogram = component_histogram(labels, prob, n_components)
+    medians = medians_from_histogram(histogram)
+    threshold, revised, one_class = decide_threshold(medians, pp_cfg)
     is_land = np.array([m is not None and m > threshold for m in medians])
     purities = purity_from_histogram(histogram, is_land, threshold)
-    per_pixel = impure_components(purities, pp_cfg.min_purity)
-    mask = call_pixels(labels, flat_prob, is_land, per_pixel, threshold).reshape(height, width)
-    info = {
-        "method": "gmm",
-        "features": "logit(p), R, G, B",
-        "threshold": threshold,
-        "threshold_configured": pp_cfg.threshold,
-        "revised": revised,
-        "one_class": one_class,
-        "min_purity": pp_cfg.min_purity,
-        "components": [
-            {"median_land_prob": m, "pixels": int(c),
-             "class": "per pixel" if mixed else "land" if land else "water", "purity": p}
-            for m, c, land, p, mixed in zip(medians, counts.tolist(), is_land.tolist(), purities,
-                                            per_pixel.tolist(), strict=True)
-        ],
-        "fitted_on": int(sample_idx.size),
-    }
-    return mask, info
+    return ComponentNames(threshold, revised, one_class, medians, purities, is_land,
+                          impure_components(purities, pp_cfg.min_purity))
 
 
 def decide_threshold(

@@ -118,12 +118,7 @@ def train(
             f"{checked.path}: the data differ from the data this run was trained on "
             f"(fingerprint {dataset.fingerprint} != {recorded}); use another --out"
         )
-    cfg = _resolve_upright(cfg, dataset, checked)
-    from segmenter.data.orientation import with_row_channel
-
-    cfg = with_row_channel(cfg, checked.existing.config if checked.action == "continue" else None)
-    if cfg.model.has_row_channel:
-        log.info("model.row_channel: the networks also read each pixel's row in the photo")
+    cfg = _resolve_orientation(cfg, dataset, checked)
     checked = replace(checked, plan=replace(checked.plan, config=cfg))
     run = checked.apply()
     log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,
@@ -137,20 +132,30 @@ def train(
         return _train_widths(run, cfg, dataset, chosen, strategy, chief, resume, progress)
 
 
-def _resolve_upright(cfg: Config, dataset: Any, checked: Any) -> Config:
-    """``data.upright: auto`` made true or false: a continued run keeps the value it saved,
-    a new one decides from its training labels (:mod:`segmenter.data.orientation`)."""
-    from segmenter.data.orientation import detect_upright, keep_saved_upright, with_upright
+def _resolve_orientation(cfg: Config, dataset: Any, checked: Any) -> Config:
+    """``data.upright`` and then ``model.row_channel`` decided (:mod:`segmenter.data.orientation`).
 
-    if cfg.data.upright != "auto":
-        return cfg
-    if checked.action == "continue":
-        kept = keep_saved_upright(cfg, checked.existing.config)
-        if kept.data.upright != "auto":
-            return kept
-    orientation = detect_upright(dataset.train)
-    log.info("data.upright auto: %s", orientation.describe())
-    return with_upright(cfg, orientation.upright)
+    ``data.upright: auto``: a continued run keeps the value it saved, a new one decides from its
+    training labels. ``model.row_channel: auto`` follows it (a continued run keeps its own).
+    """
+    from segmenter.data.orientation import (
+        detect_upright,
+        keep_saved_upright,
+        with_row_channel,
+        with_upright,
+    )
+
+    saved = checked.existing.config if checked.action == "continue" else None
+    if cfg.data.upright == "auto" and saved is not None:
+        cfg = keep_saved_upright(cfg, saved)
+    if cfg.data.upright == "auto":
+        orientation = detect_upright(dataset.train)
+        log.info("data.upright auto: %s", orientation.describe())
+        cfg = with_upright(cfg, orientation.upright)
+    cfg = with_row_channel(cfg, saved)
+    if cfg.model.has_row_channel:
+        log.info("model.row_channel: the networks also read each pixel's row in the photo")
+    return cfg
 
 
 def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strategy: Any,
