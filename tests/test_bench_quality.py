@@ -103,6 +103,25 @@ def test_oasis_quick_takes_even_subsets(bench, tmp_path):
     assert "type1_test000" in scored and "type1_test019" in scored  # spread, not the first 15
 
 
+def test_oasis_leaves_out_blank_labels_everywhere(bench, tmp_path, caplog):
+    """A label of one value over the whole frame (never drawn) is neither trained nor scored."""
+    from PIL import Image
+
+    _write_oasis(tmp_path / "oasis", n_train=26, n_test=7)
+    for stem in ("test/type1_test003", "train/type1_train004"):
+        Image.fromarray(np.zeros((24, 32), np.uint8)).save(tmp_path / "oasis" / f"{stem}_label.png")
+    with caplog.at_level("WARNING", logger="bench_quality"):
+        case = bench.prepare_oasis(tmp_path / "oasis", tmp_path / "work", quick=False)
+    scored = _stems(case.scored / "train")
+    fitted = _stems(case.train_source / "train") | _stems(case.train_source / "test")
+    assert scored == {f"type1_test{i:03d}" for i in range(7)} - {"type1_test003"}
+    assert "type1_train004" not in fitted and len(fitted) == 25
+    assert "scored 6 test/ photos" in case.description
+    assert "type1_test003_label.png" in case.description
+    assert "type1_train004_label.png" in case.description
+    assert sum("blank" in r.getMessage() for r in caplog.records) == 2
+
+
 def test_shifted_case_scores_only_shifted_scenes(bench, tmp_path):
     case = bench.prepare_shifted(tmp_path, n=8, size=64)
     train = {p.stem for p in (case.train_source / "train").glob("*.JPG")}
