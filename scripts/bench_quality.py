@@ -223,6 +223,8 @@ def prepare_oasis(oasis: Path, work: Path, quick: bool) -> Case:
     blank = blank_labels(oasis, fitted + validation + test_pairs)
     fitted, validation, test_pairs = (
         [p for p in pairs if p not in blank] for pairs in (fitted, validation, test_pairs))
+    if not fitted or not test_pairs:
+        raise BenchError(f"case oasis: no photo/label pairs with a drawn label left in {oasis}")
     source, scored = work / "train_source", work / "scored"
     _link_pairs(fitted, oasis, source / "train")
     _link_pairs(validation, oasis, source / "test")
