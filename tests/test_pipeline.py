@@ -131,6 +131,69 @@ def test_zoom_never_reaches_outside_a_photo_just_the_patch_size():
     assert down.max() <= 1.0 + 1e-4 and down.min() < 0.75  # zoomed in, never out
 
 
+def test_tilt_turns_the_scene_in_each_patch_while_the_row_channel_keeps_the_camera_s_rows():
+    """augment.tilt: a camera rolled about its axis. The patch samples the photo along turned
+    axes (angles both ways, never beyond the limit, never outside the photo), the label turns
+    with it, and the row channel is the rolled camera's row: level in the patch while the
+    scene slopes."""
+    height, wide = 120, 160
+    item = _ramp_item(height, wide)
+    augment = AugmentConfig(flip=True, rotate90=False, brightness=0.0, contrast=0.0, tilt=30.0)
+    source = PatchSource.from_images([item], row_channel=True)
+    images, lands = (a.numpy() for a in next(iter(training_dataset(
+        source, 32, 64, seed=3, steps=1, augment=augment, upright=True))))
+    red, green, rows = images[..., 0] * 1000, images[..., 1] * 1000, images[..., 3] * (height - 1)
+    # Photo row and column along the patch's rows and columns: a turn by one angle per patch,
+    # one photo pixel per patch pixel (no zoom), and exactly linear, so nothing was clipped.
+    i, j = np.mgrid[0:32, 0:32].astype(np.float64)
+    design = np.stack([np.ones(32 * 32), i.ravel(), j.ravel()], axis=1)
+    angles = []
+    for k in range(64):
+        (_, red_i, red_j), res_r, *_ = np.linalg.lstsq(design, red[k].ravel(), rcond=None)
+        (_, green_i, green_j), res_g, *_ = np.linalg.lstsq(design, green[k].ravel(), rcond=None)
+        assert res_r[0] < 1e-3 and res_g[0] < 1e-3
+        # (a left-right flip mirrors the columns: the column step changes sign)
+        np.testing.assert_allclose([red_i, abs(green_j)], np.cos(np.arctan2(green_i, red_i)),
+                                   atol=1e-3)
+        np.testing.assert_allclose(np.hypot(red_i, green_i), 1.0, atol=1e-3)
+        angles.append(np.degrees(np.arctan2(green_i, red_i)))
+    angles = np.abs(np.asarray(angles))
+    assert angles.max() <= 30 + 1e-2 and angles.max() > 20 and angles.min() < 10
+    assert red.min() >= 0 and red.max() <= height - 1
+    assert green.min() >= 0 and green.max() <= wide - 1
+    # The label turns with the photo: land left of column 40, soft only at the shore.
+    np.testing.assert_array_equal(lands[..., 0][green <= 39], 1.0)
+    np.testing.assert_array_equal(lands[..., 0][green >= 40], 0.0)
+    # The row channel: one value per patch row, one photo row further per patch row...
+    np.testing.assert_allclose(np.diff(rows, axis=2), 0.0, atol=1e-3)
+    np.testing.assert_allclose(np.diff(rows, axis=1), 1.0, atol=1e-3)
+    # ...and it is the row, in the rolled camera's frame, of the photo point each pixel shows.
+    theta = np.radians(np.degrees(np.arctan2(
+        np.gradient(green, axis=1).mean(axis=(1, 2)), np.gradient(red, axis=1).mean(axis=(1, 2)))))
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    rolled = (height / 2 + cos * (red + 0.5 - height / 2) + sin * (green + 0.5 - wide / 2) - 0.5)
+    np.testing.assert_allclose(rows, rolled, atol=2e-2)
+    # Same step, same turns; without tilt the rows are the photo's own again.
+    again = next(iter(training_dataset(source, 32, 64, seed=3, steps=1, augment=augment,
+                                       upright=True)))[0].numpy()
+    np.testing.assert_array_equal(images, again)
+    level = next(iter(training_dataset(
+        source, 32, 64, seed=3, steps=1, upright=True,
+        augment=augment.model_copy(update={"tilt": 0.0}))))[0].numpy()
+    np.testing.assert_allclose(level[..., 3] * (height - 1), level[..., 0] * 1000, atol=2e-3)
+
+
+def test_tilt_shrinks_the_footprint_to_fit_a_photo_just_the_patch_size():
+    item = _ramp_item(32, 32)
+    augment = AugmentConfig(flip=False, rotate90=False, brightness=0.0, contrast=0.0, tilt=45.0)
+    images = next(iter(training_dataset([item], 32, 16, seed=0, steps=1, augment=augment)))[0]
+    red = images.numpy()[..., 0] * 1000
+    assert red.min() >= 0 and red.max() <= 31
+    # Turned patches cover less than their width of photo pixels: zoomed in to fit.
+    step = np.hypot(np.gradient(red, axis=1), np.gradient(red, axis=2)).mean(axis=(1, 2))
+    assert step.max() <= 1.0 + 1e-3 and step.min() < 0.8
+
+
 @pytest.mark.parametrize("zoom", [0.0, 0.5])
 def test_row_channel_is_each_pixel_s_row_in_its_photo(zoom):
     """model.row_channel: a fourth channel, the pixel's row / (height - 1), through zoom and

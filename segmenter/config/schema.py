@@ -171,6 +171,13 @@ class AugmentConfig(_Section):
         description="Max random zoom: a patch covers width x s photo pixels, s log-uniform in "
         "[1/(1+z), 1+z], resampled bilinearly to the patch width (other flying heights, lenses).",
     )
+    tilt: float = Field(
+        0.0,
+        ge=0,
+        le=45,
+        description="Max random turn of a patch, in degrees either way (cameras rolled on ships "
+        "and aircraft: sloping horizons); the row channel keeps the camera's rows.",
+    )
 
 
 class TrainConfig(_Section):

@@ -15,7 +15,7 @@ fast, reproducible and resumable:
   so the model never waits for data and the pipeline does not steal the step's cores
   (``scripts/bench_train.py`` measures that).
 
-Augmentation (flips, 90-degree rotations, zoom; brightness, contrast, channel gains, hue,
+Augmentation (flips, 90-degree rotations, zoom, tilt; brightness, contrast, channel gains, hue,
 saturation, greyscale, gamma, blur, noise) is applied to training batches only; validation
 patches are a fixed, seeded set cut once with numpy.
 
@@ -180,8 +180,8 @@ def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentC
     """Cut ``batch_size`` random patches: a random image each, then a random corner in it.
 
     Flips and rotations are applied to the gather indices rather than to the pixels, so they
-    cost nothing beyond the single gather that cuts the patches. With ``augment.scale`` the
-    patches are zoomed too (:func:`_zoomed_gather`).
+    cost nothing beyond the single gather that cuts the patches. With ``augment.scale`` or
+    ``augment.tilt`` the patches are zoomed or turned too (:func:`_resampled_gather`).
     """
     import tensorflow as tf
 
@@ -209,10 +209,10 @@ def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentC
             tf.where(transpose[:, None, None], across, down),
             tf.where(transpose[:, None, None], down, across),
         )
-    if augment.scale > 0:
-        return _zoomed_gather(pixels, tf.gather(offsets, index), image_h, image_w, unit,
-                              down, across, width, augment.scale,
-                              tf.random.experimental.stateless_fold_in(seed_pair, 3))
+    if augment.scale > 0 or augment.tilt > 0:
+        return _resampled_gather(pixels, tf.gather(offsets, index), image_h, image_w, unit,
+                                 down, across, width, augment,
+                                 tf.random.experimental.stateless_fold_in(seed_pair, 3))
     room_y = image_h - width + 1
     room_x = image_w - width + 1
     top = tf.minimum(tf.cast(unit[0] * tf.cast(room_y, tf.float32), index_type), room_y - 1)
@@ -225,44 +225,83 @@ def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentC
     return tf.gather(pixels, flat)  # (batch, width, width, 4 or 5)
 
 
-def _zoomed_gather(pixels, offsets, heights, widths, unit, down, across, width: int,
-                   zoom: float, seed_pair):
-    """Patches that each cover ``width * s`` photo pixels, resampled bilinearly to ``width``.
+def _resampled_gather(pixels, offsets, heights, widths, unit, down, across, width: int,
+                      augment: AugmentConfig, seed_pair):
+    """Patches zoomed (``augment.scale``) and turned (``augment.tilt``), resampled bilinearly.
 
-    ``s`` is drawn log-uniform in ``[1/(1+zoom), 1+zoom]`` per patch and capped so the patch fits
-    its photo: ``s > 1`` shows more of the scene at a coarser ground resolution (a higher
-    flight), ``s < 1`` less at a finer one. Output pixel ``(i, j)`` (after the flips, which are
-    index changes as in :func:`_sample_batch`) samples the photo at the centre of its footprint;
-    the land fraction is interpolated like the colours, so shore pixels get soft labels (and the
-    row position, which is linear, stays exact).
+    Zoom: ``s`` is drawn log-uniform in ``[1/(1+zoom), 1+zoom]`` per patch, so a patch covers
+    ``width * s`` photo pixels: ``s > 1`` shows more of the scene at a coarser ground resolution
+    (a higher flight), ``s < 1`` less at a finer one. Tilt: the patch is turned by an angle
+    drawn uniformly in ``[-tilt, tilt]`` degrees about its centre, as a camera rolled about its
+    axis would see the scene (ship and aircraft photos with sloping horizons). ``s`` is capped
+    so the turned footprint fits its photo. Output pixel ``(i, j)`` (after the flips, which are
+    index changes as in :func:`_sample_batch`) samples the photo at the centre of its
+    footprint; the land fraction is interpolated like the colours, so shore pixels get soft
+    labels.
+
+    The row position (channel 4, ``model.row_channel``) is the row in the *rolled camera's*
+    frame, as a photo taken that way would give it: one value per patch row, growing
+    downwards, while the scene in the patch slopes. Without tilt that is the photo's own row,
+    which is linear, so interpolation keeps it exact.
     """
     import tensorflow as tf
 
     index_type = offsets.dtype
     batch = tf.shape(offsets)[0]
-    log_zoom = float(np.log1p(zoom))
-    scale = tf.exp(tf.random.stateless_uniform([batch], seed_pair, -log_zoom, log_zoom))
     height_f, width_f = tf.cast(heights, tf.float32), tf.cast(widths, tf.float32)
-    scale = tf.minimum(scale, tf.minimum(height_f, width_f) / float(width))
-    extent = scale * float(width)
-    top = unit[0] * (height_f - extent)
-    left = unit[1] * (width_f - extent)
+    if augment.scale > 0:
+        log_zoom = float(np.log1p(augment.scale))
+        scale = tf.exp(tf.random.stateless_uniform([batch], seed_pair, -log_zoom, log_zoom))
+    else:
+        scale = tf.ones([batch], tf.float32)
+    if augment.tilt > 0:
+        limit = float(np.radians(augment.tilt))
+        angle = tf.random.stateless_uniform(
+            [batch], tf.random.experimental.stateless_fold_in(seed_pair, 1), -limit, limit
+        )
+    else:
+        angle = tf.zeros([batch], tf.float32)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    reach = tf.abs(cos) + tf.abs(sin)  # side of the box around a turned unit square
+    scale = tf.minimum(scale, tf.minimum(height_f, width_f) / (float(width) * reach))
+    extent = scale * float(width) * reach
+    centre_y = extent / 2 + unit[0] * (height_f - extent)
+    centre_x = extent / 2 + unit[1] * (width_f - extent)
 
-    def axis(position, start, size):
+    def per_patch(values):
+        return values[:, None, None]
+
+    half = float(width) / 2
+    offset_y = tf.cast(down, tf.float32) + 0.5 - half  # from the patch centre, output pixels
+    offset_x = tf.cast(across, tf.float32) + 0.5 - half
+    at_y = per_patch(centre_y) + per_patch(scale) * (
+        per_patch(cos) * offset_y - per_patch(sin) * offset_x)
+    at_x = per_patch(centre_x) + per_patch(scale) * (
+        per_patch(sin) * offset_y + per_patch(cos) * offset_x)
+
+    def axis(at, size):
         """Lower neighbour, upper neighbour and weight of the upper one along one axis."""
-        at = start[:, None, None] + (tf.cast(position, tf.float32) + 0.5) * scale[:, None, None]
-        at = tf.clip_by_value(at - 0.5, 0.0, size[:, None, None] - 1.0)
+        at = tf.clip_by_value(at - 0.5, 0.0, per_patch(size) - 1.0)
         low = tf.floor(at)
-        high = tf.minimum(low + 1.0, size[:, None, None] - 1.0)
+        high = tf.minimum(low + 1.0, per_patch(size) - 1.0)
         return tf.cast(low, index_type), tf.cast(high, index_type), (at - low)[..., None]
 
-    y0, y1, wy = axis(down, top, height_f)
-    x0, x1, wx = axis(across, left, width_f)
-    base = offsets[:, None, None]
-    row0, row1 = base + y0 * widths[:, None, None], base + y1 * widths[:, None, None]
+    y0, y1, wy = axis(at_y, height_f)
+    x0, x1, wx = axis(at_x, width_f)
+    base = per_patch(offsets)
+    row0, row1 = base + y0 * per_patch(widths), base + y1 * per_patch(widths)
     upper = (1 - wx) * tf.gather(pixels, row0 + x0) + wx * tf.gather(pixels, row0 + x1)
     lower = (1 - wx) * tf.gather(pixels, row1 + x0) + wx * tf.gather(pixels, row1 + x1)
-    return (1 - wy) * upper + wy * lower  # (batch, width, width, 4 or 5)
+    patches = (1 - wy) * upper + wy * lower  # (batch, width, width, 4 or 5)
+    if augment.tilt > 0 and pixels.shape[-1] == 5:
+        # The patch centre's row in the frame of a camera rolled about the photo's centre,
+        # then one photo row per ``scale`` patch rows, straight down the patch.
+        centre_row = (height_f / 2 + cos * (centre_y - height_f / 2)
+                      + sin * (centre_x - width_f / 2))
+        row = (per_patch(centre_row) + per_patch(scale) * offset_y - 0.5) / per_patch(
+            tf.maximum(height_f - 1.0, 1.0))
+        patches = tf.concat([patches[..., :4], row[..., None]], axis=-1)
+    return patches
 
 
 # RGB <-> YIQ (NTSC): Y is brightness, I and Q the two chroma axes. A hue change is a rotation
