@@ -295,7 +295,7 @@ def _resampled_gather(pixels, offsets, heights, widths, unit, down, across, widt
     patches = (1 - wy) * upper + wy * lower  # (batch, width, width, 4 or 5)
     if augment.tilt > 0 and pixels.shape[-1] == 5:
         # The patch centre's row in the frame of a camera rolled about the photo's centre,
-        # then one photo row per ``scale`` patch rows, straight down the patch.
+        # then ``scale`` photo rows per patch row, straight down the patch.
         centre_row = (height_f / 2 + cos * (centre_y - height_f / 2)
                       + sin * (centre_x - width_f / 2))
         row = (per_patch(centre_row) + per_patch(scale) * offset_y - 0.5) / per_patch(
