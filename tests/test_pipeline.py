@@ -168,8 +168,8 @@ def test_tilt_turns_the_scene_in_each_patch_while_the_row_channel_keeps_the_came
     np.testing.assert_allclose(np.diff(rows, axis=2), 0.0, atol=1e-3)
     np.testing.assert_allclose(np.diff(rows, axis=1), 1.0, atol=1e-3)
     # ...and it is the row, in the rolled camera's frame, of the photo point each pixel shows.
-    theta = np.radians(np.degrees(np.arctan2(
-        np.gradient(green, axis=1).mean(axis=(1, 2)), np.gradient(red, axis=1).mean(axis=(1, 2)))))
+    theta = np.arctan2(np.gradient(green, axis=1).mean(axis=(1, 2)),
+                       np.gradient(red, axis=1).mean(axis=(1, 2)))
     cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
     rolled = (height / 2 + cos * (red + 0.5 - height / 2) + sin * (green + 0.5 - wide / 2) - 0.5)
     np.testing.assert_allclose(rows, rolled, atol=2e-2)
