@@ -29,6 +29,10 @@ _RGB_TO_YIQ = np.array(
 )
 
 
+#: The remedy both warnings suggest when more varied photos cannot be had.
+_GREY_HINT = "turn some patches grey (train.augment.greyscale, 0.3 in photo.yaml)"
+
+
 def water_colours(items: Sequence[Any]) -> dict[str, np.ndarray]:
     """Mean (Y, I, Q) colour of each item's water, for items with enough water.
 
@@ -54,8 +58,7 @@ def diversity_warnings(items: Sequence[Any]) -> list[str]:
         lines.append(
             f"only {len(items)} training photo{'s' if len(items) != 1 else ''}: masks on photos "
             f"of other days, light or places may fail; label a few more photos that differ "
-            f"(water colour, light, site), or at least turn some patches grey (train.augment."
-            f"greyscale, 0.3 in photo.yaml)"
+            f"(water colour, light, site), or at least {_GREY_HINT}"
         )
     if all(float(np.mean(np.asarray(item.land) < 0.5)) == 0.0 for item in items):
         lines.append("no training photo has any water: the models can only learn land")
@@ -69,6 +72,6 @@ def diversity_warnings(items: Sequence[Any]) -> list[str]:
                 f"the water of all {len(colours)} training photos has nearly one colour "
                 f"(mean colours within {spread:.3f} in YIQ): the models may learn that colour "
                 f"rather than water; add photos with other water (dark, brown, green, glinting) "
-                f"or turn some patches grey (train.augment.greyscale, 0.3 in photo.yaml)"
+                f"or {_GREY_HINT}"
             )
     return lines
