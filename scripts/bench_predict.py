@@ -182,9 +182,10 @@ def window_batch_seconds(loaded: Any, cfg: Any, windows: dict[int, int], passes:
     The windows are cut beforehand and already in memory (random pixels: the compute does not
     depend on them) and run in full batches of the size ``predict`` uses for that width, the
     last batch only as long as needed. The best of ``repeats`` timings (the ceiling is what the
-    machine can do; a neighbour's load only slows it). With TTA (``passes`` 4) every window
-    runs 4 times in the same full batches, so the windows are timed once and the time is
-    multiplied by ``passes`` (timing all 4 copies took as long as predicting, twice over).
+    machine can do; a neighbour's load only slows it). With TTA or grey passes (``passes``:
+    :func:`segmenter.inference.inference_passes`, 4 for TTA) every window runs once per pass
+    in the same full batches, so the windows are timed once and the time is multiplied by
+    ``passes`` (timing all 4 copies took as long as predicting, twice over).
     With ``cpu`` each width gives (wall seconds, process CPU seconds).
     """
     from segmenter import inference
@@ -247,12 +248,13 @@ def photos_child(run_dir: str, photo_dir: str, out_dir: str, overrides: list[str
         pixels += pil.height * pil.width
         for patch_width in windows:
             windows[patch_width] += grid_window_count(shape, patch_width, cfg.predict.overlap)
-    passes = 4 if cfg.predict.tta else 1
+    from segmenter import inference
+
+    passes = len(inference.inference_passes(cfg.predict.tta, cfg.data.is_upright,
+                                            cfg.predict.grey))
     # The ceiling is timed just before and just after the loop and the faster kept: on a
     # machine shared with other jobs the load drifts, and this brackets the loop in time.
     before = window_batch_seconds(loaded, cfg, windows, passes, repeats=1, cpu=True)
-    from segmenter import inference
-
     inference._COMPILED.clear()  # the loop traces its own functions, as `segmenter predict`
 
     gmm = [0.0]
@@ -385,10 +387,10 @@ def main() -> None:
 
         # (b, c, e) default prediction, after a warm-up that traces each width's function.
         predictor.predict_photo(loaded, image[:600, :600], cfg)
-        from segmenter.inference import select_models
+        from segmenter.inference import inference_passes, select_models
 
         windows = {w: n_windows(image.shape[:2], cfg, w) for w in select_models(loaded.models, cfg)}
-        passes = 4 if cfg.predict.tta else 1
+        passes = len(inference_passes(cfg.predict.tta, cfg.data.is_upright, cfg.predict.grey))
         # (a) is timed just before and just after (b), the faster kept: the machine is shared
         # and its load drifts; this brackets the prediction in time.
         before = window_batch_seconds(loaded, cfg, windows, passes, repeats=1, cpu=True)

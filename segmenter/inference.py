@@ -53,6 +53,9 @@ MIN_BATCH_PIXELS = 256 * 1024
 #: both; upright photos (``data.upright``) only the first two, as their models were trained.
 TTA_FLIPS = ((False, False), (False, True), (True, False), (True, True))
 UPRIGHT_TTA_FLIPS = TTA_FLIPS[:2]
+#: luma weights of the grey passes (``predict.grey``): ITU-R BT.601's Y, the grey that
+#: ``train.augment.greyscale`` turns training patches into.
+GREY_LUMA = (0.299, 0.587, 0.114)
 #: fixed seed of the random window positions, as the notebook's ``np.random.seed(0)``.
 RANDOM_SEED = 0
 
@@ -132,7 +135,7 @@ def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # The compiled inference function
 
 
-#: model -> {(h, w, tta, output, upright TTA): tf.function}. The functions reach the model
+#: model -> {(h, w, passes, output): tf.function}. The functions reach the model
 #: only through a weak reference, so the cache entry, its traced graphs and the model's
 #: weights go away with the model (a function closing over the model itself would keep it
 #: alive for ever).
@@ -187,8 +190,8 @@ def output_transform(model: Any, cfg: Config) -> str:
 
 
 def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
-                   output: str = "raw", upright: bool = False):
-    """One ``tf.function`` per (model, window size, TTA kind, output): (B, h, w, c) -> (B, h, w).
+                   output: str = "raw", upright: bool = False, grey: bool = False):
+    """One ``tf.function`` per (model, window size, passes, output): (B, h, w, c) -> (B, h, w).
 
     ``c`` is the model's input channels: 3, or 4 with the row channel (``model.row_channel``).
 
@@ -200,14 +203,16 @@ def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
     ``sigmoid`` of logits, ``clip`` of a linear MSE model's values to [0, 1], or ``raw`` as
     is. With ``tta`` the batch is run once with its flipped copies stacked along the batch
     axis and the un-flipped probabilities are averaged: left-right, up-down and both, or only
-    left-right for ``upright`` photos, whose models never saw anything upside down.
+    left-right for ``upright`` photos, whose models never saw anything upside down. With
+    ``grey`` half the passes see the windows in grey (:func:`inference_passes`).
     """
     import tensorflow as tf
 
     if output not in OUTPUTS:
         raise ValueError(f"compiled_infer: output must be one of {OUTPUTS}, got {output!r}")
     cache = _COMPILED.setdefault(model, {})
-    key = (int(size[0]), int(size[1]), bool(tta), output, bool(tta and upright))
+    passes = inference_passes(tta, upright, grey)
+    key = (int(size[0]), int(size[1]), passes, output)
     if key in cache:
         return cache[key]
     model_ref = weakref.ref(model)
@@ -228,14 +233,16 @@ def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
         autograph=False,
     )
     def infer(windows):
-        if not tta:
+        if len(passes) == 1:
             return run(windows)
         batch = tf.shape(windows)[0]
-        flips = _tta_flips(upright)
+        shown = [_flip(_grey(windows) if grey_pass else windows, up_down, left_right)
+                 for up_down, left_right, grey_pass in passes]
         # Each flip is its own inverse: flipping a pass's output back aligns it with the input.
-        out = run(tf.concat([_flip(windows, *flip) for flip in flips], axis=0))
-        parts = [_flip(out[i * batch : (i + 1) * batch], *flip) for i, flip in enumerate(flips)]
-        return tf.add_n(parts) / float(len(flips))
+        out = run(tf.concat(shown, axis=0))
+        parts = [_flip(out[i * batch : (i + 1) * batch], up_down, left_right)
+                 for i, (up_down, left_right, _) in enumerate(passes)]
+        return tf.add_n(parts) / float(len(passes))
 
     cache[key] = infer
     return infer
@@ -249,9 +256,36 @@ def _tta_flips(upright: bool) -> tuple[tuple[bool, bool], ...]:
     return UPRIGHT_TTA_FLIPS if upright else TTA_FLIPS
 
 
+def inference_passes(tta: bool = False, upright: bool = False,
+                     grey: bool = False) -> tuple[tuple[bool, bool, bool], ...]:
+    """The passes each window goes through, as (up-down, left-right, grey); averaged.
+
+    ``tta``: the flips of :data:`TTA_FLIPS` (:data:`UPRIGHT_TTA_FLIPS` if ``upright``), else
+    the window as is. ``grey``: every other pass shows the window in grey, so colour and grey
+    count half each at no extra cost under TTA (as is and up-down in colour, left-right and
+    both in grey; upright: as is in colour, mirrored in grey); without TTA a second, grey pass.
+    """
+    flips = _tta_flips(upright) if tta else ((False, False),)
+    if not grey:
+        return tuple((up_down, left_right, False) for up_down, left_right in flips)
+    if len(flips) == 1:
+        return ((False, False, False), (False, False, True))
+    return tuple((up_down, left_right, i % 2 == 1) for i, (up_down, left_right) in enumerate(flips))
+
+
 def _flip(batch: Any, up_down: bool, left_right: bool) -> Any:
     """``batch`` (B, h, w[, c]) flipped along its rows and/or columns."""
     return batch[:, :: -1 if up_down else 1, :: -1 if left_right else 1]
+
+
+def _grey(batch: Any) -> Any:
+    """``batch`` (B, h, w, c) with its RGB channels replaced by their luma (:data:`GREY_LUMA`);
+    channels after the third (the row channel) pass unchanged."""
+    import tensorflow as tf
+
+    luma = tf.reduce_sum(batch[..., :3] * tf.constant(GREY_LUMA, tf.float32), axis=-1,
+                         keepdims=True)
+    return tf.concat([luma, luma, luma, batch[..., 3:]], axis=-1)
 
 
 def effective_batch_size(batch_size: int, window: int) -> int:
@@ -260,18 +294,18 @@ def effective_batch_size(batch_size: int, window: int) -> int:
 
 
 def windows_per_call(batch_size: int, window: int, tta: bool = False,
-                     upright: bool = False) -> int:
+                     upright: bool = False, grey: bool = False) -> int:
     """Windows cut per inference call, so that a call runs :func:`effective_batch_size` windows.
 
-    With ``tta`` each window goes through the model once per flip of :data:`TTA_FLIPS`
-    (:data:`UPRIGHT_TTA_FLIPS` if ``upright``), stacked in one batch, so a call takes that
-    many times fewer windows: the model then runs the same batches
-    with and without TTA. (Stacking the flips onto full batches made 64-window batches of
+    Each window goes through the model once per pass of :func:`inference_passes` (with
+    ``tta``, a flip of :data:`TTA_FLIPS`, or of :data:`UPRIGHT_TTA_FLIPS` if ``upright``),
+    stacked in one batch, so a call takes that many times fewer windows: the model then runs
+    the same batches with and without TTA. (Stacking the flips onto full batches made 64-window batches of
     256 px, 268 MB per activation of a 16-filter layer, which ran about twice as slow per
     window as 16-window ones on a 2-core CPU: TTA cost 8 passes' time instead of 4.)
     """
     size = effective_batch_size(batch_size, window)
-    return max(1, size // len(_tta_flips(upright))) if tta else size
+    return max(1, size // len(inference_passes(tta, upright, grey)))
 
 
 def predict_scale(
@@ -287,6 +321,7 @@ def predict_scale(
     output: str = "raw",
     seed: int = RANDOM_SEED,
     upright: bool = False,
+    grey: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Stitch one model's window predictions into a float32 (H, W) map of ``image``.
 
@@ -322,8 +357,9 @@ def predict_scale(
     else:
         raise ConfigError(f"predict.sampling: unknown sampling {sampling!r}")
 
-    infer = compiled_infer(model, (window, window), tta=tta, output=output, upright=upright)
-    batch_size = windows_per_call(batch_size, window, tta, upright)
+    infer = compiled_infer(model, (window, window), tta=tta, output=output, upright=upright,
+                           grey=grey)
+    batch_size = windows_per_call(batch_size, window, tta, upright, grey)
     weight = window_weight(window)
     total = np.zeros((padded_h, padded_w), np.float32)
     weight_sum = np.zeros((padded_h, padded_w), np.float32)
@@ -441,6 +477,7 @@ def predict_land(
             random_count=pcfg.random_windows.get(patch_width, 1000),
             tta=pcfg.tta,
             upright=cfg.data.is_upright,
+            grey=pcfg.grey,
             output=output_transform(model, cfg),
             seed=RANDOM_SEED + patch_width,
         )

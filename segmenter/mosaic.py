@@ -297,8 +297,8 @@ def _stitch(model: Any, small_image: np.ndarray, small_valid: np.ndarray | None,
         pcfg = cfg.predict
         upright = cfg.data.is_upright
         infer = compiled_infer(model, (window, window), tta=pcfg.tta, output=output,
-                               upright=upright)
-        batch_size = windows_per_call(pcfg.batch_size, window, pcfg.tta, upright)
+                               upright=upright, grey=pcfg.grey)
+        batch_size = windows_per_call(pcfg.batch_size, window, pcfg.tta, upright, pcfg.grey)
         weight = window_weight(window)
         size = min(batch_size, len(positions))
         buffers = [np.empty((size, window, window, 3), np.float32) for _ in range(2)]

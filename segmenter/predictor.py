@@ -71,6 +71,12 @@ def load_models(run: Any, cfg: Config) -> LoadedModels:
     from segmenter.inference import select_models
 
     wanted = select_models({w: w for w in finished}, cfg)  # the one check of predict.widths
+    if cfg.predict.grey and cfg.train.augment.greyscale <= 0:
+        log.warning(
+            "predict.grey: %s trained without grey patches (train.augment.greyscale: 0), so "
+            "its models never saw a grey photo; the grey passes may lower the masks",
+            run.path,
+        )
     models = {w: run.load_model(w) for w in wanted}
     scores = {w: run.val_score(w) for w in models}
     return LoadedModels(models=models, scores=scores)

@@ -276,7 +276,7 @@ def test_tta_runs_the_same_batches_as_plain_prediction(image, monkeypatch, tta):
     real = inference.compiled_infer(model, (16, 16), tta=tta)
     calls = []
 
-    def spy(model_, size, tta=False, output="raw", upright=False):
+    def spy(model_, size, tta=False, output="raw", upright=False, grey=False):
         def run(windows):
             calls.append(len(windows))
             return real(windows)
@@ -342,3 +342,51 @@ def test_upright_tta_averages_the_photo_and_its_left_right_mirror_only():
     by_upright = inference.predict_land({16: model}, image, upright_cfg).land_prob
     by_default = inference.predict_land({16: model}, image, plain_cfg).land_prob
     assert np.abs(by_upright - by_default).max() > 1e-4
+
+
+def test_grey_passes_average_the_photo_in_colour_and_in_grey():
+    """predict.grey: half the passes see the windows' luma, at no extra cost under TTA."""
+    model = build_model(load_config().model, depth=2, filters=4)  # not symmetric: any flip shows
+    rng = np.random.default_rng(4)
+    windows = rng.random((3, 16, 16, 3), dtype=np.float32)
+    luma = windows @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = np.repeat(luma[..., None], 3, axis=-1)
+
+    def plain(x):
+        return np.asarray(model(x, training=False))[..., 0]
+
+    def infer(**kwargs):
+        return np.asarray(inference.compiled_infer(model, (16, 16), **kwargs)(windows))
+
+    np.testing.assert_allclose(infer(grey=True), (plain(windows) + plain(grey)) / 2, atol=1e-5)
+    mirrored_grey = plain(grey[:, :, ::-1])[:, :, ::-1]
+    np.testing.assert_allclose(infer(tta=True, upright=True, grey=True),
+                               (plain(windows) + mirrored_grey) / 2, atol=1e-5)
+    every_flip = (plain(windows) + mirrored_grey + plain(windows[:, ::-1])[:, ::-1]
+                  + plain(grey[:, ::-1, ::-1])[:, ::-1, ::-1]) / 4
+    np.testing.assert_allclose(infer(tta=True, grey=True), every_flip, atol=1e-5)
+    # TTA's passes are shared out, so a call cuts as many windows as without grey passes;
+    # without TTA the grey pass doubles the passes.
+    for upright in (False, True):
+        assert (inference.windows_per_call(8, 16, tta=True, upright=upright, grey=True)
+                == inference.windows_per_call(8, 16, tta=True, upright=upright))
+    assert inference.windows_per_call(8, 16, grey=True) * 2 == inference.windows_per_call(8, 16)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_grey_passes_change_nothing_on_a_grey_photo_and_keep_the_row_channel(image, tta):
+    model = build_model(load_config().model, depth=2, filters=4)
+    grey_photo = np.repeat(image[..., :1], 3, axis=-1)
+    cfg = cfg_with(f"predict.tta={str(tta).lower()}")
+    grey_cfg = cfg_with(f"predict.tta={str(tta).lower()}", "predict.grey=true")
+    np.testing.assert_allclose(inference.predict_land({16: model}, grey_photo, grey_cfg).land_prob,
+                               inference.predict_land({16: model}, grey_photo, cfg).land_prob,
+                               atol=1e-5)
+    coloured = inference.predict_land({16: model}, image, grey_cfg).land_prob
+    assert np.abs(coloured - inference.predict_land({16: model}, image, cfg).land_prob).max() > 1e-4
+    # The row channel is a position, not a colour: the grey passes leave it as it is.
+    got, _ = inference.predict_scale(row_reader(), image, 16, batch_size=4, tta=tta,
+                                     upright=True, grey=True)
+    expected = np.broadcast_to(np.linspace(0, 1, image.shape[0], dtype=np.float32)[:, None],
+                               image.shape[:2])
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -42,12 +42,13 @@ def whole_land(path: Path, loaded, cfg) -> np.ndarray:
     return predict_land(loaded.models, image, cfg, weights=loaded.scores).land_prob
 
 
-@pytest.mark.parametrize("scale", ["0.5", "1.0", "0.3"])
-def test_tiled_prediction_equals_one_piece(run_dir, tmp_path, scale):
+@pytest.mark.parametrize("scale,passes", [("0.5", ()), ("1.0", ()), ("0.3", ()),
+                                          ("0.5", ("predict.tta=true", "predict.grey=true"))])
+def test_tiled_prediction_equals_one_piece(run_dir, tmp_path, scale, passes):
     from segmenter import mosaic
 
     tif = rgb_raster(tmp_path / "m.tif", size=200)  # 150 x 200
-    loaded, cfg = loaded_run(run_dir, [f"data.scale={scale}"])
+    loaded, cfg = loaded_run(run_dir, [f"data.scale={scale}", *passes])
     result = mosaic.predict_raster(str(tif), "m", loaded, cfg, tmp_path / "out", tile_size=64)
     assert result.tiles == 12
     with rasterio.open(result.files["water_prob"]) as src:

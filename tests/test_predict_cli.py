@@ -169,3 +169,31 @@ def test_check_overwrite_sees_every_file_a_prediction_writes(tmp_path, name):
     with pytest.raises(RunError, match=name.replace(".", r"\.")):
         check_overwrite(tmp_path, ["shore"], overwrite=False)
     check_overwrite(tmp_path, ["shore"], overwrite=True)
+
+
+def test_grey_passes_change_the_map_and_warn_for_models_trained_without_grey(runner, run_dir,
+                                                                             tmp_path):
+    """predict.grey on a run trained without grey patches: predicted, with a warning naming
+    the run; a grey-trained run predicts without one."""
+    write_photos(tmp_path / "photos")
+    maps = {}
+    for grey in ("false", "true"):
+        out = tmp_path / f"out_{grey}"
+        result = runner("predict", "--run", run_dir, tmp_path / "photos", "--out", out,
+                        "--set", f"predict.grey={grey}")
+        assert result.exit_code == 0, result.output
+        warned = f"predict.grey: {run_dir} trained without grey patches" in result.output
+        assert warned == (grey == "true"), result.output
+        maps[grey] = np.asarray(Image.open(out / "shore_water_prob.png"), np.int16)
+        # A grey photo reads the same in colour and in grey.
+        maps[grey + "_grey"] = np.asarray(Image.open(out / "grey_water_prob.png"), np.int16)
+    assert np.abs(maps["true"] - maps["false"]).max() > 0
+    assert np.abs(maps["true_grey"] - maps["false_grey"]).max() <= 1
+    cfg = load_config(None, [*TINY, "train.augment.greyscale=0.3"])
+    run = prepare_run(RunPlan(tmp_path / "grey_run", cfg, [16]))
+    run.model_path(16).parent.mkdir(parents=True, exist_ok=True)
+    build_model(cfg.model).save(run.model_path(16))
+    run.write_status(16, {"status": "finished", "final_val_water_iou": 0.5})
+    result = runner("predict", "--run", run.path, tmp_path / "photos", "--out",
+                    tmp_path / "out_grey_run", "--set", "predict.grey=true")
+    assert result.exit_code == 0 and "predict.grey" not in result.output, result.output
