@@ -373,20 +373,60 @@ def test_grey_passes_average_the_photo_in_colour_and_in_grey():
     assert inference.windows_per_call(8, 16, grey=True) * 2 == inference.windows_per_call(8, 16)
 
 
-@pytest.mark.parametrize("tta", [False, True])
-def test_grey_passes_change_nothing_on_a_grey_photo_and_keep_the_row_channel(image, tta):
+@pytest.mark.parametrize("upright", [False, True])
+def test_auto_grey_weighs_the_grey_half_by_how_far_it_disagrees(upright):
+    """predict.grey: auto. Per window: d = mean |colour map - grey map|; the grey half weighs
+    0.5 * clip((d - lo) / (hi - lo), 0, 1)."""
+    model = build_model(load_config().model, depth=2, filters=4)
+    rng = np.random.default_rng(5)
+    windows = rng.random((6, 16, 16, 3), dtype=np.float32)
+    windows[0] = windows[0, ..., :1]  # a grey window: both halves agree, weight 0
+    windows[1, ..., 2] *= 0.2  # strongly tinted windows disagree more
+    windows[2, ..., 0] = 1.0
+    grey = np.repeat((windows @ np.array([0.299, 0.587, 0.114], np.float32))[..., None], 3, -1)
+
+    def plain(x, up_down=False, left_right=False):
+        def flip(a):
+            return a[:, :: -1 if up_down else 1, :: -1 if left_right else 1]
+        return flip(np.asarray(model(flip(x), training=False))[..., 0])
+
+    if upright:
+        colour, grey_map = plain(windows), plain(grey, left_right=True)
+    else:
+        colour = (plain(windows) + plain(windows, up_down=True)) / 2
+        grey_map = (plain(grey, left_right=True) + plain(grey, True, True)) / 2
+    low, high = inference.AUTO_GREY_RAMP
+    apart = np.abs(colour - grey_map).mean(axis=(1, 2), keepdims=True)
+    weight = 0.5 * np.clip((apart - low) / (high - low), 0, 1)
+    expected = (1 - weight) * colour + weight * grey_map
+    got = np.asarray(inference.compiled_infer(model, (16, 16), tta=True, upright=upright,
+                                              grey="auto")(windows))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    half = np.asarray(inference.compiled_infer(model, (16, 16), tta=True, upright=upright,
+                                               grey=True)(windows))
+    np.testing.assert_allclose(half, (colour + grey_map) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="grey must be"):
+        inference.compiled_infer(model, (16, 16), grey="sometimes")
+
+
+@pytest.mark.parametrize("tta,grey", [(False, "true"), (True, "true"), (True, "auto")])
+def test_grey_passes_change_nothing_on_a_grey_photo_and_keep_the_row_channel(image, tta,
+                                                                            grey):
     model = build_model(load_config().model, depth=2, filters=4)
     grey_photo = np.repeat(image[..., :1], 3, axis=-1)
     cfg = cfg_with(f"predict.tta={str(tta).lower()}")
-    grey_cfg = cfg_with(f"predict.tta={str(tta).lower()}", "predict.grey=true")
-    np.testing.assert_allclose(inference.predict_land({16: model}, grey_photo, grey_cfg).land_prob,
-                               inference.predict_land({16: model}, grey_photo, cfg).land_prob,
-                               atol=1e-5)
-    coloured = inference.predict_land({16: model}, image, grey_cfg).land_prob
-    assert np.abs(coloured - inference.predict_land({16: model}, image, cfg).land_prob).max() > 1e-4
+    grey_cfg = cfg_with(f"predict.tta={str(tta).lower()}", f"predict.grey={grey}")
+    # (auto weighs its halves by how they differ, and its halves differ by their flips too.)
+    if grey == "true":
+        np.testing.assert_allclose(
+            inference.predict_land({16: model}, grey_photo, grey_cfg).land_prob,
+            inference.predict_land({16: model}, grey_photo, cfg).land_prob, atol=1e-5)
+        coloured = inference.predict_land({16: model}, image, grey_cfg).land_prob
+        plain = inference.predict_land({16: model}, image, cfg).land_prob
+        assert np.abs(coloured - plain).max() > 1e-4
     # The row channel is a position, not a colour: the grey passes leave it as it is.
     got, _ = inference.predict_scale(row_reader(), image, 16, batch_size=4, tta=tta,
-                                     upright=True, grey=True)
+                                     upright=True, grey=grey_cfg.predict.grey)
     expected = np.broadcast_to(np.linspace(0, 1, image.shape[0], dtype=np.float32)[:, None],
                                image.shape[:2])
     np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -189,6 +189,13 @@ def test_grey_passes_change_the_map_and_warn_for_models_trained_without_grey(run
         maps[grey + "_grey"] = np.asarray(Image.open(out / "grey_water_prob.png"), np.int16)
     assert np.abs(maps["true"] - maps["false"]).max() > 0
     assert np.abs(maps["true_grey"] - maps["false_grey"]).max() <= 1
+    result = runner("predict", "--run", run_dir, tmp_path / "photos", "--out", tmp_path / "auto",
+                    "--set", "predict.grey=auto")
+    assert result.exit_code == 0 and "trained without grey patches" in result.output
+    result = runner("predict", "--run", run_dir, tmp_path / "photos", "--out", tmp_path / "bad",
+                    "--set", "predict.grey=sometimes")
+    assert result.exit_code != 0 and "predict.grey" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "bad").exists()
     cfg = load_config(None, [*TINY, "train.augment.greyscale=0.3"])
     run = prepare_run(RunPlan(tmp_path / "grey_run", cfg, [16]))
     run.model_path(16).parent.mkdir(parents=True, exist_ok=True)

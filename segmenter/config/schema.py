@@ -232,11 +232,13 @@ class PredictConfig(_Section):
         description="Average predictions over flips (test-time augmentation): left-right and "
         "up-down (4 passes), or left-right only if data.upright (2 passes).",
     )
-    grey: bool = Field(
+    grey: bool | Literal["auto"] = Field(
         False,
         description="Half the passes see the photo in grey (luma), so its colours count half: "
-        "for photos in colours no training photo had. No extra cost with tta (else a second "
-        "pass); for models trained with train.augment.greyscale.",
+        "for photos in colours no training photo had. auto: the grey half counts per window, "
+        "from nothing where it agrees with the colour half to half where they differ most. No "
+        "extra cost with tta (else a second pass); for models trained with "
+        "train.augment.greyscale.",
     )
     merge: Literal["mean", "weighted"] = Field(
         "mean", description="Merge scales by mean, or weighted by each width's validation score."
