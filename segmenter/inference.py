@@ -141,7 +141,7 @@ def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # The compiled inference function
 
 
-#: model -> {(h, w, passes, output): tf.function}. The functions reach the model
+#: model -> {(h, w, passes, output, auto grey): tf.function}. The functions reach the model
 #: only through a weak reference, so the cache entry, its traced graphs and the model's
 #: weights go away with the model (a function closing over the model itself would keep it
 #: alive for ever).
@@ -276,12 +276,14 @@ def _tta_flips(upright: bool) -> tuple[tuple[bool, bool], ...]:
 
 def inference_passes(tta: bool = False, upright: bool = False,
                      grey: bool = False) -> tuple[tuple[bool, bool, bool], ...]:
-    """The passes each window goes through, as (up-down, left-right, grey); averaged.
+    """The passes each window goes through, as (up-down, left-right, grey).
 
     ``tta``: the flips of :data:`TTA_FLIPS` (:data:`UPRIGHT_TTA_FLIPS` if ``upright``), else
     the window as is. ``grey``: every other pass shows the window in grey, so colour and grey
     count half each at no extra cost under TTA (as is and up-down in colour, left-right and
     both in grey; upright: as is in colour, mirrored in grey); without TTA a second, grey pass.
+    :func:`compiled_infer` averages the passes, or with ``predict.grey: auto`` weighs the grey
+    ones per window.
     """
     flips = _tta_flips(upright) if tta else ((False, False),)
     if not grey:

@@ -43,7 +43,8 @@ def whole_land(path: Path, loaded, cfg) -> np.ndarray:
 
 
 @pytest.mark.parametrize("scale,passes", [("0.5", ()), ("1.0", ()), ("0.3", ()),
-                                          ("0.5", ("predict.tta=true", "predict.grey=true"))])
+                                          ("0.5", ("predict.tta=true", "predict.grey=true")),
+                                          ("0.5", ("predict.tta=true", "predict.grey=auto"))])
 def test_tiled_prediction_equals_one_piece(run_dir, tmp_path, scale, passes):
     from segmenter import mosaic
 
