@@ -311,3 +311,11 @@ def test_the_whole_raster_rule_calls_mixed_components_pixel_by_pixel():
     decision = fit_decision(land, rgb, PostprocessConfig(n_components=1, min_purity=0.7))
     assert decision.info["components"][0]["class"] == "per pixel"
     np.testing.assert_array_equal(decision.water(land, rgb), water)
+    # purity_ramp: the same blend as a photo's GMM. Purity 0.6 sits in a ramp from 0.55 to
+    # 0.75, so each pixel's own probability weighs 0.75 against the cluster's call, land.
+    ramp = PostprocessConfig(n_components=1, min_purity=0.55, purity_ramp=0.2)
+    decision = fit_decision(land, rgb, ramp)
+    component = decision.info["components"][0]
+    assert component["class"] == "land, blended"
+    assert component["pixel_weight"] == pytest.approx(0.75, abs=0.01)
+    np.testing.assert_array_equal(decision.water(land, rgb), water)  # 0.25 + 0.75 * 0.1 <= 0.5

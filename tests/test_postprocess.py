@@ -227,3 +227,48 @@ def test_a_component_that_mixes_both_sides_is_called_pixel_by_pixel():
     kept, info = water_mask(prob2, image2, cfg.model_copy(update={"min_purity": 0.7}))
     assert np.array_equal(pure, kept)
     assert {c["class"] for c in info["components"]} == {"water", "land"}
+
+
+def nearly_mixed_scene(size: int = 100, seed: int = 3):
+    """One grey colour cluster: 72 % land (0.9), 20 % water the network is sure of (0.1) and
+    8 % water it is unsure of (0.45), so 72 % of the cluster agrees with its call, land."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(size)[:, None].repeat(size, 1)
+    sure = rows < size * 20 // 100
+    unsure = (rows >= size * 20 // 100) & (rows < size * 28 // 100)
+    prob = np.where(sure, 0.1, np.where(unsure, 0.45, 0.9)).astype(np.float32)
+    image = np.full((size, size, 3), 0.3, np.float32) + rng.normal(0, 0.01, (size, size, 3))
+    return prob, np.clip(image, 0, 1).astype(np.float32), sure, unsure
+
+
+def test_purity_ramp_keeps_sure_pixels_of_a_nearly_mixed_component():
+    prob, image, sure, unsure = nearly_mixed_scene()
+    hard = PostprocessConfig(n_components=1, min_purity=0.7)
+    # Above min_purity with a hard cut: the whole cluster is land, sure water and all.
+    mask, info = water_mask(prob, image, hard)
+    assert not mask.any() and info["components"][0]["class"] == "land"
+    assert info["components"][0]["purity"] == pytest.approx(0.72, abs=0.005)
+    # A ramp of 0.1: weight (0.8 - 0.72) / 0.1 = 0.8 for the pixels' own probability, so the
+    # sure water (0.2 + 0.8 * 0.1 <= 0.5) keeps its call, the unsure (0.2 + 0.8 * 0.45) follows
+    # its colour cluster, land stays land.
+    mask, info = water_mask(prob, image, hard.model_copy(update={"purity_ramp": 0.1}))
+    np.testing.assert_array_equal(mask, sure)
+    component = info["components"][0]
+    assert component["class"] == "land, blended"
+    assert component["pixel_weight"] == pytest.approx(0.8, abs=0.01)
+    assert info["purity_ramp"] == 0.1
+    # Past the ramp's top the component is called as a whole again.
+    mask, info = water_mask(prob, image, PostprocessConfig(n_components=1, min_purity=0.6,
+                                                           purity_ramp=0.1))
+    assert not mask.any() and info["components"][0]["class"] == "land"
+
+
+def test_pixel_weights_run_from_per_pixel_to_whole_across_the_ramp():
+    from segmenter.postprocess import pixel_weights
+
+    purities = [0.5, 0.7, 0.75, 0.8, 0.95, None]
+    np.testing.assert_allclose(pixel_weights(purities, 0.7, 0.1), [1, 1, 0.5, 0, 0, 0],
+                               atol=1e-6)
+    # No ramp: the hard cut, per pixel strictly below min_purity.
+    np.testing.assert_array_equal(pixel_weights(purities, 0.7), [1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(pixel_weights(purities, 0.0, 0.1), [0, 0, 0, 0, 0, 0])

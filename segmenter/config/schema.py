@@ -289,6 +289,12 @@ class PostprocessConfig(_Section):
         "its class by their own probability mixes both sides; its pixels are called one by one "
         "by the threshold instead of as a whole by colour. 0 = never (the notebook).",
     )
+    purity_ramp: float = Field(
+        0.0, ge=0, le=1,
+        description="GMM: softens the min_purity cut. From min_purity to min_purity + "
+        "purity_ramp a component's call and its pixels' own probabilities are blended, so a "
+        "pixel the models are sure of keeps its call in a nearly mixed component. 0 = hard cut.",
+    )
     subsample: int = Field(
         200_000, ge=100, le=100_000_000,
         description="Most pixels the GMM is fitted on (large photos).",
