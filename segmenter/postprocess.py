@@ -29,13 +29,14 @@ it) and calls their pixels one by one by the threshold instead (:func:`call_pixe
 the generated shifted scenes (0.467 -> 0.513) and held on the real aerial photo (README,
 "Quality"); on ``default.yaml``'s rougher maps it hurt, so the default is 0.
 
-A hard cut at ``min_purity`` is a cliff: on the real aerial photo one component of green pond
-water and grass had purity 0.706, so it was called land as a whole and the pond's greener half
-went with it (water IoU 0.63 against 0.92 for the network's own map). ``postprocess.purity_ramp``
-softens the cut (:func:`pixel_weights`): from ``min_purity`` to ``min_purity + purity_ramp`` a
-component's call and each pixel's own probability are blended, so a pixel the network is sure
-of keeps its call in a component that is nearly mixed, and an unsure one follows its colour
-cluster (``photo.yaml``: 0.1).
+A hard cut at ``min_purity`` is a cliff: on the real aerial photo (a 32 px model beside
+``photo.yaml``'s 64 and 128 px ones) one component of green pond water and grass had purity
+0.706, so it was called land as a whole and the pond's greener half went with it (water IoU 0.63
+against 0.92 for the network's own map). ``postprocess.purity_ramp`` softens the cut
+(:func:`pixel_weights`): from ``min_purity`` to ``min_purity + purity_ramp`` a component's call
+and each pixel's own probability are blended, so a pixel the network is sure of keeps its call
+in a component that is nearly mixed, and an unsure one follows its colour cluster
+(``photo.yaml``: 0.1).
 
 The mixture is fitted on a seeded random subsample and evaluated for every pixel in chunks:
 fitting on all pixels of a 25-megapixel photo would take minutes and gigabytes, and the fit does
@@ -265,8 +266,8 @@ def name_components(labels: np.ndarray, prob: np.ndarray, n_components: int,
 
     The threshold is ``postprocess.threshold`` or its revision (:func:`decide_threshold`);
     components that mix both sides, or nearly, get a weight for their pixels' own
-    probabilities (:func:`pixel_weights`). One rule for a photo's pixels and for a raster's subsample
-    (:func:`segmenter.mosaic.fit_decision`).
+    probabilities (:func:`pixel_weights`). One rule for a photo's pixels and for a raster's
+    subsample (:func:`segmenter.mosaic.fit_decision`).
     """
     histogram = component_histogram(labels, prob, n_components)
     medians = medians_from_histogram(histogram)
