@@ -461,7 +461,7 @@ def call_pixels(labels: np.ndarray, prob: np.ndarray, is_land: np.ndarray,
         weight = own[labels]
         touched = weight > 0
         w = weight[touched]
-        score = (1.0 - w) * is_land[labels][touched] + w * prob[touched]
+        score = (1.0 - w) * ~water[touched] + w * prob[touched]
         water[touched] = score <= threshold
     return water
 
