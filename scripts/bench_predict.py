@@ -251,7 +251,7 @@ def photos_child(run_dir: str, photo_dir: str, out_dir: str, overrides: list[str
     from segmenter import inference
 
     passes = len(inference.inference_passes(cfg.predict.tta, cfg.data.is_upright,
-                                            bool(cfg.predict.grey)))
+                                            cfg.predict.grey))
     # The ceiling is timed just before and just after the loop and the faster kept: on a
     # machine shared with other jobs the load drifts, and this brackets the loop in time.
     before = window_batch_seconds(loaded, cfg, windows, passes, repeats=1, cpu=True)
@@ -390,8 +390,7 @@ def main() -> None:
         from segmenter.inference import inference_passes, select_models
 
         windows = {w: n_windows(image.shape[:2], cfg, w) for w in select_models(loaded.models, cfg)}
-        passes = len(inference_passes(cfg.predict.tta, cfg.data.is_upright,
-                                      bool(cfg.predict.grey)))
+        passes = len(inference_passes(cfg.predict.tta, cfg.data.is_upright, cfg.predict.grey))
         # (a) is timed just before and just after (b), the faster kept: the machine is shared
         # and its load drifts; this brackets the prediction in time.
         before = window_batch_seconds(loaded, cfg, windows, passes, repeats=1, cpu=True)

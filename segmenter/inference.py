@@ -221,7 +221,7 @@ def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
     cache = _COMPILED.setdefault(model, {})
     if grey not in (False, True, "auto"):
         raise ValueError(f"compiled_infer: grey must be false, true or 'auto', got {grey!r}")
-    passes = inference_passes(tta, upright, bool(grey))
+    passes = inference_passes(tta, upright, grey)
     key = (int(size[0]), int(size[1]), passes, output, grey == "auto")
     if key in cache:
         return cache[key]
@@ -275,11 +275,12 @@ def _tta_flips(upright: bool) -> tuple[tuple[bool, bool], ...]:
 
 
 def inference_passes(tta: bool = False, upright: bool = False,
-                     grey: bool = False) -> tuple[tuple[bool, bool, bool], ...]:
+                     grey: bool | str = False) -> tuple[tuple[bool, bool, bool], ...]:
     """The passes each window goes through, as (up-down, left-right, grey).
 
     ``tta``: the flips of :data:`TTA_FLIPS` (:data:`UPRIGHT_TTA_FLIPS` if ``upright``), else
-    the window as is. ``grey``: every other pass shows the window in grey, so colour and grey
+    the window as is. ``grey`` (``predict.grey`` as configured; ``true`` and ``"auto"`` run
+    the same passes): every other pass shows the window in grey, so colour and grey
     count half each at no extra cost under TTA (as is and up-down in colour, left-right and
     both in grey; upright: as is in colour, mirrored in grey); without TTA a second, grey pass.
     :func:`compiled_infer` averages the passes, or with ``predict.grey: auto`` weighs the grey
@@ -326,7 +327,7 @@ def windows_per_call(batch_size: int, window: int, tta: bool = False,
     instead of 4.)
     """
     size = effective_batch_size(batch_size, window)
-    return max(1, size // len(inference_passes(tta, upright, bool(grey))))
+    return max(1, size // len(inference_passes(tta, upright, grey)))
 
 
 def predict_scale(
