@@ -64,10 +64,10 @@ bounds; the table's ``train min`` column gives each run's own figure):
   the sample and scoring), peak memory 1.6 GB;
 * the peers alone, full cases: shifted 6.1 min, oasis 7.9 min, real 5.7 min (the random
   forest, features and fit, is nearly all of it; Otsu seconds, GMM about half a minute);
-* a full case adds two trainings at the recommended config's full ``train.steps`` (6.5-7.5 min
-  each for photo.yaml's 1200 steps on the idle CPU) and their scoring;
-* ``--skip-peers --skip-reference``, every case, full: 21.8 min on the idle CPU (8.6 min when
-  photo.yaml trained 400 steps);
+* a full case adds two trainings at the recommended config's full ``train.steps`` (10.8-12.7 min
+  each for photo.yaml's 2000 steps, 6.5-7.5 min at 1200, on the idle CPU) and their scoring;
+* ``--skip-peers --skip-reference``, every case, full: 36.4 min on the idle CPU (21.8 min when
+  photo.yaml trained 1200 steps, 8.6 min at 400);
 * the whole full benchmark (every case, peers, reference): 74 min when photo.yaml trained 400
   steps, partly while other runs shared the CPU.
 """

@@ -141,13 +141,13 @@ def test_shipped_configs_include_the_documented_ones():
 
 def test_photo_large_is_photo_trained_longer():
     """photo-large.yaml is the quality-per-compute step up from photo.yaml (issue 8) for photos
-    like the training photos: twice the steps, a stricter GMM purity cut (a better-trained
+    like the training photos: more steps, a stricter GMM purity cut (a better-trained
     network earns more trust; no ramp, as measured) and no grey patches, so no grey passes
     either (colour pays on such photos); nothing else differs, so both stay in step when
     photo.yaml is retuned."""
     photo = load_config(REPO / "configs" / "photo.yaml").to_dict()
     large = load_config(REPO / "configs" / "photo-large.yaml").to_dict()
-    assert large["train"]["steps"] == 2 * photo["train"]["steps"]
+    assert large["train"]["steps"] > photo["train"]["steps"]
     assert large["postprocess"]["min_purity"] > photo["postprocess"]["min_purity"] > 0
     assert (photo["postprocess"]["purity_ramp"], large["postprocess"]["purity_ramp"]) == (0.1, 0)
     assert photo["train"]["augment"]["greyscale"] > large["train"]["augment"]["greyscale"] == 0
