@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_data import TINY_SETTINGS, tiny_dataset, tiny_yaml
 
@@ -77,6 +78,25 @@ def test_mirrored_losses_follow_the_default_strategy(tmp_path, loss, tolerance):
     for key in ("loss", "val_loss"):
         assert [r[key] for r in mirrored] == pytest.approx([r[key] for r in default],
                                                            rel=tolerance), key
+
+
+def test_ema_under_mirrored_strategy_leaves_training_alone(tmp_path):
+    """train.ema on two replicas: the mirrored weights are swapped for their average to
+    validate and back (7 steps in two fit calls), so the training losses are those of the
+    same run without it, and the saved model is the average."""
+    runs = {}
+    for ema in (0.0, 0.5):
+        cfg = load_config(None, [*TINY_SETTINGS, "train.strategy=mirrored", "train.steps=7",
+                                 "train.learning_rate=0.01", f"train.ema={ema}"])
+        results = train(cfg, tmp_path / str(ema), dataset=tiny_dataset())
+        assert results[0].status == "finished"
+        runs[ema] = open_run(tmp_path / str(ema))
+    plain, averaged = runs[0.0].read_history(16), runs[0.5].read_history(16)
+    assert [r["step"] for r in averaged] == [3.0, 6.0, 7.0]
+    assert [r["loss"] for r in averaged] == pytest.approx([r["loss"] for r in plain], rel=1e-4)
+    pairs = zip(runs[0.0].load_model(16).trainable_weights,
+                runs[0.5].load_model(16).trainable_weights, strict=True)
+    assert any(not np.allclose(a.numpy(), b.numpy(), atol=1e-6) for a, b in pairs)
 
 
 def test_keras_private_api_missing_is_a_clear_error(monkeypatch):

@@ -163,12 +163,48 @@ def test_linear_model_with_logit_loss_is_saved_with_a_sigmoid_head(tmp_path):
     assert results[0].final_val_water_iou == pytest.approx(iou, abs=1e-6)
 
 
-def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+def _validation_iou(model, cfg) -> float:
+    """The water IoU of a saved model on the fixed validation patches, as training scores."""
+    from segmenter.data.pipeline import validation_patches
+    from segmenter.metrics import confusion, water_from_land, water_from_prob
+
+    batches = validation_patches(tiny_dataset().test, 16, 4, 1, seed=cfg.train.seed)
+    images = np.concatenate([b[0] for b in batches])
+    lands = np.concatenate([b[1] for b in batches])[..., 0]
+    prob = np.asarray(model(images, training=False))[..., 0]
+    return confusion(water_from_prob(prob), water_from_land(lands)).scores()["water_iou"]
+
+
+def test_ema_changes_what_is_saved_and_validated_not_how_training_goes(tmp_path):
+    """train.ema: the losses are those of a run without it (training goes on from the raw
+    weights, also across fit's end after a shorter last interval: 7 steps, validation every 3),
+    while the saved model is the moving average, and the history scores that model."""
+    plain = load_config(None, [*TINY_SETTINGS, "train.steps=7", "train.learning_rate=0.01"])
+    averaged = load_config(None, [*TINY_SETTINGS, "train.steps=7", "train.learning_rate=0.01",
+                                  "train.ema=0.5"])
+    train(plain, tmp_path / "plain", dataset=tiny_dataset())
+    results = train(averaged, tmp_path / "ema", dataset=tiny_dataset())
+    assert results[0].status == "finished"
+    assert [row[0] for row in _losses(tmp_path / "ema")] == pytest.approx(
+        [row[0] for row in _losses(tmp_path / "plain")], rel=1e-5)
+
+    raw = open_run(tmp_path / "plain").load_model(16)
+    average = open_run(tmp_path / "ema").load_model(16)
+    pairs = zip(raw.trainable_weights, average.trainable_weights, strict=True)
+    assert any(not np.allclose(a.numpy(), b.numpy(), atol=1e-6) for a, b in pairs), (
+        "the saved model is the raw weights, not their average")
+    assert results[0].final_val_water_iou == pytest.approx(
+        _validation_iou(average, averaged), abs=1e-6)
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch, ema):
     """Stopped mid-interval (step 5 of 9, checkpoint at 3), resumed: same losses, same
-    weights as a run that was never interrupted (same patches per step, restored optimiser)."""
+    weights as a run that was never interrupted (same patches per step, restored optimiser,
+    and with train.ema its moving average)."""
     from segmenter.training.callback import WidthCallback
 
-    cfg = load_config(None, [*TINY_SETTINGS, "train.steps=9"])
+    cfg = load_config(None, [*TINY_SETTINGS, "train.steps=9", f"train.ema={ema}"])
     train(cfg, tmp_path / "full", dataset=tiny_dataset())
 
     class Interrupted(Exception):

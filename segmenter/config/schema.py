@@ -197,6 +197,13 @@ class TrainConfig(_Section):
     loss: Literal["mse", "bce", "dice", "bce_dice"] = Field("bce_dice", description="Loss.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="LR schedule.")
+    ema: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Momentum of an exponential moving average of the weights (Polyak "
+        "averaging); validation and the saved model use the average. 0 = off.",
+    )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Seed of patch sampling and weight initialisation."
     )

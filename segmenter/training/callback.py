@@ -7,6 +7,8 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +76,36 @@ def width_status(tracker: Progress, status: WidthState, steps: int, batch_size: 
     )
 
 
+@contextmanager
+def averaged_weights(model: Any, ema: bool) -> Iterator[None]:
+    """Inside the block the model holds its optimiser's moving average of the weights.
+
+    ``train.ema`` keeps that average in the optimiser (Keras' ``use_ema``); validation reads
+    it, since it is what the run will save, and the raw weights training goes on from are put
+    back after the block. Without ``ema`` the block changes nothing.
+    """
+    if not ema:
+        yield
+        return
+    raw = trainable_values(model)
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    try:
+        yield
+    finally:
+        assign_trainable(model, raw)
+
+
+def trainable_values(model: Any) -> list[np.ndarray]:
+    """A copy of the model's trainable weights (each replica holds the same under mirroring)."""
+    return [variable.numpy() for variable in model.trainable_variables]
+
+
+def assign_trainable(model: Any, values: list[np.ndarray]) -> None:
+    """Put values from :func:`trainable_values` back (on every replica)."""
+    for variable, value in zip(model.trainable_variables, values, strict=True):
+        variable.assign(value)
+
+
 class WidthCallback(keras.callbacks.Callback):
     """Progress bar, non-finite loss check, validation, checkpoint and history per interval."""
 
@@ -84,6 +116,8 @@ class WidthCallback(keras.callbacks.Callback):
         self.run, self.cfg, self.width, self.batch_size = run, cfg, width, batch_size
         self.net, self.loss_fn, self.val_batches = model, loss_fn, val_batches
         self.tracker, self.chief, self.fingerprint = tracker, chief, fingerprint
+        self.ema = cfg.train.ema > 0
+        self.raw: list[np.ndarray] | None = None
         self.bar = None
         if progress:
             self.bar = keras.utils.Progbar(
@@ -114,7 +148,8 @@ class WidthCallback(keras.callbacks.Callback):
             return
         logs = logs if logs is not None else {}
         row: dict[str, Any] = {"step": self.tracker.step, "loss": float(logs.get("loss", "nan"))}
-        val_loss, iou = self._validate()
+        with averaged_weights(self.net, self.ema):
+            val_loss, iou = self._validate()
         row.update(val_loss=val_loss, val_water_iou=iou, seconds=round(self.tracker.seconds(), 2))
         if val_loss is not None:
             logs["val_loss"] = val_loss
@@ -132,6 +167,16 @@ class WidthCallback(keras.callbacks.Callback):
             sys.stdout.write("\n")
         log.info("%s", log_line)
         self._checkpoint()
+        if self.ema:  # the raw weights, which fit's end replaces with their average
+            self.raw = trainable_values(self.net)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        # Keras' fit ends by putting the moving average in the model. Training may go on in
+        # another fit call (a last, shorter interval), from the raw weights as a resumed run
+        # would; the average is taken once, when the width is finished.
+        if self.raw is not None:
+            assign_trainable(self.net, self.raw)
+            self.raw = None
 
     def _validate(self) -> tuple[float | None, float | None]:
         if not self.val_batches:

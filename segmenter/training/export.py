@@ -24,6 +24,8 @@ def finish(run: Run, cfg: Config, width: int, batch_size: int, model: Any, track
     from segmenter.losses import uses_logits
     from segmenter.model import build_model
 
+    if cfg.train.ema:  # the saved model is the moving average of the weights
+        model.optimizer.finalize_variable_values(model.trainable_variables)
     result = WidthResult(width, "finished", tracker.step, cfg.train.steps)
     last = tracker.rows[-1] if tracker.rows else {}
     result.final_loss = last.get("loss")

@@ -379,8 +379,12 @@ def _compiled_model(cfg: Config, state: CheckpointState | None):
         rate = keras.optimizers.schedules.CosineDecay(
             cfg.train.learning_rate, decay_steps=cfg.train.steps, alpha=0.05
         )
+    # With train.ema the optimiser keeps a moving average of the weights; the callback
+    # validates it and the final model is it (see segmenter.training.callback.averaged_weights).
+    ema = cfg.train.ema
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=rate),
+        optimizer=keras.optimizers.Adam(learning_rate=rate, use_ema=ema > 0,
+                                        ema_momentum=ema or 0.99),
         loss=loss_function(cfg),
         jit_compile=bool(cfg.train.jit_compile),
     )
