@@ -68,8 +68,9 @@ bounds; the table's ``train min`` column gives each run's own figure):
   each for photo.yaml's 2000 steps, 6.5-7.5 min at 1200, on the idle CPU) and their scoring;
 * ``--skip-peers --skip-reference``, every case, full: 36.4 min on the idle CPU (21.8 min when
   photo.yaml trained 1200 steps, 8.6 min at 400);
-* the whole full benchmark (every case, peers, reference): 74 min when photo.yaml trained 400
-  steps, partly while other runs shared the CPU.
+* every case with the reference, without the peers: 74.5 min at photo.yaml's 2000 steps, so
+  the whole full benchmark (peers too) takes about 95 min today (74 min, peers included, when
+  photo.yaml trained 400 steps, partly while other runs shared the CPU).
 """
 
 from __future__ import annotations
