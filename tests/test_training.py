@@ -143,10 +143,21 @@ def test_validation_iou_uses_the_metrics_convention_and_reads_logits():
     assert validation_scores(truth[:2], np.array([-1.0, 0.3]), sigmoid) == 1.0
 
 
-def test_linear_model_with_logit_loss_is_saved_with_a_sigmoid_head(tmp_path):
+def _validation_scores(model, cfg) -> tuple[float, np.ndarray]:
+    """A saved model's water IoU on the fixed validation patches, as training scores it, and
+    its probabilities there."""
     from segmenter.data.pipeline import validation_patches
-    from segmenter.inference import head_activation
     from segmenter.metrics import confusion, water_from_land, water_from_prob
+
+    batches = validation_patches(tiny_dataset().test, 16, 4, 1, seed=cfg.train.seed)
+    images = np.concatenate([b[0] for b in batches])
+    lands = np.concatenate([b[1] for b in batches])[..., 0]
+    prob = np.asarray(model(images, training=False))[..., 0]
+    return confusion(water_from_prob(prob), water_from_land(lands)).scores()["water_iou"], prob
+
+
+def test_linear_model_with_logit_loss_is_saved_with_a_sigmoid_head(tmp_path):
+    from segmenter.inference import head_activation
 
     cfg = load_config(None, [*TINY_SETTINGS, "model.activation=linear", "train.loss=bce"])
     results = train(cfg, tmp_path, dataset=tiny_dataset())
@@ -154,25 +165,9 @@ def test_linear_model_with_logit_loss_is_saved_with_a_sigmoid_head(tmp_path):
     model = open_run(tmp_path).load_model(16)
     assert head_activation(model) == "sigmoid"
     # The recorded validation IoU is the saved model's, thresholded as `evaluate` does.
-    batches = validation_patches(tiny_dataset().test, 16, 4, 1, seed=cfg.train.seed)
-    images = np.concatenate([b[0] for b in batches])
-    lands = np.concatenate([b[1] for b in batches])[..., 0]
-    prob = np.asarray(model(images, training=False))[..., 0]
+    iou, prob = _validation_scores(model, cfg)
     assert 0.0 < prob.min() and prob.max() < 1.0
-    iou = confusion(water_from_prob(prob), water_from_land(lands)).scores()["water_iou"]
     assert results[0].final_val_water_iou == pytest.approx(iou, abs=1e-6)
-
-
-def _validation_iou(model, cfg) -> float:
-    """The water IoU of a saved model on the fixed validation patches, as training scores."""
-    from segmenter.data.pipeline import validation_patches
-    from segmenter.metrics import confusion, water_from_land, water_from_prob
-
-    batches = validation_patches(tiny_dataset().test, 16, 4, 1, seed=cfg.train.seed)
-    images = np.concatenate([b[0] for b in batches])
-    lands = np.concatenate([b[1] for b in batches])[..., 0]
-    prob = np.asarray(model(images, training=False))[..., 0]
-    return confusion(water_from_prob(prob), water_from_land(lands)).scores()["water_iou"]
 
 
 def test_ema_changes_what_is_saved_and_validated_not_how_training_goes(tmp_path):
@@ -194,7 +189,7 @@ def test_ema_changes_what_is_saved_and_validated_not_how_training_goes(tmp_path)
     assert any(not np.allclose(a.numpy(), b.numpy(), atol=1e-6) for a, b in pairs), (
         "the saved model is the raw weights, not their average")
     assert results[0].final_val_water_iou == pytest.approx(
-        _validation_iou(average, averaged), abs=1e-6)
+        _validation_scores(average, averaged)[0], abs=1e-6)
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.5])

@@ -77,20 +77,21 @@ def width_status(tracker: Progress, status: WidthState, steps: int, batch_size: 
 
 
 @contextmanager
-def averaged_weights(model: Any, ema: bool) -> Iterator[None]:
+def averaged_weights(model: Any, ema: bool) -> Iterator[list[np.ndarray] | None]:
     """Inside the block the model holds its optimiser's moving average of the weights.
 
     ``train.ema`` keeps that average in the optimiser (Keras' ``use_ema``); validation reads
-    it, since it is what the run will save, and the raw weights training goes on from are put
-    back after the block. Without ``ema`` the block changes nothing.
+    it, since it is what the run will save, and the raw weights training goes on from (given
+    to the block as a copy) are put back after it. Without ``ema`` the block changes nothing
+    and is given None.
     """
     if not ema:
-        yield
+        yield None
         return
     raw = trainable_values(model)
     model.optimizer.finalize_variable_values(model.trainable_variables)
     try:
-        yield
+        yield raw
     finally:
         assign_trainable(model, raw)
 
@@ -148,8 +149,9 @@ class WidthCallback(keras.callbacks.Callback):
             return
         logs = logs if logs is not None else {}
         row: dict[str, Any] = {"step": self.tracker.step, "loss": float(logs.get("loss", "nan"))}
-        with averaged_weights(self.net, self.ema):
+        with averaged_weights(self.net, self.ema) as raw:
             val_loss, iou = self._validate()
+        self.raw = raw  # the raw weights, which fit's end replaces with their average
         row.update(val_loss=val_loss, val_water_iou=iou, seconds=round(self.tracker.seconds(), 2))
         if val_loss is not None:
             logs["val_loss"] = val_loss
@@ -167,8 +169,6 @@ class WidthCallback(keras.callbacks.Callback):
             sys.stdout.write("\n")
         log.info("%s", log_line)
         self._checkpoint()
-        if self.ema:  # the raw weights, which fit's end replaces with their average
-            self.raw = trainable_values(self.net)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         # Keras' fit ends by putting the moving average in the model. Training may go on in
