@@ -667,34 +667,36 @@ class _Overview:
 
 @dataclass
 class Decision:
-    """How every pixel is called water: a fitted mixture, or a threshold."""
+    """How every pixel is called water: fitted mixtures, or a threshold."""
 
     method: str
     threshold: float
     info: dict[str, Any]
-    gmm: Any = None
-    names: Any = None  # segmenter.postprocess.ComponentNames, with gmm
+    # (GaussianMixture, segmenter.postprocess.ComponentNames) per mixture, with gmm
+    mixtures: list[tuple[Any, Any]] = field(default_factory=list)
 
     def water(self, land: np.ndarray, rgb: np.ndarray) -> np.ndarray:
         """Water (True) for pixels of probability of land ``land`` (n,) and colour (n, 3)."""
-        if self.gmm is None:
+        if not self.mixtures:
             return land <= self.threshold
         from threadpoolctl import threadpool_limits
 
-        from segmenter.postprocess import assign_components
+        from segmenter.postprocess import assign_components, majority_water
 
+        votes = np.zeros(land.shape[0], np.uint8)
         with threadpool_limits(1, user_api="blas"):
-            labels = assign_components(self.gmm, land, rgb)
-        return self.names.water(labels, land)
+            for gmm, names in self.mixtures:
+                votes += names.water(assign_components(gmm, land, rgb), land)
+        return majority_water(votes, len(self.mixtures), land, self.threshold)
 
 
 def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
     """The whole raster's rule, from a subsample of its valid pixels.
 
-    ``gmm``: the mixture of :func:`segmenter.postprocess.gmm_water_mask` (same features,
-    settings and naming rule, :func:`segmenter.postprocess.name_components`), fitted on the
-    subsample, its medians and purities taken over the subsample. ``otsu``: Otsu's threshold
-    of the subsample's probabilities. ``global``: ``postprocess.threshold``.
+    ``gmm``: the mixtures of :func:`segmenter.postprocess.gmm_water_mask` (same features,
+    settings, naming rule and vote, :func:`segmenter.postprocess.name_components`), fitted on
+    the subsample, their medians and purities taken over the subsample. ``otsu``: Otsu's
+    threshold of the subsample's probabilities. ``global``: ``postprocess.threshold``.
     """
     if pp.method == "global":
         return Decision("global", pp.threshold, {"method": "global", "threshold": pp.threshold})
@@ -707,30 +709,34 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
             value = float(threshold_otsu(land, nbins=256))
         return Decision("otsu", value, {"method": "otsu", "threshold": value,
                                         "fitted_on": int(land.size)})
-    from sklearn.mixture import GaussianMixture
     from threadpoolctl import threadpool_limits
 
-    from segmenter.postprocess import assign_components, name_components, prob_logit
+    from segmenter.postprocess import (
+        assign_components,
+        decision_info,
+        fit_mixture,
+        name_components,
+        prob_logit,
+    )
 
     features = np.empty((land.size, 4), np.float32)
     features[:, 0] = prob_logit(land)
     features[:, 1:] = rgb
+    counts = pp.component_counts
     distinct = len(np.unique(features[:1000], axis=0))
-    if distinct < pp.n_components:
+    if distinct < max(counts):
         distinct = len(np.unique(features, axis=0))
-    gmm = GaussianMixture(n_components=max(1, min(pp.n_components, distinct)),
-                          covariance_type="full", max_iter=pp.max_iter, random_state=pp.seed,
-                          reg_covar=1e-5)
+    mixtures = []
     with threadpool_limits(1, user_api="blas"):
-        gmm.fit(features)
-        labels = assign_components(gmm, land, rgb)
-    names = name_components(labels, land, gmm.n_components, pp)
-    if names.revised:
+        for count in counts:
+            gmm = fit_mixture(features, min(count, distinct), pp)
+            labels = assign_components(gmm, land, rgb)
+            mixtures.append((gmm, name_components(labels, land, gmm.n_components, pp)))
+    info = decision_info([(names, None) for _, names in mixtures], pp, int(land.size))
+    if info["revised"]:
         log.info("GMM: every component median is on one side of %.3f; threshold revised to "
-                 "the mean of the medians, %.3f", pp.threshold, names.threshold)
-    info = {"method": "gmm", "features": "logit(p), R, G, B", **names.info(pp),
-            "fitted_on": int(land.size)}
-    return Decision("gmm", names.threshold, info, gmm=gmm, names=names)
+                 "%.3f", pp.threshold, info["threshold"])
+    return Decision("gmm", info["threshold"], info, mixtures=mixtures)
 
 
 def is_raster_ref(ref: Any) -> bool:

@@ -162,9 +162,10 @@ def gmm_water_mask(
     Components whose median probability of land is above ``threshold`` are land, the others
     water. If every median falls on the same side, a threshold of 0.5 would make the whole
     photo one class: the threshold is then revised to the mean of the medians (logged, and
-    reported as ``revised`` in the info).
+    reported as ``revised`` in the info). With a list of component counts, one mixture per
+    count is fitted on the same subsample and each pixel is called by their majority
+    (:func:`majority_water`).
     """
-    from sklearn.mixture import GaussianMixture
     from threadpoolctl import threadpool_limits
 
     height, width = land_prob.shape
@@ -187,7 +188,34 @@ def gmm_water_mask(
         mask = land_prob <= pp_cfg.threshold
         return mask, {"method": "global", "threshold": pp_cfg.threshold,
                       "note": "too few pixels for the GMM; global threshold used"}
-    n_components = min(pp_cfg.n_components, _distinct_rows(sample, pp_cfg.n_components))
+    counts = pp_cfg.component_counts
+    distinct = _distinct_rows(sample, max(counts))
+    votes = np.zeros(n_pixels, np.uint8)
+    members: list[tuple[ComponentNames, list[int]]] = []
+    # Tall, skinny matrix products (n x 4 by 4 x 4) are many times slower with a multi-threaded
+    # BLAS than with one thread; the EM steps and the assignment are made of nothing else.
+    with threadpool_limits(1, user_api="blas"):
+        for count in counts:
+            gmm = fit_mixture(sample, min(count, distinct), pp_cfg)
+            labels = assign_components(gmm, flat_prob, flat_rgb)
+            names = name_components(labels, flat_prob, gmm.n_components, pp_cfg)
+            votes += names.water(labels, flat_prob)
+            members.append((names, np.bincount(labels, minlength=gmm.n_components).tolist()))
+            del labels
+    info = decision_info(members, pp_cfg, int(sample_idx.size))
+    if info["revised"]:
+        log.debug(  # the caller names the photo (predictor, evaluation)
+            "GMM: every component median is on one side of the threshold %.3f; threshold "
+            "revised to %.3f", pp_cfg.threshold, info["threshold"],
+        )
+    mask = majority_water(votes, len(members), flat_prob, info["threshold"])
+    return mask.reshape(height, width), info
+
+
+def fit_mixture(features: np.ndarray, n_components: int, pp_cfg: PostprocessConfig) -> Any:
+    """A Gaussian mixture of ``n_components`` (at least 1) fitted on (n, 4) ``features``."""
+    from sklearn.mixture import GaussianMixture
+
     gmm = GaussianMixture(
         n_components=max(1, n_components),
         covariance_type="full",
@@ -195,22 +223,58 @@ def gmm_water_mask(
         random_state=pp_cfg.seed,
         reg_covar=1e-5,
     )
-    # Tall, skinny matrix products (n x 4 by 4 x 4) are many times slower with a multi-threaded
-    # BLAS than with one thread; the EM steps and the assignment are made of nothing else.
-    with threadpool_limits(1, user_api="blas"):
-        gmm.fit(sample)
-        labels = assign_components(gmm, flat_prob, flat_rgb)
-    counts = np.bincount(labels, minlength=gmm.n_components)
-    names = name_components(labels, flat_prob, gmm.n_components, pp_cfg)
-    if names.revised:
-        log.debug(  # the caller names the photo (predictor, evaluation)
-            "GMM: every component median is on one side of the threshold %.3f; threshold "
-            "revised to the mean of the medians, %.3f", pp_cfg.threshold, names.threshold,
-        )
-    mask = names.water(labels, flat_prob).reshape(height, width)
-    info = {"method": "gmm", "features": "logit(p), R, G, B",
-            **names.info(pp_cfg, counts.tolist()), "fitted_on": int(sample_idx.size)}
-    return mask, info
+    return gmm.fit(features)
+
+
+def majority_water(votes: np.ndarray, n_mixtures: int, prob: np.ndarray,
+                   threshold: float) -> np.ndarray:
+    """Water (True) where most of ``n_mixtures`` mixtures call a pixel water.
+
+    ``votes`` counts each pixel's water calls. With one mixture this is its call. An even
+    number can tie; a tied pixel is called by its own probability of land against
+    ``threshold``.
+
+    Why several mixtures (``postprocess.n_components: [4, 5, 6]``): which colour clusters a
+    mixture finds depends on how many it may find, and one cluster that mixes water with land
+    can move a photo's whole water body. On the real aerial photo, seven runs' 5-component
+    masks scored water IoU 0.862 to 0.965 over networks' maps that scored 0.915 to 0.935; the
+    vote of three mixtures scored 0.962 to 0.964 on every run (README, "Quality").
+    """
+    if n_mixtures == 1:
+        return votes.astype(bool)
+    twice = votes.astype(np.int16) * 2
+    water = twice > n_mixtures
+    if n_mixtures % 2 == 0:
+        tied = twice == n_mixtures
+        water[tied] = prob[tied] <= threshold
+    return water
+
+
+def decision_info(members: list[tuple[ComponentNames, list[int] | None]],
+                  pp_cfg: PostprocessConfig, fitted_on: int) -> dict[str, Any]:
+    """How a GMM mask was decided, for ``predictions.json`` and the logs.
+
+    One mixture: its threshold decision and components at the top level. Several: the mean of
+    their thresholds (the tie-break), ``revised`` if any was revised, ``one_class`` if all
+    agree, and each mixture's own decision under ``mixtures``.
+    """
+    head = {"method": "gmm", "features": "logit(p), R, G, B"}
+    if len(members) == 1:
+        names, counts = members[0]
+        return {**head, **names.info(pp_cfg, counts), "fitted_on": fitted_on}
+    kinds = {names.one_class for names, _ in members}
+    return {
+        **head,
+        "threshold": float(np.mean([names.threshold for names, _ in members])),
+        "threshold_configured": pp_cfg.threshold,
+        "revised": any(names.revised for names, _ in members),
+        "one_class": kinds.pop() if len(kinds) == 1 else None,
+        "min_purity": pp_cfg.min_purity, "purity_ramp": pp_cfg.purity_ramp,
+        "vote": "majority",
+        "mixtures": [{"n_components": len(names.medians), **names.info(pp_cfg, counts)}
+                     for names, counts in members],
+        "fitted_on": fitted_on,
+    }
 
 
 @dataclass

@@ -319,3 +319,38 @@ def test_the_whole_raster_rule_calls_mixed_components_pixel_by_pixel():
     assert component["class"] == "land, blended"
     assert component["pixel_weight"] == pytest.approx(0.75, abs=0.01)
     np.testing.assert_array_equal(decision.water(land, rgb), water)  # 0.25 + 0.75 * 0.1 <= 0.5
+
+
+def test_the_whole_raster_rule_votes_like_a_photo():
+    """Several mixtures (n_components as a list): a raster's pixels are called by the same
+    majority as a photo's, from the mixtures fitted on its subsample."""
+    from segmenter.config import PostprocessConfig
+    from segmenter.mosaic import fit_decision
+
+    rng = np.random.default_rng(2)
+    water = rng.random(4000) < 0.4
+    land = np.where(water, 0.1, 0.9).astype(np.float32)
+    rgb = np.full((4000, 3), 0.12, np.float32) + rng.normal(0, 0.01, (4000, 3)).astype(np.float32)
+    singles = [fit_decision(land, rgb, PostprocessConfig(n_components=k)).water(land, rgb)
+               for k in (1, 2, 3)]
+    assert not singles[0].any() and np.array_equal(singles[1], water)
+    decision = fit_decision(land, rgb, PostprocessConfig(n_components=[1, 2, 3]))
+    assert [m["n_components"] for m in decision.info["mixtures"]] == [1, 2, 3]
+    voted = decision.water(land, rgb)
+    np.testing.assert_array_equal(voted, np.sum(singles, axis=0) >= 2)
+    np.testing.assert_array_equal(voted, water)
+
+
+def test_raster_with_several_mixtures_predicts(runner, run_dir, tmp_path):
+    tif, nodata = collar_raster(tmp_path / "shore.tif")
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, tif, "--out", out,
+                    "--set", "predict.tile_size=64", "--set", "postprocess.n_components=[2,3,4]")
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out / "shore_water_mask.tif") as mask:
+        classes = mask.read(1)
+    assert (classes[nodata] == 0).all() and set(np.unique(classes[~nodata])) <= {1, 2}
+    summary = json.loads((out / "predictions.json").read_text())["images"][0]
+    water_share = float((classes == 2).sum() / (~nodata).sum())
+    assert summary["water_fraction"] == pytest.approx(water_share, abs=1e-6)
+    assert summary["method"] == "gmm" and 0 < summary["threshold"] < 1

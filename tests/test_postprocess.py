@@ -229,6 +229,41 @@ def test_a_component_that_mixes_both_sides_is_called_pixel_by_pixel():
     assert {c["class"] for c in info["components"]} == {"water", "land"}
 
 
+def test_several_mixtures_call_each_pixel_by_their_majority():
+    """n_components as a list: one mixture per count, each pixel called by their majority."""
+    prob, image, truth = night_scene()
+    singles = {k: water_mask(prob, image, PostprocessConfig(n_components=k))[0]
+               for k in (1, 2, 3)}
+    # one component holds sky and water and is called land as a whole; two or three split
+    assert not singles[1].any() and np.array_equal(singles[2], truth)
+    mask, info = water_mask(prob, image, PostprocessConfig(n_components=[1, 2, 3]))
+    majority = (singles[1].astype(int) + singles[2] + singles[3]) >= 2
+    np.testing.assert_array_equal(mask, majority)
+    np.testing.assert_array_equal(mask, truth)  # the first mixture alone was all land
+    assert info["method"] == "gmm" and info["vote"] == "majority"
+    assert [m["n_components"] for m in info["mixtures"]] == [1, 2, 3]
+    assert info["mixtures"][0]["components"][0]["class"] == "land"
+    assert info["threshold"] == 0.5 and info["revised"] is False
+    assert info["water_fraction"] == pytest.approx(truth.mean())
+    # one count in a list is the plain mixture, reported as before
+    alone, info = water_mask(prob, image, PostprocessConfig(n_components=[2]))
+    np.testing.assert_array_equal(alone, singles[2])
+    assert "mixtures" not in info and len(info["components"]) == 2
+
+
+def test_majority_vote_breaks_ties_by_the_pixels_own_probability():
+    from segmenter.postprocess import majority_water
+
+    votes = np.array([0, 1, 2, 3], np.uint8)
+    prob = np.array([0.1, 0.3, 0.7, 0.9], np.float32)
+    assert majority_water(votes, 3, prob, 0.5).tolist() == [False, False, True, True]
+    assert majority_water(votes[:2], 1, prob[:2], 0.5).tolist() == [False, True]
+    # two mixtures: one vote each way is a tie, called by the probability of land
+    tied = np.array([0, 1, 1, 2], np.uint8)
+    assert majority_water(tied, 2, prob, 0.5).tolist() == [False, True, False, True]
+    assert majority_water(tied, 2, prob, 0.8).tolist() == [False, True, True, True]
+
+
 def nearly_mixed_scene(size: int = 100, seed: int = 3):
     """One grey colour cluster: 72 % land (0.9), 20 % water the network is sure of (0.1) and
     8 % water it is unsure of (0.45), so 72 % of the cluster agrees with its call, land."""

@@ -322,7 +322,10 @@ def _format_error(errors: list[dict[str, Any]], origin: str) -> str:
     messages = []
     for other in errors:
         if _clean_loc(list(other.get("loc", ()))) == loc:
-            text = _lower_first(str(other.get("msg", "invalid value")))
+            text = str(other.get("msg", "invalid value"))
+            if other.get("type") == "value_error":  # a validator's own words, without the tag
+                text = text.removeprefix("Value error, ")
+            text = _lower_first(text)
             if text not in messages:
                 messages.append(text)
     message = " or ".join(messages)

@@ -276,11 +276,19 @@ class PredictConfig(_Section):
     )
 
 
+#: most mixtures ``postprocess.n_components`` may list (each costs one fit per photo).
+MAX_MIXTURES = 9
+
+
 class PostprocessConfig(_Section):
     """Turning the probability map into a water mask."""
 
     method: Literal["gmm", "global", "otsu"] = Field("gmm", description="Thresholding method.")
-    n_components: int = Field(5, ge=1, le=64, description="GMM components.")
+    n_components: int | list[int] = Field(
+        5,
+        description="GMM components; a list (e.g. [4, 5, 6]) fits one mixture per count and "
+        "calls each pixel water by the majority of their calls.",
+    )
     max_iter: int = Field(50, ge=1, le=10_000, description="GMM EM iterations.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Probability-of-land threshold.")
     one_class: float = Field(
@@ -328,6 +336,26 @@ class PostprocessConfig(_Section):
         description="Water regions smaller than this share of the photo become land (shadows, "
         "dark roofs); 0 = off.",
     )
+
+    @field_validator("n_components")
+    @classmethod
+    def _component_counts(cls, value: int | list[int]) -> int | list[int]:
+        counts = value if isinstance(value, list) else [value]
+        if not counts:
+            raise ValueError("needs at least one count")
+        if len(counts) > MAX_MIXTURES:
+            raise ValueError(f"at most {MAX_MIXTURES} mixtures (one per count)")
+        if any(not 1 <= c <= 64 for c in counts):
+            raise ValueError("component counts must be between 1 and 64")
+        if len(set(counts)) != len(counts):
+            raise ValueError("each component count once (the same count twice is the same fit)")
+        return value
+
+    @property
+    def component_counts(self) -> list[int]:
+        """``n_components`` as a list: one GMM per count (one for a plain int)."""
+        return list(self.n_components) if isinstance(self.n_components, list) else [
+            self.n_components]
 
 
 class Config(_Section):
