@@ -714,7 +714,7 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
     from segmenter.postprocess import (
         assign_components,
         decision_info,
-        fit_mixture,
+        fit_mixtures,
         name_components,
         prob_logit,
     )
@@ -728,8 +728,7 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
         distinct = len(np.unique(features, axis=0))
     mixtures = []
     with threadpool_limits(1, user_api="blas"):
-        for count in counts:
-            gmm = fit_mixture(features, min(count, distinct), pp)
+        for gmm in fit_mixtures(features, [min(count, distinct) for count in counts], pp):
             labels = assign_components(gmm, land, rgb)
             mixtures.append((gmm, name_components(labels, land, gmm.n_components, pp)))
     info = decision_info([(names, None) for _, names in mixtures], pp, int(land.size))

@@ -195,8 +195,7 @@ def gmm_water_mask(
     # Tall, skinny matrix products (n x 4 by 4 x 4) are many times slower with a multi-threaded
     # BLAS than with one thread; the EM steps and the assignment are made of nothing else.
     with threadpool_limits(1, user_api="blas"):
-        for count in counts:
-            gmm = fit_mixture(sample, min(count, distinct), pp_cfg)
+        for gmm in fit_mixtures(sample, [min(count, distinct) for count in counts], pp_cfg):
             labels = assign_components(gmm, flat_prob, flat_rgb)
             names = name_components(labels, flat_prob, gmm.n_components, pp_cfg)
             votes += names.water(labels, flat_prob)
@@ -212,18 +211,29 @@ def gmm_water_mask(
     return mask.reshape(height, width), info
 
 
-def fit_mixture(features: np.ndarray, n_components: int, pp_cfg: PostprocessConfig) -> Any:
-    """A Gaussian mixture of ``n_components`` (at least 1) fitted on (n, 4) ``features``."""
+def fit_mixtures(features: np.ndarray, counts: list[int], pp_cfg: PostprocessConfig) -> list[Any]:
+    """One Gaussian mixture per entry of ``counts`` (at least 1 component each), fitted on
+    (n, 4) ``features``; several fit side by side in threads, one per core (numpy releases
+    the GIL in the EM steps, and each thread's BLAS stays single-threaded)."""
     from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
 
-    gmm = GaussianMixture(
-        n_components=max(1, n_components),
-        covariance_type="full",
-        max_iter=pp_cfg.max_iter,
-        random_state=pp_cfg.seed,
-        reg_covar=1e-5,
-    )
-    return gmm.fit(features)
+    def fit(count: int) -> Any:
+        return GaussianMixture(
+            n_components=max(1, count),
+            covariance_type="full",
+            max_iter=pp_cfg.max_iter,
+            random_state=pp_cfg.seed,
+            reg_covar=1e-5,
+        ).fit(features)
+
+    workers = min(len(counts), os.cpu_count() or 1)
+    # the limit is process-wide, so it is set once here, around all the threads
+    with threadpool_limits(1, user_api="blas"):
+        if workers <= 1:
+            return [fit(count) for count in counts]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fit, counts))
 
 
 def majority_water(votes: np.ndarray, n_mixtures: int, prob: np.ndarray,
