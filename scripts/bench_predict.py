@@ -198,7 +198,8 @@ def window_batch_seconds(loaded: Any, cfg: Any, windows: dict[int, int], passes:
         size = inference.effective_batch_size(cfg.predict.batch_size, patch_width)
         total = windows[patch_width]
         full, rest = divmod(total, size)
-        batch = rng.random((size, patch_width, patch_width, 3), dtype=np.float32)
+        channels = int(model.inputs[0].shape[-1])  # 4 with model.row_channel
+        batch = rng.random((size, patch_width, patch_width, channels), dtype=np.float32)
         infer(batch).numpy()  # trace and warm up
         if rest:
             infer(batch[:rest]).numpy()
