@@ -96,7 +96,7 @@ def train(
         log.info("%s", dataset.summary())
     from segmenter.data.diversity import diversity_warnings
 
-    for line in diversity_warnings(dataset.train):
+    for line in diversity_warnings(dataset.train, cfg.train.augment.greyscale):
         log.warning("training data: %s", line)
     if not dataset.train:
         raise DataError(f"{cfg.data.source}: no training pairs (train/ is empty)")
