@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -215,6 +216,7 @@ def fit_mixtures(features: np.ndarray, counts: list[int], pp_cfg: PostprocessCon
     """One Gaussian mixture per entry of ``counts`` (at least 1 component each), fitted on
     (n, 4) ``features``; several fit side by side in threads, one per core (numpy releases
     the GIL in the EM steps, and each thread's BLAS stays single-threaded)."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
     from threadpoolctl import threadpool_limits
 
@@ -228,12 +230,22 @@ def fit_mixtures(features: np.ndarray, counts: list[int], pp_cfg: PostprocessCon
         ).fit(features)
 
     workers = min(len(counts), os.cpu_count() or 1)
-    # the limit is process-wide, so it is set once here, around all the threads
-    with threadpool_limits(1, user_api="blas"):
+    # The BLAS limit and the warning filter are process-wide, so both are set once here,
+    # around all the threads. max_iter caps EM on purpose: a mixture that has not converged
+    # by then is used as it is, so scikit-learn's warning (a source line on the user's
+    # terminal for every photo) is replaced by a debug line (-v).
+    with threadpool_limits(1, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
         if workers <= 1:
-            return [fit(count) for count in counts]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(fit, counts))
+            mixtures = [fit(count) for count in counts]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                mixtures = list(pool.map(fit, counts))
+    for gmm in mixtures:
+        if not gmm.converged_:
+            log.debug("GMM of %d components: not converged in %d EM steps "
+                      "(postprocess.max_iter); used as it is", gmm.n_components, gmm.n_iter_)
+    return mixtures
 
 
 def majority_water(votes: np.ndarray, n_mixtures: int, prob: np.ndarray,

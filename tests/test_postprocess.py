@@ -251,6 +251,22 @@ def test_several_mixtures_call_each_pixel_by_their_majority():
     assert "mixtures" not in info and len(info["components"]) == 2
 
 
+def test_a_mixture_capped_by_max_iter_is_used_without_a_warning(caplog):
+    """max_iter caps EM on purpose: no scikit-learn ConvergenceWarning (a source line on the
+    user's terminal per photo), a debug line instead, and the mask is still made."""
+    import logging
+    import warnings
+
+    prob, image, truth = night_scene()
+    with warnings.catch_warnings(record=True) as caught, \
+            caplog.at_level(logging.DEBUG, logger="segmenter.postprocess"):
+        warnings.simplefilter("always")
+        mask, info = water_mask(prob, image, PostprocessConfig(n_components=[2, 3], max_iter=1))
+    assert [str(w.message) for w in caught if "converge" in str(w.message)] == []
+    assert "GMM of 2 components: not converged in 1 EM steps" in caplog.text
+    assert mask.shape == truth.shape and [m["n_components"] for m in info["mixtures"]] == [2, 3]
+
+
 def test_majority_vote_breaks_ties_by_the_pixels_own_probability():
     from segmenter.postprocess import majority_water
 
