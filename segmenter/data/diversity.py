@@ -33,9 +33,9 @@ def _grey_hint(greyscale: float) -> str:
     """The remedy both warnings suggest when more varied photos cannot be had: grey patches,
     or, when they are already on, that they do not replace photos."""
     if greyscale > 0:
-        return (f"(grey patches, train.augment.greyscale {greyscale:g}, help but do not "
-                f"replace them)")
-    return "or at least turn some patches grey (train.augment.greyscale, 0.3 in photo.yaml)"
+        return (f"; grey patches (train.augment.greyscale {greyscale:g}) help but do not "
+                f"replace them")
+    return ", or at least turn some patches grey (train.augment.greyscale, 0.3 in photo.yaml)"
 
 
 def water_colours(items: Sequence[Any]) -> dict[str, np.ndarray]:
@@ -66,7 +66,7 @@ def diversity_warnings(items: Sequence[Any], greyscale: float = 0.0) -> list[str
         lines.append(
             f"only {len(items)} training photo{'s' if len(items) != 1 else ''}: masks on photos "
             f"of other days, light or places may fail; label a few more photos that differ "
-            f"(water colour, light, site) {_grey_hint(greyscale)}"
+            f"(water colour, light, site){_grey_hint(greyscale)}"
         )
     if all(float(np.mean(np.asarray(item.land) < 0.5)) == 0.0 for item in items):
         lines.append("no training photo has any water: the models can only learn land")
@@ -79,7 +79,7 @@ def diversity_warnings(items: Sequence[Any], greyscale: float = 0.0) -> list[str
             lines.append(
                 f"the water of all {len(colours)} training photos has nearly one colour "
                 f"(mean colours within {spread:.3f} in YIQ): the models may learn that colour "
-                f"rather than water; add photos with other water (dark, brown, green, glinting) "
-                f"{_grey_hint(greyscale)}"
+                f"rather than water; add photos with other water (dark, brown, green, "
+                f"glinting){_grey_hint(greyscale)}"
             )
     return lines

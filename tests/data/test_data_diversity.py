@@ -32,15 +32,15 @@ def test_one_photo_is_named_as_too_few():
                              "0.3 in photo.yaml)")
     # grey patches already on: the advice is not to turn them on
     grey = diversity_warnings([_photo("a", (0.1, 0.2, 0.4))], greyscale=0.3)
-    assert grey[0].endswith("(water colour, light, site) (grey patches, train.augment."
-                            "greyscale 0.3, help but do not replace them)")
+    assert grey[0].endswith("(water colour, light, site); grey patches (train.augment."
+                            "greyscale 0.3) help but do not replace them")
 
 
 def test_one_water_colour_across_photos_is_warned_and_varied_water_is_not():
     same = [_photo(f"p{i}", (0.40 + 0.005 * i, 0.38, 0.33)) for i in range(4)]
     lines = diversity_warnings(same)
     assert len(lines) == 1 and "nearly one colour" in lines[0] and "all 4" in lines[0]
-    assert lines[0].endswith("glinting) or at least turn some patches grey "
+    assert lines[0].endswith("glinting), or at least turn some patches grey "
                              "(train.augment.greyscale, 0.3 in photo.yaml)")
     assert "turn some" not in diversity_warnings(same, greyscale=0.3)[0]
     varied = [_photo("navy", (0.05, 0.1, 0.3)), _photo("brown", (0.45, 0.38, 0.25)),
