@@ -709,28 +709,10 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
             value = float(threshold_otsu(land, nbins=256))
         return Decision("otsu", value, {"method": "otsu", "threshold": value,
                                         "fitted_on": int(land.size)})
-    from threadpoolctl import threadpool_limits
+    from segmenter.postprocess import decision_info, gmm_features, named_mixtures
 
-    from segmenter.postprocess import (
-        assign_components,
-        decision_info,
-        fit_mixtures,
-        name_components,
-        prob_logit,
-    )
-
-    features = np.empty((land.size, 4), np.float32)
-    features[:, 0] = prob_logit(land)
-    features[:, 1:] = rgb
-    counts = pp.component_counts
-    distinct = len(np.unique(features[:1000], axis=0))
-    if distinct < max(counts):
-        distinct = len(np.unique(features, axis=0))
-    mixtures = []
-    with threadpool_limits(1, user_api="blas"):
-        for gmm in fit_mixtures(features, [min(count, distinct) for count in counts], pp):
-            labels = assign_components(gmm, land, rgb)
-            mixtures.append((gmm, name_components(labels, land, gmm.n_components, pp)))
+    mixtures = [(gmm, names) for gmm, _, names
+                in named_mixtures(gmm_features(land, rgb), land, rgb, pp)]
     info = decision_info([(names, None) for _, names in mixtures], pp, int(land.size))
     if info["revised"]:
         log.info("GMM: every component median is on one side of %.3f; threshold revised to "

@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -167,8 +168,6 @@ def gmm_water_mask(
     count is fitted on the same subsample and each pixel is called by their majority
     (:func:`majority_water`).
     """
-    from threadpoolctl import threadpool_limits
-
     height, width = land_prob.shape
     if image.shape[:2] != (height, width) or image.ndim != 3 or image.shape[2] < 3:
         raise ValueError(
@@ -184,24 +183,17 @@ def gmm_water_mask(
         sample_idx = np.sort(rng.choice(n_pixels, size=fit_size, replace=False))
     else:
         sample_idx = np.arange(n_pixels)
-    sample = _features(flat_prob[sample_idx], flat_rgb[sample_idx])
-    if len(sample) < 2:  # a mixture needs two pixels (a 1x1 photo): the plain threshold
+    if sample_idx.size < 2:  # a mixture needs two pixels (a 1x1 photo): the plain threshold
         mask = land_prob <= pp_cfg.threshold
         return mask, {"method": "global", "threshold": pp_cfg.threshold,
                       "note": "too few pixels for the GMM; global threshold used"}
-    counts = pp_cfg.component_counts
-    distinct = _distinct_rows(sample, max(counts))
+    sample = gmm_features(flat_prob[sample_idx], flat_rgb[sample_idx])
     votes = np.zeros(n_pixels, np.uint8)
     members: list[tuple[ComponentNames, list[int]]] = []
-    # Tall, skinny matrix products (n x 4 by 4 x 4) are many times slower with a multi-threaded
-    # BLAS than with one thread; the EM steps and the assignment are made of nothing else.
-    with threadpool_limits(1, user_api="blas"):
-        for gmm in fit_mixtures(sample, [min(count, distinct) for count in counts], pp_cfg):
-            labels = assign_components(gmm, flat_prob, flat_rgb)
-            names = name_components(labels, flat_prob, gmm.n_components, pp_cfg)
-            votes += names.water(labels, flat_prob)
-            members.append((names, np.bincount(labels, minlength=gmm.n_components).tolist()))
-            del labels
+    for gmm, labels, names in named_mixtures(sample, flat_prob, flat_rgb, pp_cfg):
+        votes += names.water(labels, flat_prob)
+        members.append((names, np.bincount(labels, minlength=gmm.n_components).tolist()))
+        del labels
     info = decision_info(members, pp_cfg, int(sample_idx.size))
     if info["revised"]:
         log.debug(  # the caller names the photo (predictor, evaluation)
@@ -212,10 +204,31 @@ def gmm_water_mask(
     return mask.reshape(height, width), info
 
 
+def named_mixtures(sample: np.ndarray, prob: np.ndarray, rgb: np.ndarray,
+                   pp_cfg: PostprocessConfig) -> Iterator[tuple[Any, np.ndarray, ComponentNames]]:
+    """The mixtures of ``postprocess.n_components`` fitted on the (n, 4) feature ``sample``
+    (:func:`gmm_features`), each with the component of every pixel of ``prob`` / ``rgb`` and the
+    components' names: (mixture, labels, names), one mixture at a time, so only one set of
+    labels is held. A sample with fewer distinct rows than a count gets that many components.
+    Shared by photos (:func:`gmm_water_mask`) and whole rasters
+    (:func:`segmenter.mosaic.fit_decision`)."""
+    from threadpoolctl import threadpool_limits
+
+    counts = pp_cfg.component_counts
+    distinct = _distinct_rows(sample, max(counts))
+    for gmm in fit_mixtures(sample, [min(count, distinct) for count in counts], pp_cfg):
+        # Tall, skinny matrix products (n x 4 by 4 x 4) are many times slower with a
+        # multi-threaded BLAS than with one thread; the assignment is made of nothing else.
+        with threadpool_limits(1, user_api="blas"):
+            labels = assign_components(gmm, prob, rgb)
+        yield gmm, labels, name_components(labels, prob, gmm.n_components, pp_cfg)
+
+
 def fit_mixtures(features: np.ndarray, counts: list[int], pp_cfg: PostprocessConfig) -> list[Any]:
     """One Gaussian mixture per entry of ``counts`` (at least 1 component each), fitted on
     (n, 4) ``features``; several fit side by side in threads, one per core (numpy releases
-    the GIL in the EM steps, and each thread's BLAS stays single-threaded)."""
+    the GIL in the EM steps, and each thread's BLAS stays single-threaded: the EM steps are
+    tall, skinny matrix products, see :func:`named_mixtures`)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
     from threadpoolctl import threadpool_limits
@@ -411,7 +424,7 @@ def assign_components(gmm: Any, prob: np.ndarray, rgb: np.ndarray) -> np.ndarray
     """The most likely component of every pixel, in chunks of :data:`CHUNK_PIXELS`, float32.
 
     ``prob`` is the probability itself; its logit (:func:`prob_logit`) is the feature, as in
-    :func:`_features`.
+    :func:`gmm_features`.
 
     Same rule as ``GaussianMixture.predict`` (argmax of log weight + log density, full
     covariances through their precision Cholesky factors), laid out for speed: features are
@@ -570,7 +583,7 @@ def _distinct_rows(sample: np.ndarray, enough: int) -> int:
     return head if head >= enough else len(np.unique(sample, axis=0))
 
 
-def _features(prob: np.ndarray, rgb: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+def gmm_features(prob: np.ndarray, rgb: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
     """Per-pixel features (logit of probability, R, G, B).
 
     float32: scikit-learn's EM keeps the input's precision, and float32 makes each iteration

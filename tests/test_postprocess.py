@@ -85,9 +85,9 @@ def test_fast_assignment_and_medians_match_scikit_learn_and_numpy(monkeypatch):
 
     from segmenter import postprocess
     from segmenter.postprocess import (
-        _features,
         assign_components,
         component_histogram,
+        gmm_features,
         medians_from_histogram,
     )
 
@@ -96,10 +96,10 @@ def test_fast_assignment_and_medians_match_scikit_learn_and_numpy(monkeypatch):
     rng = np.random.default_rng(5)
     prob = np.clip(rng.random(20000), 1e-3, 1 - 1e-3).astype(np.float32)
     rgb = rng.random((20000, 3)).astype(np.float32)
-    assert np.allclose(_features(prob, rgb)[:, 0], np.log(prob / (1 - prob)), atol=1e-3)
-    gmm = GaussianMixture(4, random_state=0).fit(_features(prob, rgb))
+    assert np.allclose(gmm_features(prob, rgb)[:, 0], np.log(prob / (1 - prob)), atol=1e-3)
+    gmm = GaussianMixture(4, random_state=0).fit(gmm_features(prob, rgb))
     labels = assign_components(gmm, prob, rgb)
-    assert (labels == gmm.predict(_features(prob, rgb))).mean() > 0.999
+    assert (labels == gmm.predict(gmm_features(prob, rgb))).mean() > 0.999
     medians = medians_from_histogram(component_histogram(labels, prob, 5))
     for comp in range(4):
         assert medians[comp] == pytest.approx(np.median(prob[labels == comp]), abs=1e-3)
