@@ -172,6 +172,10 @@ _STORAGES: dict[tuple[str, str], Any] = {}
 _OUTPUTS: dict[tuple[str, str], Any] = {}
 #: rasters kept open per thread.
 OPEN_RASTERS = 4
+#: (run, raster location, config) -> the raster's BatchNorm statistics (predict.adapt_norm),
+#: the last OPEN_RASTERS rasters; computed once per process, the same on every worker.
+_STATS: OrderedDict = OrderedDict()
+_STATS_LOCK = threading.Lock()
 
 
 def worker_name() -> str:
@@ -299,7 +303,26 @@ def tile_probs_task(job: dict[str, Any], location: str, plan: Any, tile: Any, ra
     models = select_models(loaded.models, cfg)
     weights = _merge_weights(models, cfg.predict.merge, loaded.scores)
     raster = _raster(location, cfg)
-    return mosaic.tile_pass1(models, raster, plan, tile, cfg, weights, rate, prob_nodata)
+    stats = _raster_statistics(job, location, models, raster, plan, cfg)
+    return mosaic.tile_pass1(models, raster, plan, tile, cfg, weights, rate, prob_nodata, stats)
+
+
+def _raster_statistics(job: dict[str, Any], location: str, models: Any, raster: Any,
+                       plan: Any, cfg: Config) -> Any:
+    """:func:`segmenter.mosaic.raster_statistics`, once per raster in this process."""
+    if cfg.predict.adapt_norm <= 0:
+        return None
+    from segmenter import mosaic
+
+    key = (job["run"], location, job["config"])
+    with _STATS_LOCK:
+        if key in _STATS:
+            _STATS.move_to_end(key)
+            return _STATS[key]
+        stats = _STATS[key] = mosaic.raster_statistics(models, raster, plan, cfg)
+        while len(_STATS) > OPEN_RASTERS:
+            _STATS.popitem(last=False)
+        return stats
 
 
 def tile_mask_task(job: dict[str, Any], location: str, core: Any, probs: Any, shared: Any

@@ -10,7 +10,10 @@ The method is the notebook's (SPEC.md, Prediction) with its weaknesses fixed:
   window, instead of being replaced by its median and smeared over a 2w x 2w square;
 * windows are predicted in batches through one compiled function per model (BatchNorm in
   inference mode) and streamed: only one batch of windows exists at a time, and the
-  accumulators are two float32 maps per width.
+  accumulators are two float32 maps per width;
+* with ``predict.adapt_norm`` the BatchNorm layers' statistics are moved part of the way to the
+  photo's own (:func:`adapted_statistics`) while that photo is predicted, so the networks meet
+  a photo in other light and colours halfway.
 
 The photo is resized by ``data.scale`` first (the resolution the models were trained at) and the
 merged map is resized back, so the mask overlays the photo it came from.
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +69,13 @@ GREY_LUMA = (0.299, 0.587, 0.114)
 AUTO_GREY_RAMP = (0.03, 0.10)
 #: fixed seed of the random window positions, as the notebook's ``np.random.seed(0)``.
 RANDOM_SEED = 0
+#: ``predict.adapt_norm``: the statistics of at most this many of a photo's windows per width,
+#: spread evenly over its grid, adapt the BatchNorm layers (one forward pass of this batch:
+#: about 100 MB per layer's activation for 128-pixel windows and 16 filters).
+ADAPT_WINDOWS = 96
+
+#: (moving mean, moving variance) of each BatchNorm layer of a model, in layer order.
+NormStats = list[tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -267,6 +279,94 @@ def compiled_infer(model: Any, size: tuple[int, int], tta: bool = False,
 
 
 # --------------------------------------------------------------------------------------------
+# BatchNorm statistics of the photo at hand (predict.adapt_norm)
+
+_NORM_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_NORM_LOCKS_LOCK = threading.Lock()
+
+
+def _norm_lock(model: Any) -> threading.RLock:
+    """One lock per model: its statistics are swapped in place, and threads may share it."""
+    with _NORM_LOCKS_LOCK:
+        lock = _NORM_LOCKS.get(model)
+        if lock is None:
+            lock = _NORM_LOCKS[model] = threading.RLock()
+        return lock
+
+
+def norm_layers(model: Any) -> list[Any]:
+    """The model's BatchNormalization layers, in order (none for a model without them)."""
+    import keras
+
+    return [layer for layer in getattr(model, "layers", ())
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def _current(layers: list[Any]) -> NormStats:
+    return [(np.array(layer.moving_mean), np.array(layer.moving_variance)) for layer in layers]
+
+
+def _assign(layers: list[Any], stats: NormStats) -> None:
+    for layer, (mean, variance) in zip(layers, stats, strict=True):
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(variance)
+
+
+def spread(positions: list[Any], count: int) -> list[Any]:
+    """At most ``count`` of ``positions``, evenly spread through the list (all if fewer)."""
+    if len(positions) <= count:
+        return list(positions)
+    step = len(positions) / count
+    return [positions[int(i * step)] for i in range(count)]
+
+
+def adapted_statistics(model: Any, windows: np.ndarray, share: float) -> NormStats:
+    """Each BatchNorm layer's statistics moved ``share`` of the way to those of ``windows``.
+
+    One forward pass in training mode over the ``windows`` (B, h, w, c): every BatchNorm layer
+    normalises by the batch's own mean and variance, so a deeper layer sees the earlier ones
+    already adapted, and, its momentum set to ``1 - share``, blends them into its moving
+    statistics: ``(1 - share) * trained + share * photo``. The model is left as it was (its
+    statistics and momentum are put back); apply the result with :func:`norm_statistics`.
+    """
+    layers = norm_layers(model)
+    with _norm_lock(model):
+        saved = _current(layers)
+        if share <= 0 or not layers or not len(windows):
+            return saved
+        momentum = [layer.momentum for layer in layers]
+        try:
+            for layer in layers:
+                layer.momentum = 1.0 - share
+            model(np.asarray(windows, np.float32), training=True)
+            return _current(layers)
+        finally:
+            for layer, value in zip(layers, momentum, strict=True):
+                layer.momentum = value
+            _assign(layers, saved)
+
+
+@contextmanager
+def norm_statistics(model: Any, stats: NormStats | None) -> Iterator[None]:
+    """Within the block ``model``'s BatchNorm layers use ``stats`` (None: their own).
+
+    Holds the model's lock, so another thread sharing the model waits rather than predicting
+    with this photo's statistics; the model's own statistics are back on the way out.
+    """
+    if stats is None:
+        yield
+        return
+    layers = norm_layers(model)
+    with _norm_lock(model):
+        saved = _current(layers)
+        _assign(layers, stats)
+        try:
+            yield
+        finally:
+            _assign(layers, saved)
+
+
+# --------------------------------------------------------------------------------------------
 # One scale
 
 
@@ -344,6 +444,7 @@ def predict_scale(
     seed: int = RANDOM_SEED,
     upright: bool = False,
     grey: bool | str = False,
+    adapt: float = 0.0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Stitch one model's window predictions into a float32 (H, W) map of ``image``.
 
@@ -354,8 +455,13 @@ def predict_scale(
     before the padding and mirrored with the pixels: the padding shows mirrored photo, and
     the windows the model trained on never left their photo.
 
+    With ``adapt`` > 0 (``predict.adapt_norm``) the model's BatchNorm statistics are moved that
+    share of the way to those of up to :data:`ADAPT_WINDOWS` of these windows, spread evenly
+    over them, while the photo is predicted (:func:`adapted_statistics`).
+
     Returns:
-        The map and a dict with the window count and the coverage factor.
+        The map and a dict with the window count, the coverage factor and, with ``adapt``, the
+        number of windows the statistics came from.
 
     Raises:
         SegmenterError: the model predicted NaN or an infinite value.
@@ -379,6 +485,11 @@ def predict_scale(
     else:
         raise ConfigError(f"predict.sampling: unknown sampling {sampling!r}")
 
+    stats = None
+    if adapt > 0:
+        sample = spread(positions, ADAPT_WINDOWS)
+        stats = adapted_statistics(
+            model, np.stack([padded[t : t + window, c : c + window] for t, c in sample]), adapt)
     infer = compiled_infer(model, (window, window), tta=tta, output=output, upright=upright,
                            grey=grey)
     batch_size = windows_per_call(batch_size, window, tta, upright, grey)
@@ -401,7 +512,7 @@ def predict_scale(
             total[top : top + window, left : left + window] += predicted[i]
             weight_sum[top : top + window, left : left + window] += weight
 
-    with ThreadPoolExecutor(max_workers=1) as runner:
+    with norm_statistics(model, stats), ThreadPoolExecutor(max_workers=1) as runner:
         pending = None
         for number, chunk in enumerate(patches.batched(positions, batch_size)):
             batch = buffers[number % 2][: len(chunk)]
@@ -423,6 +534,8 @@ def predict_scale(
         "windows": len(positions),
         "coverage": patches.coverage_factor(positions, window, height, width),
     }
+    if stats is not None:
+        info["adapted_on"] = len(sample)
     return result.astype(np.float32, copy=False), info
 
 
@@ -502,6 +615,7 @@ def predict_land(
             grey=pcfg.grey,
             output=output_transform(model, cfg),
             seed=RANDOM_SEED + patch_width,
+            adapt=pcfg.adapt_norm,
         )
         # Model outputs are checked finite, so NaN marks exactly the zero weight sums.
         covered = ~np.isnan(scale_map)

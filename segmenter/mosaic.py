@@ -148,18 +148,21 @@ def plan_tiles(height: int, width: int, scale: float, windows: list[int], overla
                 need_rows += [int(span_r.min()), int(span_r.max())]
                 need_cols += [int(span_c.min()), int(span_c.max())]
             need = Window(min(need_rows), min(need_cols), max(need_rows) + 1, max(need_cols) + 1)
-            if scaled:
-                ry, rx = height / small_h, width / small_w
-                read = Window(
-                    max(0, math.floor(need.top * ry) - 1), max(0, math.floor(need.left * rx) - 1),
-                    min(height, math.ceil(need.bottom * ry) + 1),
-                    min(width, math.ceil(need.right * rx) + 1),
-                )
-            else:
-                read = need
-            plan.tiles.append(TilePlan(index, core, small, need, read))
+            plan.tiles.append(TilePlan(index, core, small, need, _source_window(plan, need)))
             index += 1
     return plan
+
+
+def _source_window(plan: MosaicPlan, need: Window) -> Window:
+    """The full-resolution pixels to read for the scaled pixels ``need`` (one more each side)."""
+    if not plan.scaled:
+        return need
+    ry, rx = plan.height / plan.small_shape[0], plan.width / plan.small_shape[1]
+    return Window(
+        max(0, math.floor(need.top * ry) - 1), max(0, math.floor(need.left * rx) - 1),
+        min(plan.height, math.ceil(need.bottom * ry) + 1),
+        min(plan.width, math.ceil(need.right * rx) + 1),
+    )
 
 
 def _overlapping(starts: tuple[int, ...], window: int, low: int, high: int) -> list[int]:
@@ -194,10 +197,71 @@ def _resize(values: np.ndarray, size: tuple[int, int], box: tuple[float, float, 
 # One tile's probability of land
 
 
+def _scaled(image: np.ndarray, valid: np.ndarray, plan: MosaicPlan, read: Window,
+            need: Window) -> tuple[np.ndarray, np.ndarray | None]:
+    """The scaled pixels ``need`` from the pixels ``image`` / ``valid`` read at ``read``, as the
+    whole raster's resize gives them; their valid mask, or None when all are valid."""
+    has_nodata = not bool(valid.all())
+    if not plan.scaled:
+        return image, (valid if has_nodata else None)
+    ry, rx = plan.height / plan.small_shape[0], plan.width / plan.small_shape[1]
+    box = (need.left * rx - read.left, need.top * ry - read.top,
+           need.right * rx - read.left, need.bottom * ry - read.top)
+    small_image = _resize(image, need.shape, box, "box")
+    np.clip(small_image, 0.0, 1.0, out=small_image)
+    small_valid = (_resize(valid.astype(np.float32), need.shape, box, "box") > 0
+                   if has_nodata else None)
+    return small_image, small_valid
+
+
+def raster_statistics(models: Mapping[int, Any], raster: Raster, plan: MosaicPlan,
+                      cfg: Config) -> dict[int, Any] | None:
+    """``predict.adapt_norm`` for a raster: each model's BatchNorm statistics adapted to the
+    whole raster, once, before any tile is predicted (None when off).
+
+    The windows are those :func:`segmenter.inference.predict_scale` would take from the raster
+    in one piece (up to :data:`~segmenter.inference.ADAPT_WINDOWS` of the global grid, spread
+    evenly), read one by one; windows with a nodata pixel are left out. So every tile, on any
+    worker, predicts with the same statistics, and a raster without nodata gets those of the
+    photo path.
+    """
+    share = cfg.predict.adapt_norm
+    if share <= 0:
+        return None
+    from segmenter.inference import ADAPT_WINDOWS, adapted_statistics, spread
+
+    small_h, small_w = plan.small_shape
+    stats: dict[int, Any] = {}
+    for width, model in models.items():
+        grid = plan.grids[width]
+        windows = []
+        for top, left in spread([(r, c) for r in grid.rows for c in grid.cols], ADAPT_WINDOWS):
+            rows = reflect_index(np.arange(top, top + width) - grid.pad_y, small_h)
+            cols = reflect_index(np.arange(left, left + width) - grid.pad_x, small_w)
+            need = Window(int(rows.min()), int(cols.min()), int(rows.max()) + 1,
+                          int(cols.max()) + 1)
+            read = _source_window(plan, need)
+            image, valid = raster.read(read)
+            small_image, small_valid = _scaled(image, valid, plan, read, need)
+            if small_valid is not None:
+                continue
+            windows.append(np.take(np.take(small_image, rows - need.top, axis=0),
+                                   cols - need.left, axis=1))
+        if not windows:
+            log.info("%s: no window of width %d free of nodata; its statistics are the "
+                     "training photos'", raster.name, width)
+            continue
+        stats[width] = adapted_statistics(model, np.stack(windows), share)
+    return stats
+
+
 def predict_tile(models: Mapping[int, Any], raster: Raster, plan: MosaicPlan, tile: TilePlan,
-                 cfg: Config, weights: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray,
-                                                                      np.ndarray, dict]:
+                 cfg: Config, weights: Mapping[int, float],
+                 stats: Mapping[int, Any] | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                  np.ndarray, dict]:
     """Probability of land over ``tile.core`` (NaN at nodata), its RGB and its valid mask.
+
+    ``stats``: width -> BatchNorm statistics to predict with (:func:`raster_statistics`).
 
     Returns:
         ``land`` float32 (h, w), ``image`` float32 (h, w, 3), ``valid`` bool (h, w) of the core,
@@ -215,20 +279,7 @@ def predict_tile(models: Mapping[int, Any], raster: Raster, plan: MosaicPlan, ti
         land = np.full((core_h, core_w), np.nan, np.float32)
         return land, np.array(core_image), np.array(core_valid), counts
 
-    small_h, small_w = plan.small_shape
-    need = tile.need
-    has_nodata = not bool(valid.all())
-    if plan.scaled:
-        ry, rx = plan.height / small_h, plan.width / small_w
-        box = (need.left * rx - tile.read.left, need.top * ry - tile.read.top,
-               need.right * rx - tile.read.left, need.bottom * ry - tile.read.top)
-        small_image = _resize(image, need.shape, box, "box")
-        np.clip(small_image, 0.0, 1.0, out=small_image)
-        small_valid = (_resize(valid.astype(np.float32), need.shape, box, "box") > 0
-                       if has_nodata else None)
-    else:
-        small_image = image
-        small_valid = valid if has_nodata else None
+    small_image, small_valid = _scaled(image, valid, plan, tile.read, tile.need)
     core_image = np.array(core_image)
     core_valid = np.array(core_valid)
     del image, valid
@@ -236,12 +287,13 @@ def predict_tile(models: Mapping[int, Any], raster: Raster, plan: MosaicPlan, ti
     small = tile.small
     merged = np.zeros(small.shape, np.float32)
     merged_weight = np.zeros(small.shape, np.float32)
-    from segmenter.inference import output_transform
+    from segmenter.inference import norm_statistics, output_transform
 
     for patch_width, model in models.items():
         grid = plan.grids[patch_width]
-        scale_map, count = _stitch(model, small_image, small_valid, grid, plan, tile, cfg,
-                                   output_transform(model, cfg))
+        with norm_statistics(model, stats.get(patch_width) if stats else None):
+            scale_map, count = _stitch(model, small_image, small_valid, grid, plan, tile, cfg,
+                                       output_transform(model, cfg))
         counts[patch_width] = count
         covered = ~np.isnan(scale_map)
         merged += np.where(covered, scale_map * weights[patch_width], 0.0)
@@ -254,7 +306,7 @@ def predict_tile(models: Mapping[int, Any], raster: Raster, plan: MosaicPlan, ti
     del small_image
 
     if plan.scaled:
-        sy, sx = small_h / plan.height, small_w / plan.width
+        sy, sx = plan.small_shape[0] / plan.height, plan.small_shape[1] / plan.width
         box = (tile.core.left * sx - small.left, tile.core.top * sy - small.top,
                tile.core.right * sx - small.left, tile.core.bottom * sy - small.top)
         land = _resize(merged, (core_h, core_w), box, "bilinear")
@@ -393,9 +445,10 @@ def predict_raster(location: str, stem: str, loaded: Any, cfg: Config, out_dir: 
     with RasterJob(location, stem, list(models), cfg, out_dir, storage=storage,
                    relpath=relpath, tile_size=tile_size) as job:
         raster = job.raster
+        stats = raster_statistics(models, raster, job.plan, cfg)
         for tile in job.plan.tiles:  # pass 1: probabilities and the GMM subsample
             job.add_probs(tile, tile_pass1(models, raster, job.plan, tile, cfg, weights,
-                                           job.rate, job.prob_nodata))
+                                           job.rate, job.prob_nodata, stats))
         job.fit()
         for tile in job.plan.tiles:  # pass 2: every pixel assigned, the overview
             water_prob = job.read_probs(tile)
@@ -431,9 +484,9 @@ def sample_rate(pp: Any, height: int, width: int) -> float:
 
 def tile_pass1(models: Mapping[int, Any], raster: Raster, plan: MosaicPlan, tile: TilePlan,
                cfg: Config, weights: Mapping[int, float], rate: float,
-               prob_nodata: float | None) -> TileProbs:
+               prob_nodata: float | None, stats: Mapping[int, Any] | None = None) -> TileProbs:
     """Predict one tile and draw its seeded share of the subsample (the same on any machine)."""
-    land, image, valid, counts = predict_tile(models, raster, plan, tile, cfg, weights)
+    land, image, valid, counts = predict_tile(models, raster, plan, tile, cfg, weights, stats)
     water = 1.0 - land
     if prob_nodata is not None:
         water[~valid] = prob_nodata

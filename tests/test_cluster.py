@@ -136,9 +136,12 @@ def test_photos_on_two_workers_equal_one_process(runner, scheduler, run_dir, pho
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
 
 
-def test_raster_tiles_on_two_workers_equal_one_process(runner, scheduler, run_dir, tmp_path):
+@pytest.mark.parametrize("adapt", [[], ["--set", "predict.adapt_norm=0.5"]])
+def test_raster_tiles_on_two_workers_equal_one_process(runner, scheduler, run_dir, tmp_path,
+                                                       adapt):
+    """With predict.adapt_norm every worker adapts to the whole raster, as one process does."""
     tif = rgb_raster(tmp_path / "shore.tif", size=200)  # 150 x 200: 12 tiles of 64
-    settings = ["--set", "predict.tile_size=64", "--set", "predict.overview_size=100"]
+    settings = ["--set", "predict.tile_size=64", "--set", "predict.overview_size=100", *adapt]
     one, many = tmp_path / "one", tmp_path / "many"
     result = runner("predict", "--run", run_dir, tif, "--out", one, "--vector", *settings)
     assert result.exit_code == 0, result.output

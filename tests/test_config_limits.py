@@ -23,6 +23,8 @@ def _validate(runner, tmp_path, text: str):
     ("train:\n  seed: -1\n", "train.seed"),
     ("postprocess:\n  subsample: 10000000000\n", "postprocess.subsample"),
     ("predict:\n  batch_size: 100000000\n", "predict.batch_size"),
+    ("predict:\n  adapt_norm: 1.5\n", "predict.adapt_norm"),
+    ("predict:\n  adapt_norm: -0.1\n", "predict.adapt_norm"),
 ])
 def test_numbers_the_code_cannot_honour_are_refused(runner, tmp_path, text, key):
     result, path = _validate(runner, tmp_path, text)

@@ -85,6 +85,61 @@ def test_batchnorm_runs_in_inference_mode(image):
     np.testing.assert_allclose(stitched, expected, atol=1e-4)
 
 
+def _adapted_expected(image, window, share):
+    """The pointwise BatchNorm model's map with its statistics moved ``share`` of the way to
+    those of the photo's grid windows (numpy: the padded windows' raw values, biased variance)."""
+    from segmenter.data import patches
+
+    pad = patches.pad_width(window)
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    raw = padded @ np.array([2.0, 1.0, -3.0], np.float32) + 0.2
+    positions = patches.grid_windows(*raw.shape, window, 0.5)
+    values = np.stack([raw[t : t + window, c : c + window] for t, c in positions])
+    mean = (1 - share) * 0.3 + share * values.mean()
+    variance = (1 - share) * 4.0 + share * values.var()
+    photo = image @ np.array([2.0, 1.0, -3.0], np.float32) + 0.2
+    return 1 / (1 + np.exp(-(2.0 * (photo - mean) / np.sqrt(variance + 1e-3) + 0.5))), len(
+        positions)
+
+
+@pytest.mark.parametrize("share", [0.25, 1.0])
+def test_adapt_norm_moves_batchnorm_statistics_toward_the_photo_s_own(image, share):
+    model = pointwise_model(bn=True)
+    before = [np.array(w) for w in model.get_weights()]
+    stitched, info = inference.predict_scale(model, image, 32, adapt=share)
+    expected, windows = _adapted_expected(image, 32, share)
+    assert windows < inference.ADAPT_WINDOWS and info["adapted_on"] == windows
+    np.testing.assert_allclose(stitched, expected, atol=2e-4)
+    plain, plain_info = inference.predict_scale(model, image, 32)
+    assert np.abs(plain - expected).max() > 0.01 and "adapted_on" not in plain_info
+    for kept, now in zip(before, model.get_weights(), strict=True):  # the model as it was
+        np.testing.assert_array_equal(kept, now)
+    assert model.layers[2].momentum == 0.99
+
+
+def test_adapt_norm_reaches_predict_land_and_takes_at_most_96_windows(image):
+    model = pointwise_model(bn=True)
+    big = np.tile(image, (4, 4, 1))  # 180 x 280: 165 windows of 32 px
+    cfg = cfg_with("predict.adapt_norm=0.5")
+    info = inference.predict_land({32: model}, big, cfg).info
+    assert info["widths"][32]["windows"] > inference.ADAPT_WINDOWS
+    assert info["widths"][32]["adapted_on"] == inference.ADAPT_WINDOWS
+    assert inference.spread(list(range(10)), 4) == [0, 2, 5, 7]
+    assert inference.spread([1, 2], 4) == [1, 2]
+
+
+def test_photo_statistics_are_put_back_when_prediction_fails(image):
+    model = pointwise_model(bn=True)
+    stats = inference.adapted_statistics(model, image[None], 1.0)
+    assert stats[0][0][0] == pytest.approx(float((image @ [2.0, 1.0, -3.0]).mean() + 0.2),
+                                           abs=1e-4)
+    with pytest.raises(RuntimeError), inference.norm_statistics(model, stats):
+        assert float(model.layers[2].moving_mean[0]) == pytest.approx(stats[0][0][0])
+        raise RuntimeError("a window failed")
+    assert float(model.layers[2].moving_mean[0]) == pytest.approx(0.3)
+    assert float(model.layers[2].moving_variance[0]) == pytest.approx(4.0)
+
+
 def test_predict_land_resizes_to_photo_and_back(image):
     model = pointwise_model()
     cfg = load_config(None, ["data.scale=0.5"])

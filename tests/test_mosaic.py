@@ -44,7 +44,9 @@ def whole_land(path: Path, loaded, cfg) -> np.ndarray:
 
 @pytest.mark.parametrize("scale,passes", [("0.5", ()), ("1.0", ()), ("0.3", ()),
                                           ("0.5", ("predict.tta=true", "predict.grey=true")),
-                                          ("0.5", ("predict.tta=true", "predict.grey=auto"))])
+                                          ("0.5", ("predict.tta=true", "predict.grey=auto")),
+                                          ("0.5", ("predict.adapt_norm=0.5",)),
+                                          ("1.0", ("predict.adapt_norm=1", "predict.tta=true"))])
 def test_tiled_prediction_equals_one_piece(run_dir, tmp_path, scale, passes):
     from segmenter import mosaic
 
@@ -57,6 +59,10 @@ def test_tiled_prediction_equals_one_piece(run_dir, tmp_path, scale, passes):
     whole = whole_land(tif, loaded, cfg)
     assert whole.std() > 1e-3  # the maps vary, so a stitching error would show
     np.testing.assert_allclose(tiled, whole, atol=2e-6, rtol=0)
+    if cfg.predict.adapt_norm:  # the raster's statistics changed the map
+        plain = cfg.model_copy(update={"predict": cfg.predict.model_copy(
+            update={"adapt_norm": 0.0})})
+        assert np.abs(whole_land(tif, loaded, plain) - whole).max() > 1e-3
 
 
 def test_naive_tiling_would_fail_the_comparison(run_dir, tmp_path):
@@ -176,6 +182,35 @@ def test_alpha_band_is_the_nodata_mask(tmp_path):
         _, valid = raster.read(Window(0, 0, raster.height, raster.width))
         assert "4 (alpha: used as the nodata mask)" in " ".join(raster.notes)
     assert not valid[:10].any() and valid[10:].all()
+
+
+def test_raster_statistics_leave_nodata_out(run_dir, tmp_path):
+    """predict.adapt_norm on a raster with nodata: the statistics come from the windows of the
+    whole raster's grid (spread as on a photo) that hold no nodata pixel, and only from them."""
+    from segmenter import inference, mosaic
+    from segmenter.data import patches
+    from segmenter.data.raster import Window, open_raster
+
+    loaded, cfg = loaded_run(run_dir, ["predict.adapt_norm=1", "data.scale=1.0"])
+    tif, nodata = collar_raster(tmp_path / "collar.tif")
+    with open_raster(str(tif), cfg.data) as raster:
+        image, valid = raster.read(Window(0, 0, raster.height, raster.width))
+        plan = mosaic.plan_tiles(raster.height, raster.width, 1.0, list(loaded.models), 0.5, 64)
+        found = mosaic.raster_statistics(loaded.models, raster, plan, cfg)
+    assert (~valid == nodata).all() and set(found) == set(loaded.models)
+    for width, model in loaded.models.items():
+        pad = patches.pad_width(width)
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+        ok = np.pad(valid, pad, mode="symmetric")
+        spread = inference.spread(patches.grid_windows(*ok.shape, width, 0.5),
+                                  inference.ADAPT_WINDOWS)
+        clean = [(t, c) for t, c in spread if ok[t : t + width, c : c + width].all()]
+        assert 0 < len(clean) < len(spread)
+        expected = inference.adapted_statistics(
+            model, np.stack([padded[t : t + width, c : c + width] for t, c in clean]), 1.0)
+        for (mean, var), (want_mean, want_var) in zip(found[width], expected, strict=True):
+            np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(var, want_var, rtol=1e-5, atol=1e-6)
 
 
 def test_16_bit_four_band_raster_predicts(runner, run_dir, tmp_path):
