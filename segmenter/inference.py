@@ -71,8 +71,8 @@ AUTO_GREY_RAMP = (0.03, 0.10)
 RANDOM_SEED = 0
 #: ``predict.adapt_norm``: the statistics of at most this many of a photo's windows per width,
 #: spread evenly over its grid, adapt the BatchNorm layers (one forward pass of this batch:
-#: about 100 MB per layer's activation for 128-pixel windows and 16 filters).
-ADAPT_WINDOWS = 96
+#: about 35 MB per layer's activation for 128-pixel windows and 16 filters).
+ADAPT_WINDOWS = 32
 
 #: (moving mean, moving variance) of each BatchNorm layer of a model, in layer order.
 NormStats = list[tuple[np.ndarray, np.ndarray]]
@@ -320,6 +320,26 @@ def spread(positions: list[Any], count: int) -> list[Any]:
     return [positions[int(i * step)] for i in range(count)]
 
 
+def _adapt_pass(model: Any, shape: tuple[int, ...], share: float):
+    """The compiled training-mode pass of :func:`adapted_statistics` (one per model, window
+    shape and share: the momentum ``1 - share`` is fixed when it is traced)."""
+    import tensorflow as tf
+
+    cache = _COMPILED.setdefault(model, {})
+    key = ("adapt", *(int(d) for d in shape), float(share))
+    if key not in cache:
+        model_ref = weakref.ref(model)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32)],
+                     autograph=False)
+        def run(windows):
+            model_ref()(windows, training=True)
+            return tf.constant(0)
+
+        cache[key] = run
+    return cache[key]
+
+
 def adapted_statistics(model: Any, windows: np.ndarray, share: float) -> NormStats:
     """Each BatchNorm layer's statistics moved ``share`` of the way to those of ``windows``.
 
@@ -334,11 +354,12 @@ def adapted_statistics(model: Any, windows: np.ndarray, share: float) -> NormSta
         saved = _current(layers)
         if share <= 0 or not layers or not len(windows):
             return saved
+        windows = np.asarray(windows, np.float32)
         momentum = [layer.momentum for layer in layers]
         try:
             for layer in layers:
                 layer.momentum = 1.0 - share
-            model(np.asarray(windows, np.float32), training=True)
+            _adapt_pass(model, windows.shape[1:], share)(windows)
             return _current(layers)
         finally:
             for layer, value in zip(layers, momentum, strict=True):
