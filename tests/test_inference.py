@@ -117,9 +117,9 @@ def test_adapt_norm_moves_batchnorm_statistics_toward_the_photo_s_own(image, sha
     assert model.layers[2].momentum == 0.99
 
 
-def test_adapt_norm_reaches_predict_land_and_takes_at_most_32_windows(image):
+def test_adapt_norm_reaches_predict_land_and_takes_at_most_96_windows(image):
     model = pointwise_model(bn=True)
-    big = np.tile(image, (2, 2, 1))  # 90 x 140: 45 windows of 32 px
+    big = np.tile(image, (4, 4, 1))  # 180 x 280: 165 windows of 32 px
     cfg = cfg_with("predict.adapt_norm=0.5")
     info = inference.predict_land({32: model}, big, cfg).info
     assert info["widths"][32]["windows"] > inference.ADAPT_WINDOWS

@@ -250,8 +250,8 @@ class PredictConfig(_Section):
     adapt_norm: float = Field(
         0.0, ge=0, le=1,
         description="Share of the networks' BatchNorm statistics taken from the photo being "
-        "predicted (from up to 32 of its windows per width; a raster's spread over all of it), "
-        "the rest from training: meets photos in other light and colours halfway. 0 = off; "
+        "predicted (from up to 96 of its windows per width; a raster's spread over all of it), "
+        "the rest from training: meets photos in other light and colours partway. 0 = off; "
         "one extra pass over those windows.",
     )
     merge: Literal["mean", "weighted"] = Field(
