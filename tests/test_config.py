@@ -154,9 +154,9 @@ def test_shipped_configs_include_the_documented_ones():
 def test_photo_large_is_photo_trained_longer():
     """photo-large.yaml is the quality-per-compute step up from photo.yaml (issue 8) for photos
     like the training photos: more steps, a stricter GMM purity cut (a better-trained
-    network earns more trust; no ramp, as measured) and no grey patches, so no grey passes
-    either (colour pays on such photos); nothing else differs, so both stay in step when
-    photo.yaml is retuned."""
+    network earns more trust; no ramp, as measured), no grey patches, so no grey passes
+    either (colour pays on such photos), and no adaptation to each photo's statistics (level on
+    its OASIs run); nothing else differs, so both stay in step when photo.yaml is retuned."""
     photo = load_config(REPO / "configs" / "photo.yaml").to_dict()
     large = load_config(REPO / "configs" / "photo-large.yaml").to_dict()
     assert large["train"]["steps"] > photo["train"]["steps"]
@@ -164,10 +164,12 @@ def test_photo_large_is_photo_trained_longer():
     assert (photo["postprocess"]["purity_ramp"], large["postprocess"]["purity_ramp"]) == (0.1, 0)
     assert photo["train"]["augment"]["greyscale"] > large["train"]["augment"]["greyscale"] == 0
     assert (photo["predict"]["grey"], large["predict"]["grey"]) == ("auto", False)
+    assert (photo["predict"]["adapt_norm"], large["predict"]["adapt_norm"]) == (0.15, 0)
     for config in (photo, large):
         del config["train"]["steps"], config["postprocess"]["min_purity"]
         del config["postprocess"]["purity_ramp"]
         del config["train"]["augment"]["greyscale"], config["predict"]["grey"]
+        del config["predict"]["adapt_norm"]
     assert large == photo
 
 
