@@ -25,6 +25,10 @@ in all); the Gaussian mixture is fitted on that subsample and each component nam
 land by the median probability of its subsample pixels; pass 2 reads each tile again and
 assigns every pixel. Nodata pixels are never predicted into the outputs, never sampled, and are
 nodata in every output.
+
+With ``predict.adapt_norm`` the models' BatchNorm statistics are adapted to the whole raster once,
+before pass 1 (:func:`raster_statistics`: the windows the raster in one piece would adapt on, read
+one by one, those touching nodata left out), so every tile predicts with the same statistics.
 """
 
 from __future__ import annotations
