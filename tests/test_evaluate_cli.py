@@ -65,6 +65,26 @@ def test_overall_seconds_cover_every_image_not_only_the_last(runner, run_dir, sc
     assert report["overall"]["seconds"] >= sum(per_image) - 0.001 * len(per_image)
 
 
+def test_split_all_on_a_folder_without_test_scores_every_pair_holding_none_out(
+        runner, run_dir, scenes, tmp_path):
+    """--split all scores everything: no word of holding pairs out of train/ for a test split
+    it does not use, and every pair of train/ is scored (the seeded split would keep some)."""
+    import shutil
+
+    shutil.copytree(scenes / "train", tmp_path / "data" / "train")
+    pairs = len(list((tmp_path / "data" / "train").glob("*.JPG")))
+    result = runner("evaluate", "--run", run_dir, "--data", tmp_path / "data", "--split", "all",
+                    "--json", "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    assert "holding out" not in result.output and "too few pairs" not in result.output
+    report = json.loads(result.stdout)
+    assert report["split"] == "all" and len(report["images"]) == pairs == 3
+    result = runner("evaluate", "--run", run_dir, "--data", tmp_path / "data", "--split", "test",
+                    "--json", "--out", tmp_path / "eval_test")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["images"]) < pairs  # the seeded hold-out, as before
+
+
 def test_evaluate_table_and_default_out(runner, run_dir, scenes):
     result = runner("evaluate", "--run", run_dir, "--data", scenes, "--split", "all",
                     "--overwrite")

@@ -74,7 +74,7 @@ def evaluate(
     predictor.check_writable(out_dir)
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
-    need = ("test",) if split == "test" else ("train", "test")
+    need = {"test": ("test",), "train": ("train", "test"), "all": ("all",)}[split]
     dataset = load_dataset(cfg.data, scale=1.0, need=need)
     items = {"test": dataset.test, "train": dataset.train,
              "all": dataset.train + dataset.test}[split]

@@ -215,6 +215,8 @@ def load_dataset(
         refresh: list remote folders again instead of trusting cached listings.
         need: the splits the caller uses. ``("test",)`` (evaluation) neither loads nor requires
             ``train/`` when the source has a test folder, so a test-only source can be scored.
+            ``("all",)`` (``segmenter evaluate --split all``) loads every pair of ``train/`` and
+            ``test/`` and holds nothing out of ``train/``: all of it lands in ``train``.
 
     Raises:
         DataError: missing source, no pairs in the train folder, no training image left after
@@ -232,12 +234,13 @@ def load_dataset(
     train_dir = data_cfg.train_dir.strip("/")
     test_dir = data_cfg.test_dir.strip("/")
     use_test = bool(test_dir) and storage.isdir(test_dir)
+    every = "all" in need
     # Without a test folder the test images are held out of train/, which is then needed.
-    want_train = "train" in need or not use_test
-    want_test = use_test and "test" in need
+    want_train = "train" in need or every or not use_test
+    want_test = use_test and ("test" in need or every)
     if want_train and not storage.isdir(train_dir):
         raise DataError(f"{storage.display(train_dir)}: folder not found")
-    if test_dir and not use_test:
+    if test_dir and not use_test and not every:
         log.info(
             "%s: no test folder; holding out %.0f%% of the pairs (seed %d)",
             storage.display(test_dir),
@@ -273,11 +276,13 @@ def load_dataset(
             "(see the warnings above)"
         )
 
-    if use_test:
+    if every:
+        train, test = loaded.get("train", []) + loaded.get("test", []), []
+    elif use_test:
         train, test = loaded.get("train", []), loaded.get("test", [])
     else:
         train, test = split_by_seed(loaded["train"], data_cfg.test_ratio, data_cfg.seed)
-    if not test:
+    if not test and not every:
         log.warning("%s: no test images (too few pairs to hold any out)", storage.url)
     _warn_if_no_water(train + test, [p for ps in splits.values() for p in ps], data_cfg)
     return Dataset(
