@@ -119,7 +119,7 @@ def test_adapt_norm_moves_batchnorm_statistics_toward_the_photo_s_own(image, sha
 
 def test_adapt_norm_reaches_predict_land_and_takes_at_most_96_windows(image):
     model = pointwise_model(bn=True)
-    big = np.tile(image, (4, 4, 1))  # 180 x 280: 165 windows of 32 px
+    big = np.tile(image, (4, 4, 1))  # 180 x 280: 247 windows of 32 px
     cfg = cfg_with("predict.adapt_norm=0.5")
     info = inference.predict_land({32: model}, big, cfg).info
     assert info["widths"][32]["windows"] > inference.ADAPT_WINDOWS
