@@ -336,7 +336,6 @@ def _adapt_pass(model: Any, shape: tuple[int, ...], share: float):
                      autograph=False)
         def run(windows):
             model_ref()(windows, training=True)
-            return tf.constant(0)
 
         cache[key] = run
     return cache[key]

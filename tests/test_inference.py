@@ -98,8 +98,8 @@ def _adapted_expected(image, window, share):
     mean = (1 - share) * 0.3 + share * values.mean()
     variance = (1 - share) * 4.0 + share * values.var()
     photo = image @ np.array([2.0, 1.0, -3.0], np.float32) + 0.2
-    return 1 / (1 + np.exp(-(2.0 * (photo - mean) / np.sqrt(variance + 1e-3) + 0.5))), len(
-        positions)
+    expected = 1 / (1 + np.exp(-(2.0 * (photo - mean) / np.sqrt(variance + 1e-3) + 0.5)))
+    return expected, len(positions)
 
 
 @pytest.mark.parametrize("share", [0.25, 1.0])
