@@ -304,6 +304,11 @@ def norm_layers(model: Any) -> list[Any]:
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
+def current_statistics(model: Any) -> NormStats:
+    """A copy of the model's BatchNorm statistics (for :func:`norm_statistics`)."""
+    return _current(norm_layers(model))
+
+
 def _current(layers: list[Any]) -> NormStats:
     return [(np.array(layer.moving_mean), np.array(layer.moving_variance)) for layer in layers]
 
@@ -366,6 +371,19 @@ def adapted_statistics(model: Any, windows: np.ndarray, share: float) -> NormSta
             for layer, value in zip(layers, momentum, strict=True):
                 layer.momentum = value
             _assign(layers, saved)
+
+
+def recalibrate_norm(model: Any, windows: np.ndarray) -> None:
+    """Set each BatchNorm layer's moving statistics to those of ``windows`` (one pass).
+
+    An average of weights (``train.ema``) never ran forward during training, so the moving
+    statistics that training kept belong to the raw weights; the average's own are measured
+    here, layer after layer, on ``windows`` (B, h, w, c), as for stochastic weight averaging.
+    """
+    layers = norm_layers(model)
+    if layers and len(windows):
+        with _norm_lock(model):
+            _assign(layers, adapted_statistics(model, windows, 1.0))
 
 
 @contextmanager

@@ -192,6 +192,34 @@ def test_ema_changes_what_is_saved_and_validated_not_how_training_goes(tmp_path)
         _validation_scores(average, averaged)[0], abs=1e-6)
 
 
+def test_ema_average_gets_batchnorm_statistics_of_its_own(tmp_path):
+    """The average of the weights never ran forward in training: the statistics training kept
+    are the raw weights'. The saved average holds its own, those of one training-mode pass of
+    its weights over the training patches drawn for it, not the raw run's."""
+    from segmenter.data.pipeline import PatchSource, eligible_images
+    from segmenter.inference import adapted_statistics, current_statistics
+    from segmenter.training.loop import averaging_windows
+
+    settings = [*TINY_SETTINGS, "train.steps=7", "train.learning_rate=0.01"]
+    averaged = load_config(None, [*settings, "train.ema=0.5"])
+    train(load_config(None, settings), tmp_path / "plain", dataset=tiny_dataset())
+    train(averaged, tmp_path / "ema", dataset=tiny_dataset())
+    average = open_run(tmp_path / "ema").load_model(16)
+    raw = open_run(tmp_path / "plain").load_model(16)
+
+    source = PatchSource.from_images(eligible_images(tiny_dataset().train, 16, "train"))
+    windows = averaging_windows(source, averaged, 16)
+    assert windows.shape == (4096, 16, 16, 3)  # 2^20 pixels of 16 px patches, whole batches
+    saved = current_statistics(average)
+    measured = adapted_statistics(average, windows, 1.0)
+    assert len(saved) > 0
+    for (mean, variance), (want_mean, want_variance) in zip(saved, measured, strict=True):
+        np.testing.assert_allclose(mean, want_mean, atol=1e-4)
+        np.testing.assert_allclose(variance, want_variance, rtol=1e-3, atol=1e-5)
+    assert any(not np.allclose(mean, other, atol=1e-3)
+               for (mean, _), (other, _) in zip(saved, current_statistics(raw), strict=True))
+
+
 @pytest.mark.parametrize("ema", [0.0, 0.5])
 def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch, ema):
     """Stopped mid-interval (step 5 of 9, checkpoint at 3), resumed: same losses, same

@@ -202,7 +202,8 @@ class TrainConfig(_Section):
         ge=0,
         lt=1,
         description="Momentum of an exponential moving average of the weights (Polyak "
-        "averaging); validation and the saved model use the average. 0 = off.",
+        "averaging); validation and the saved model use the average, with BatchNorm statistics "
+        "measured for it on training patches. 0 = off.",
     )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Seed of patch sampling and weight initialisation."

@@ -77,21 +77,31 @@ def width_status(tracker: Progress, status: WidthState, steps: int, batch_size: 
 
 
 @contextmanager
-def averaged_weights(model: Any, ema: bool) -> Iterator[list[np.ndarray] | None]:
+def averaged_weights(model: Any, ema: bool,
+                     windows: np.ndarray | None = None) -> Iterator[list[np.ndarray] | None]:
     """Inside the block the model holds its optimiser's moving average of the weights.
 
     ``train.ema`` keeps that average in the optimiser (Keras' ``use_ema``); validation reads
     it, since it is what the run will save, and the raw weights training goes on from (given
-    to the block as a copy) are put back after it. Without ``ema`` the block changes nothing
-    and is given None.
+    to the block as a copy) are put back after it. With ``windows`` (training patches) the
+    BatchNorm layers hold the average's own statistics in the block, measured on them
+    (:func:`~segmenter.inference.recalibrate_norm`), and training's are back after it. Without
+    ``ema`` the block changes nothing and is given None.
     """
     if not ema:
         yield None
         return
+    from segmenter.inference import current_statistics, norm_statistics, recalibrate_norm
+
     raw = trainable_values(model)
     model.optimizer.finalize_variable_values(model.trainable_variables)
     try:
-        yield raw
+        if windows is None:
+            yield raw
+        else:
+            with norm_statistics(model, current_statistics(model)):  # restored on the way out
+                recalibrate_norm(model, windows)
+                yield raw
     finally:
         assign_trainable(model, raw)
 
@@ -112,12 +122,14 @@ class WidthCallback(keras.callbacks.Callback):
 
     def __init__(self, run: Run, cfg: Config, width: int, batch_size: int, model: Any,
                  loss_fn: Any, val_batches: list, tracker: Progress, chief: bool,
-                 fingerprint: str, progress: bool) -> None:
+                 fingerprint: str, progress: bool,
+                 norm_windows: np.ndarray | None = None) -> None:
         super().__init__()
         self.run, self.cfg, self.width, self.batch_size = run, cfg, width, batch_size
         self.net, self.loss_fn, self.val_batches = model, loss_fn, val_batches
         self.tracker, self.chief, self.fingerprint = tracker, chief, fingerprint
         self.ema = cfg.train.ema > 0
+        self.norm_windows = norm_windows  # the average's BatchNorm statistics are measured on
         self.raw: list[np.ndarray] | None = None
         self.bar = None
         if progress:
@@ -149,7 +161,7 @@ class WidthCallback(keras.callbacks.Callback):
             return
         logs = logs if logs is not None else {}
         row: dict[str, Any] = {"step": self.tracker.step, "loss": float(logs.get("loss", "nan"))}
-        with averaged_weights(self.net, self.ema) as raw:
+        with averaged_weights(self.net, self.ema, self.norm_windows) as raw:
             val_loss, iou = self._validate()
         self.raw = raw  # the raw weights, which fit's end replaces with their average
         row.update(val_loss=val_loss, val_water_iou=iou, seconds=round(self.tracker.seconds(), 2))

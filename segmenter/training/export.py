@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+import numpy as np
+
 from segmenter.config import Config
 from segmenter.fileio import atomic_path
 from segmenter.plots import plot_history
@@ -14,7 +16,7 @@ from segmenter.training.result import WidthResult
 
 
 def finish(run: Run, cfg: Config, width: int, batch_size: int, model: Any, tracker: Progress,
-            chief: bool, fingerprint: str) -> WidthResult:
+           chief: bool, fingerprint: str, norm_windows: np.ndarray | None = None) -> WidthResult:
     """Save the final float32 model, the loss curve and the status; drop the checkpoints.
 
     A linear model trained with a loss on logits (``bce``, ``dice``, ``bce_dice``) is saved
@@ -26,6 +28,10 @@ def finish(run: Run, cfg: Config, width: int, batch_size: int, model: Any, track
 
     if cfg.train.ema:  # the saved model is the moving average of the weights
         model.optimizer.finalize_variable_values(model.trainable_variables)
+        if norm_windows is not None:  # through the pass validation compiled, as it measured
+            from segmenter.inference import recalibrate_norm
+
+            recalibrate_norm(model, norm_windows)
     result = WidthResult(width, "finished", tracker.step, cfg.train.steps)
     last = tracker.rows[-1] if tracker.rows else {}
     result.final_loss = last.get("loss")

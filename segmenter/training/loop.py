@@ -22,6 +22,7 @@ still train.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from dataclasses import replace
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from segmenter.config import Config
 from segmenter.data.pipeline import (
@@ -47,6 +49,11 @@ from segmenter.training.export import finish
 from segmenter.training.result import WidthResult
 
 log = logging.getLogger("segmenter.training")
+
+#: ``train.ema``: pixels of training patches on which the average of the weights measures its
+#: BatchNorm statistics (256 patches of 64 px, 64 of 128 px), once per validation and for the
+#: saved model: one forward pass, about what 4-8 training steps cost.
+EMA_NORM_PIXELS = 2**20
 
 
 def train(
@@ -312,14 +319,15 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
         avoid_multiworker_build_reduce(model, strategy, width, batch_size)
         loss_fn = loss_function(cfg)
         tracker.started = time.monotonic()
+        source = PatchSource.from_images(train_items, row_channel=cfg.model.has_row_channel)
+        norm_windows = averaging_windows(source, cfg, width) if cfg.train.ema else None
         callback = WidthCallback(run, cfg, width, batch_size, model, loss_fn, val_batches,
-                                  tracker, chief, dataset.fingerprint, progress)
+                                  tracker, chief, dataset.fingerprint, progress, norm_windows)
         callbacks: list[Any] = [callback]
         if cfg.train.tensorboard and chief:
             callbacks.append(keras.callbacks.TensorBoard(
                 log_dir=str(run.tensorboard_dir(width)), write_graph=False
             ))
-        source = PatchSource.from_images(train_items, row_channel=cfg.model.has_row_channel)
         if chief:
             run.write_status(width, width_status(tracker, "running", steps, batch_size,
                                             dataset.fingerprint))
@@ -344,7 +352,24 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
                                                  dataset.fingerprint, tracker.failed))
         return WidthResult(width, "failed", tracker.step, steps, seconds=tracker.seconds(),
                            message=tracker.failed)
-    return finish(run, cfg, width, batch_size, model, tracker, chief, dataset.fingerprint)
+    return finish(run, cfg, width, batch_size, model, tracker, chief, dataset.fingerprint,
+                  norm_windows)
+
+
+def averaging_windows(source: PatchSource, cfg: Config, width: int) -> np.ndarray:
+    """The training patches on which ``train.ema``'s average measures its BatchNorm statistics.
+
+    :data:`EMA_NORM_PIXELS` worth of patches (at least one batch), drawn and augmented as
+    training's are, from the steps after the last one: fixed by the seed, so validation and
+    the saved model use the same, and a resumed run draws them again.
+    """
+    batch_size = cfg.train.widths[width]
+    count = max(1, math.ceil(EMA_NORM_PIXELS / (width * width * batch_size)))
+    steps = cfg.train.steps
+    batches = training_dataset(source, width, batch_size, seed=cfg.train.seed, start_step=steps,
+                               steps=steps + count, augment=cfg.train.augment,
+                               upright=cfg.data.is_upright)
+    return np.concatenate([np.asarray(images) for images, _ in batches])
 
 
 def _segments(start: int, steps: int, every: int) -> list[tuple[int, int, int]]:
