@@ -471,9 +471,9 @@ def load_photos(case: Case, source: Path, scale: float, scored: bool) -> list[Ph
         dataset = load_dataset(data_cfg, scale=scale, progress=False)  # fits train/ only
         return [Photo(item.stem, item.image, metrics.water_from_land(item.land))
                 for item in dataset.train]
-    dataset = load_dataset(data_cfg, scale=1.0, progress=False, need=("all",))
+    dataset = load_dataset(data_cfg, scale=1.0, progress=False, need=("all",))  # all in train
     out = []
-    for item in dataset.train + dataset.test:
+    for item in dataset.train:
         shape = images.scaled_shape(item.land.shape, scale)
         small = images._resize_float(item.image, shape)
         water = metrics.water_from_land(images.resize_land(item.land, shape))
@@ -652,8 +652,8 @@ def evaluate_segmenter(run_dir: Path, scored: Path) -> dict[str, Any]:
     cfg = run.config
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": str(scored)})})
     loaded = predictor.load_models(run, cfg)
-    dataset = load_dataset(cfg.data, scale=1.0, progress=False, need=("all",))
-    return evaluation.evaluate_images(loaded, dataset.train + dataset.test, cfg)["overall"]
+    dataset = load_dataset(cfg.data, scale=1.0, progress=False, need=("all",))  # all in train
+    return evaluation.evaluate_images(loaded, dataset.train, cfg)["overall"]
 
 
 # --------------------------------------------------------------------------------------------
