@@ -225,10 +225,11 @@ def photos_child(run_dir: str, photo_dir: str, out_dir: str, overrides: list[str
     the ceiling's seconds per width.
     """
     started = time.perf_counter()
-    from segmenter import outputs, postprocess, predictor
+    from segmenter import jobs, outputs, postprocess, predictor
     from segmenter.config import load_config
     from segmenter.data.images import scaled_shape
     from segmenter.data.storage import expand_inputs
+    from segmenter.outputs_fs import open_output
     from segmenter.runs import open_run
     from segmenter.tfenv import start_tensorflow
 
@@ -270,8 +271,9 @@ def photos_child(run_dir: str, photo_dir: str, out_dir: str, overrides: list[str
 
     postprocess.water_mask = timed_water_mask
     tick, cpu_tick = time.perf_counter(), time.process_time()
-    records, failures = predictor.predict_inputs(refs, loaded, cfg, Path(out_dir),
-                                                 run_path=run_dir)
+    plan = jobs.plan_job(open_output(out_dir, cfg.data), refs, cfg,
+                         widths=sorted(loaded.models))
+    records, failures = predictor.predict_inputs(plan, loaded, cfg, run_path=run_dir)
     loop, loop_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
     postprocess.water_mask = original
     if failures:

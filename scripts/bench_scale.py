@@ -111,9 +111,10 @@ def main() -> None:
 
     from distributed import Client
 
-    from segmenter import cluster
+    from segmenter import cluster, jobs
     from segmenter.config import load_config
     from segmenter.data.storage import expand_inputs
+    from segmenter.outputs_fs import open_output
     from segmenter.runs import open_run
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -146,8 +147,9 @@ def main() -> None:
                         update={"scheduler": local.scheduler_address})})
                     out = tmp / f"out-{n}-{round_}"
                     started = time.perf_counter()
-                    summary = cluster.run_job(refs, job_cfg, str(Path(run_dir).resolve()),
-                                              str(out), widths)
+                    summary = cluster.run_job(
+                        jobs.plan_job(open_output(out, cfg.data), refs, job_cfg, widths=widths),
+                        job_cfg, str(Path(run_dir).resolve()), widths)
                     took = time.perf_counter() - started
                     assert summary.predicted == args.photos, summary.failures
                     seconds[n].append(took)
@@ -181,8 +183,10 @@ def main() -> None:
                 update={"scheduler": clusters[2].scheduler_address, "tile_size": 512})})
             out = tmp / "out-raster"
             started = time.perf_counter()
-            summary = cluster.run_job(expand_inputs([str(tif)], cfg.data), job_cfg,
-                                      str(Path(run_dir).resolve()), str(out), widths)
+            summary = cluster.run_job(
+                jobs.plan_job(open_output(out, cfg.data), expand_inputs([str(tif)], cfg.data),
+                              job_cfg, widths=widths),
+                job_cfg, str(Path(run_dir).resolve()), widths)
             raster_seconds = time.perf_counter() - started
             for name, method in originals.items():
                 setattr(mosaic.RasterJob, name, method)

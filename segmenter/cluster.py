@@ -1,25 +1,24 @@
-"""``segmenter predict`` beyond one process: a Dask cluster, outputs anywhere fsspec writes.
+"""``segmenter predict`` on a Dask cluster.
 
 The engine is Dask's (``dask.distributed``): ``predict.scheduler`` (or ``--scheduler``) is a
 scheduler address (``tcp://HOST:8786``) or ``local:N``, a ``LocalCluster`` of N worker
-processes with one thread each. Without a scheduler the same job runs in this process (used
-for ``--skip-existing`` and URL outputs on one machine).
+processes with one thread each. What the output folder holds (stems, ``--overwrite`` /
+``--skip-existing``, records, the summary) is :mod:`segmenter.jobs`', as on one process.
 
 Units of work:
 
-* a photo: one task (decode, predict, write its outputs, then its record);
+* a photo: one task (decode, predict, write its outputs); the client commits its record;
 * a raster (GeoTIFF / COG): pass 1 is one task per tile with its halo
-  (:func:`segmenter.mosaic.tile_pass1`), each returning its probabilities and its seeded share
-  of the GMM subsample; the client writes the probability raster, fits the Gaussian mixture
-  *once* on the subsample of all tiles (in tile order, so the fit is the one-process fit), and
-  pass 2 is one task per tile assigning its pixels (:func:`segmenter.mosaic.tile_pass2`), fed
-  with its pass-1 result where it already sits on the cluster. The client writes the COGs.
+  (:func:`segmenter.mosaic.tile_pass1`), each returning its probabilities and its share of
+  the GMM subsample (drawn on the raster's own pixel grid); the client writes the probability
+  raster, fits the Gaussian mixture *once* on the subsample of all tiles, and pass 2 is one
+  task per tile assigning its pixels (:func:`segmenter.mosaic.tile_pass2`), fed with its
+  pass-1 result where it already sits on the cluster. The client writes the COGs.
 
 Each worker loads a run's models once and keeps them (:data:`_MODELS`, keyed by run and
 widths); a run at a URL is copied once into the worker's cache. A task that fails on a bad
 input becomes that input's failure line; a worker that dies has its tasks rerun elsewhere by
-Dask (a task that kills three workers is given up). Records are keyed by stem, so nothing is
-duplicated in ``predictions.csv``.
+Dask (a task that kills three workers is given up).
 
 Dask moves task arguments and results with its own serialisation (pickle between trusted
 processes of one job); nothing pickled is ever written to disk.
@@ -32,6 +31,7 @@ import dataclasses
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from collections import OrderedDict, deque
@@ -50,6 +50,8 @@ CONNECT_TIMEOUT_S = 5
 WORKER_WAIT_S = 60
 #: rasters whose tiles are in flight at once (each holds scratch GeoTIFFs on the client).
 ACTIVE_RASTERS = 2
+#: local:N starts at most this many worker processes per core.
+LOCAL_WORKERS_PER_CORE = 4
 #: environment of LocalCluster workers: one thread each, so N workers use N cores.
 WORKER_ENV = {
     "TF_NUM_INTRAOP_THREADS": "1",
@@ -81,9 +83,14 @@ def parse_scheduler(value: str) -> tuple[str, Any]:
     text = value.strip()
     match = re.fullmatch(r"local(?::(\d+))?", text)
     if match:
-        count = int(match.group(1)) if match.group(1) else (os.cpu_count() or 1)
-        if count < 1:
-            raise ConfigError(f"predict.scheduler: '{value}': local:N needs N >= 1")
+        cores = os.cpu_count() or 1
+        count = int(match.group(1)) if match.group(1) else cores
+        most = LOCAL_WORKERS_PER_CORE * cores
+        if not 1 <= count <= most:
+            raise ConfigError(
+                f"predict.scheduler: '{value}': local:N needs 1 <= N <= {most} "
+                f"({LOCAL_WORKERS_PER_CORE} per core of this machine's {cores}: each worker "
+                "is a process holding the run's models)")
         return "local", count
     if re.fullmatch(r"(tcp|tls|ws|wss|ucx)://[^\s/:]+(:\d+)?/?", text):
         return "address", text.rstrip("/")
@@ -101,7 +108,16 @@ def start_local_cluster(workers: int, **kwargs: Any) -> Any:
     options = {"n_workers": workers, "threads_per_worker": 1, "processes": True,
                "silence_logs": logging.CRITICAL, "env": dict(WORKER_ENV)}
     options.update(kwargs)
-    return distributed.LocalCluster(**options)
+    # Ctrl-C is the client's to handle (it cancels the job and closes the cluster): worker
+    # processes started while SIGINT is ignored inherit that, and Python leaves an inherited
+    # SIG_IGN alone, so they print no tracebacks of their own.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        return distributed.LocalCluster(**options)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -274,7 +290,8 @@ def _raster(location: str, cfg: Config) -> Any:
 
 def photo_task(job: dict[str, Any], ref: dict[str, str], stem: str
                ) -> tuple[dict[str, Any], str, str | None]:
-    """Predict one photo into the output, then write its record. Runs on a worker."""
+    """Predict one photo into the output (its record is the client's to commit). Runs on a
+    worker."""
     from segmenter import predictor
     from segmenter.data.storage import PhotoRef
 
@@ -288,7 +305,6 @@ def photo_task(job: dict[str, Any], ref: dict[str, str], stem: str
         if failure is None:
             output.publish(folder, list(record["outputs"].values()))
             record["worker"] = worker_name()
-            output.write_record(stem, record)
     return record, line, failure
 
 
@@ -337,7 +353,7 @@ def tile_mask_task(job: dict[str, Any], location: str, core: Any, probs: Any, sh
 
 
 # --------------------------------------------------------------------------------------------
-# Engines: Dask, or this process
+# The engine: tasks on Dask
 
 
 class DaskEngine:
@@ -387,51 +403,6 @@ class DaskEngine:
         return len(self.client.scheduler_info().get("workers", {}))
 
 
-class _Done:
-    """A task run in this process: its result."""
-
-    def __init__(self) -> None:
-        self.result: Any = None
-
-
-class SerialEngine:
-    """The same tasks, run one after the other in this process (no scheduler)."""
-
-    def __init__(self) -> None:
-        self.queue: deque[tuple[Any, _Done, Callable[..., Any], tuple[Any, ...]]] = deque()
-
-    def submit(self, tag: Any, fn: Callable[..., Any], *args: Any) -> _Done:
-        handle = _Done()
-        self.queue.append((tag, handle, fn, args))
-        return handle
-
-    def share(self, value: Any) -> Any:
-        return value
-
-    def release(self, handles: list[Any]) -> None:
-        for handle in handles:
-            handle.result = None
-
-    def __iter__(self) -> Iterator[tuple[Any, Any, BaseException | None]]:
-        while self.queue:
-            tag, handle, fn, args = self.queue.popleft()
-            args = tuple(a.result if isinstance(a, _Done) else a for a in args)
-            try:
-                handle.result = fn(*args)
-            except WorkerRunError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reported per input by the caller
-                yield tag, None, exc
-                continue
-            yield tag, handle.result, None
-
-    def cancel(self) -> None:
-        self.queue.clear()
-
-    def workers(self) -> int:
-        return 1
-
-
 # --------------------------------------------------------------------------------------------
 # The client: one job
 
@@ -478,21 +449,17 @@ def _raster_location(ref: Any) -> str:
     return os.path.join(storage.root, ref.relpath) if ref.relpath else storage.root
 
 
-def run_job(refs: list[Any], cfg: Config, run_location: str, out: str, widths: list[int], *,
-            overwrite: bool = False, skip_existing: bool = False, vector: bool = False,
-            report: Callable[[str], None] = lambda line: None,
+def run_job(plan: Any, cfg: Config, run_location: str, widths: list[int], *,
+            vector: bool = False, report: Callable[[str], None] = lambda line: None,
             progress: Callable[[int], Any] | None = None,
             announce: Callable[[str], None] = lambda line: None) -> JobSummary:
-    """Predict ``refs`` on the scheduler of ``cfg.predict.scheduler`` (or in this process).
+    """Predict the inputs of ``plan`` on the Dask scheduler of ``cfg.predict.scheduler``.
 
     Args:
-        refs: inputs from :func:`segmenter.data.storage.expand_inputs`.
+        plan: the call's :class:`segmenter.jobs.JobPlan` (output, stems, what is skipped).
         cfg: the effective config.
         run_location: the run directory as every worker can reach it (absolute path or URL).
-        out: output folder or fsspec URL.
         widths: the widths predicted with (for the summary).
-        overwrite: replace earlier predictions in ``out``.
-        skip_existing: inputs whose outputs and record are in ``out`` are not predicted again.
         vector: rasters also get GeoJSON vectors.
         report: one line per input.
         progress: ``progress(total)`` returns a context manager with ``update(n)`` and a
@@ -500,62 +467,35 @@ def run_job(refs: list[Any], cfg: Config, run_location: str, out: str, widths: l
         announce: lines about the cluster (its dashboard).
 
     Raises:
-        SegmenterError: the output cannot be written, earlier predictions would be replaced,
-            a worker cannot read the run, the scheduler cannot be reached.
+        SegmenterError: a worker cannot read the run, the scheduler cannot be reached.
     """
-    from segmenter import outputs
-    from segmenter.outputs_fs import open_output
+    from segmenter import jobs, mosaic
 
     started = time.perf_counter()
-    output = open_output(out, cfg.data)
-    stems = outputs.unique_stems([ref.name for ref in refs])
-    done: dict[str, dict[str, Any]] = {}
-    if skip_existing:
-        done = output.finished(stems)
-    else:
-        existing = output.existing(stems)
-        if existing and not overwrite:
-            raise RunError(
-                f"{out}: already holds predictions ({existing[0]}); pass --overwrite to replace "
-                f"them, --skip-existing to predict only what is missing, or choose another --out"
-            )
-    output.probe({"run": run_location, "widths": widths, "inputs": len(refs),
-                  "scheduler": cfg.predict.scheduler,
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    if overwrite:
-        output.forget(stems)
-    todo = [(i, ref, stem) for i, (ref, stem) in enumerate(zip(refs, stems, strict=True))
-            if stem not in done]
-    if done:
-        report(f"{len(done)} input(s) already predicted in {out}: skipped")
-    job = {"run": run_location, "config": cfg.to_yaml(), "out": out}
+    output, refs = plan.output, plan.refs
+    job = {"run": run_location, "config": cfg.to_yaml(), "out": str(output)}
     records: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
 
-    scheduler = cfg.predict.scheduler
     with contextlib.ExitStack() as stack:
-        if scheduler:
-            client = stack.enter_context(connect(scheduler))
-            engine: Any = DaskEngine(client)
-            link = dashboard(client)
-            announce(f"Dask scheduler {client.scheduler.address}, {engine.workers()} worker(s)"
-                     + (f"; dashboard: {link}" if link else ""))
-        else:
-            engine, link = SerialEngine(), None
-        from segmenter import mosaic
-
-        photos = [(i, r, s) for i, r, s in todo if not mosaic.is_raster_ref(r)]
-        waiting = deque((i, r, s) for i, r, s in todo if mosaic.is_raster_ref(r))
+        client = stack.enter_context(connect(cfg.predict.scheduler))
+        engine = DaskEngine(client)
+        link = dashboard(client)
+        announce(f"Dask scheduler {client.scheduler.address}, {engine.workers()} worker(s)"
+                 + (f"; dashboard: {link}" if link else ""))
+        photos = [(i, r, s) for i, r, s in plan.todo if not mosaic.is_raster_ref(r)]
+        waiting = deque((i, r, s) for i, r, s in plan.todo if mosaic.is_raster_ref(r))
         bar = stack.enter_context(progress(len(photos))) if progress else None
         for index, ref, stem in photos:
             engine.submit(("photo", index), photo_task, job, _ref_spec(ref), stem)
         active: dict[int, _RasterRun] = {}
 
-        def fail(index: int, ref: Any, stem: str, message: str) -> None:
+        def fail(index: int, exc: BaseException | str) -> None:
+            ref, stem = refs[index], plan.stems[index]
+            message = exc if isinstance(exc, str) else jobs.failure_message(ref, exc)
             failures[index] = message
-            records[index] = {"input": str(ref.path), "stem": stem, "status": "failed",
-                              "error": message}
-            report(f"FAILED {ref.path}: {message}")
+            records[index] = jobs.failed_record(ref, stem, message)
+            report(f"FAILED {message}")
 
         def start_rasters() -> None:
             while waiting and len(active) < ACTIVE_RASTERS:
@@ -563,27 +503,27 @@ def run_job(refs: list[Any], cfg: Config, run_location: str, out: str, widths: l
                 state = _RasterRun(index, ref, stem, _raster_location(ref))
                 try:
                     _open_raster(state, cfg, output, widths)
-                except SegmenterError as exc:
+                except Exception as exc:  # noqa: BLE001 - that input's failure line
                     state.stack.close()
-                    fail(index, ref, stem, str(exc))
+                    fail(index, exc)
                     continue
-                plan = dataclasses.replace(state.job.plan, tiles=[])
+                tiling = dataclasses.replace(state.job.plan, tiles=[])
                 for tile in state.job.plan.tiles:
                     state.probs[tile.index] = engine.submit(
                         ("probs", index, tile.index), tile_probs_task, job, state.location,
-                        plan, tile, state.job.rate, state.job.prob_nodata)
+                        tiling, tile, state.job.rate, state.job.prob_nodata)
                 state.pending = len(state.job.plan.tiles)
                 if bar is not None:
                     bar.length += 2 * state.pending
                 active[index] = state
 
-        def raster_failed(state: _RasterRun, message: str) -> None:
+        def raster_failed(state: _RasterRun, exc: BaseException) -> None:
             state.failed = True
             engine.release(list(state.probs.values()))
             state.probs.clear()
             state.stack.close()
             active.pop(state.index, None)
-            fail(state.index, state.ref, state.stem, message)
+            fail(state.index, exc)
 
         start_rasters()
         try:
@@ -594,21 +534,26 @@ def run_job(refs: list[Any], cfg: Config, run_location: str, out: str, widths: l
                 if isinstance(error, WorkerRunError):
                     raise error
                 if kind == "photo":
-                    ref, stem = refs[index], stems[index]
                     if error is not None:
-                        fail(index, ref, stem, _task_error(error))
+                        fail(index, error)
                         continue
                     record, line, failure = result
-                    records[index] = record
-                    if failure is not None:
+                    if failure is None:
+                        try:
+                            jobs.commit(plan, record)
+                        except SegmenterError as exc:
+                            fail(index, exc)
+                            continue
+                    else:
                         failures[index] = failure
+                    records[index] = record
                     report(line)
                     continue
                 state = active.get(index)
                 if state is None or state.failed:
                     continue
                 if error is not None:
-                    raster_failed(state, _task_error(error))
+                    raster_failed(state, error)
                     start_rasters()
                     continue
                 tile = state.job.plan.tiles[tag[2]]
@@ -631,13 +576,13 @@ def run_job(refs: list[Any], cfg: Config, run_location: str, out: str, widths: l
                         if state.pending == 0:
                             engine.release(list(state.probs.values()))
                             state.probs.clear()
-                            record, line = _finish_raster(state, output, vector)
+                            record, line = _finish_raster(state, plan, vector)
                             records[index] = record
                             active.pop(index, None)
                             report(line)
                             start_rasters()
-                except SegmenterError as exc:
-                    raster_failed(state, str(exc))
+                except Exception as exc:  # noqa: BLE001 - a bad raster fails alone
+                    raster_failed(state, exc)
                     start_rasters()
         except BaseException:
             engine.cancel()
@@ -646,26 +591,21 @@ def run_job(refs: list[Any], cfg: Config, run_location: str, out: str, widths: l
             raise
         workers = engine.workers()
 
-    merged: list[dict[str, Any]] = []
-    for i, stem in enumerate(stems):
-        if stem in done:
-            merged.append({**done[stem], "input": str(refs[i].path), "skipped": True})
-        elif i in records:
-            merged.append(records[i])
-    _write_summary(output, merged, {
+    mine = [records[i] for i in sorted(records)]
+    jobs.write_summary(plan, mine, {
         "run": run_location,
         "widths": widths,
         "predict": cfg.predict.model_dump(mode="json"),
         "postprocess": cfg.postprocess.model_dump(mode="json"),
         "scale": cfg.data.scale,
         "workers": workers,
-        "skipped": len(done),
+        "skipped": len(plan.done),
     })
     ok = [r for i, r in records.items() if i not in failures]
     megapixels = sum(r["size"][0] * r["size"][1] for r in ok if "size" in r) / 1e6
     return JobSummary(
-        records=merged, failures=[failures[i] for i in sorted(failures)],
-        predicted=len(ok), skipped=len(done), megapixels=megapixels,
+        records=mine, failures=[failures[i] for i in sorted(failures)],
+        predicted=len(ok), skipped=len(plan.done), megapixels=megapixels,
         seconds=time.perf_counter() - started, workers=workers, dashboard=link,
     )
 
@@ -678,35 +618,15 @@ def _open_raster(state: _RasterRun, cfg: Config, output: Any, widths: list[int])
         state.location, state.stem, widths, cfg, state.folder))
 
 
-def _finish_raster(state: _RasterRun, output: Any, vector: bool) -> tuple[dict[str, Any], str]:
-    from segmenter import mosaic
+def _finish_raster(state: _RasterRun, plan: Any, vector: bool) -> tuple[dict[str, Any], str]:
+    from segmenter import jobs, mosaic
 
     try:
         result = state.job.finish(vector)
         fields, line = mosaic.raster_fields(state.stem, result)
-        record = {"input": str(state.ref.path), "stem": state.stem, **fields}
-        output.publish(state.folder, list(record["outputs"].values()))
-        output.write_record(state.stem, record)
+        record = jobs.raster_record(state.ref, state.stem, fields)
+        plan.output.publish(state.folder, list(record["outputs"].values()))
+        jobs.commit(plan, record)
     finally:
         state.stack.close()
     return record, line
-
-
-def _task_error(error: BaseException) -> str:
-    """One line for a task that raised (a bad input is a SegmenterError)."""
-    if isinstance(error, SegmenterError):
-        return str(error)
-    if type(error).__name__ == "KilledWorker":
-        return ("the workers running it died (3 times): out of memory, or a crash; see the "
-                "workers' logs")
-    first = str(error).strip().splitlines()
-    return f"unexpected {type(error).__name__}: {first[0] if first else ''}"
-
-
-def _write_summary(output: Any, records: list[dict[str, Any]], extra: dict[str, Any]) -> None:
-    """``predictions.json`` / ``.csv`` of the whole job, written by the client."""
-    from segmenter import outputs
-
-    with output.staging() as folder:
-        outputs.write_summary(folder, records, extra)
-        output.publish(folder, [outputs.SUMMARY_JSON, outputs.SUMMARY_CSV])

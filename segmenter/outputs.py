@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -40,7 +42,8 @@ CSV_FIELDS = (
 
 
 def safe_stem(name: str) -> str:
-    """A file-name stem from any input name: last path component, no extension, safe chars.
+    """A file-name stem from an input's file name: last path component, its one extension
+    dropped, safe characters only (``flight.01.JPG`` -> ``flight.01``).
 
     Both ``/`` and ``\\`` count as separators, characters outside ``[A-Za-z0-9._-]`` become
     ``_`` and leading dots are dropped, so the result is never ``..``, hidden or a path.
@@ -51,17 +54,41 @@ def safe_stem(name: str) -> str:
     return stem[:150] or "image"
 
 
-def unique_stems(names: list[str]) -> list[str]:
-    """:func:`safe_stem` of each name, made unique with ``-2``, ``-3``... in input order."""
-    seen: set[str] = set()
+def input_source(location: str) -> str:
+    """Where an input is, as one string that does not depend on the working directory: the
+    URL of a remote input, the absolute path of a local one. An input keeps its stem in an
+    output folder by this key (:func:`assign_stems`)."""
+    text = str(location)
+    if "://" in text and not text.lower().startswith("file://"):
+        return text
+    return os.path.abspath(os.path.expanduser(text.removeprefix("file://")))
+
+
+def assign_stems(locations: list[str], known: Mapping[str, str] | None = None) -> list[str]:
+    """The output stem of each input, unique in the output folder, in input order.
+
+    Args:
+        locations: each input's path or URL (its file name gives the stem).
+        known: :func:`input_source` -> stem of the inputs already predicted into the output
+            folder (its records). An input found there keeps its stem, so ``--overwrite`` and
+            ``--skip-existing`` mean its own files; any other input gets :func:`safe_stem` of
+            its name, made unique with ``-2``, ``-3``... against every stem of the folder and
+            of this call (case-insensitively: some file systems are), so it never takes over
+            another input's files.
+    """
+    known = dict(known or {})
+    taken = {stem.lower() for stem in known.values()}
+    used: set[str] = set()
     out = []
-    for name in names:
-        base = safe_stem(name)
-        stem, count = base, 1
-        while stem.lower() in seen:
-            count += 1
-            stem = f"{base}-{count}"
-        seen.add(stem.lower())
+    for location in locations:
+        stem = known.get(input_source(location))
+        if stem is None or stem.lower() in used:
+            base = safe_stem(location)
+            stem, count = base, 1
+            while stem.lower() in used or stem.lower() in taken:
+                count += 1
+                stem = f"{base}-{count}"
+        used.add(stem.lower())
         out.append(stem)
     return out
 

@@ -23,6 +23,7 @@ Each Dask worker does the same on its own machine.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 RECORDS_DIR = ".records"
 #: fsspec protocols whose single PUT publishes a whole object at once.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss"})
+#: fsspec protocols that keep nothing once the process ends: refused as --out.
+TRANSIENT = frozenset({"memory"})
+#: the lock file held while the summary is read and rewritten (local folders).
+LOCK_NAME = ".predictions.lock"
 #: suffixes of the files one input may own (see :func:`owned_by`).
 OWNED_SUFFIXES = (
     "_water_prob.png", "_water_mask.png", "_overlay.png", "_water_prob.npy",
@@ -124,9 +129,22 @@ class Output:
     """
 
     def __init__(self, location: str, data_cfg: Any) -> None:
-        self.location = str(location).rstrip("/") or str(location)
+        text = str(location)
+        if not text.strip():
+            raise DataError("--out: empty; give a folder or a URL (without --out, predictions "
+                            "go to RUN/predictions)")
         self.data_cfg = data_cfg
-        self.remote = is_url(self.location)
+        self.summary_order: list[str] = []
+        self.remote = is_url(text)
+        if self.remote:  # "s3://" stays a URL (and is refused for its missing bucket)
+            protocol, _, rest = text.partition("://")
+            self.location = f"{protocol}://{rest.rstrip('/')}"
+            if protocol.lower() in TRANSIENT:
+                raise DataError(f"{text}: the {protocol}:// file system lives only as long as "
+                                "this process, so nothing written there would be kept; write "
+                                "to a folder or to a store such as s3://")
+        else:
+            self.location = text.rstrip("/") or text
         if self.remote:
             self.fs, self.root = filesystem(self.location, data_cfg)
             protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple | list) \
@@ -239,75 +257,156 @@ class Output:
         hidden = f".{base}.{uuid.uuid4().hex[:8]}.tmp"
         return self._full(f"{parent}/{hidden}" if parent else hidden)
 
+    def remove(self, names: list[str]) -> None:
+        """Delete these files (missing ones are no error)."""
+        if not names:
+            return
+        if not self.remote:
+            for name in names:
+                (self.local / name).unlink(missing_ok=True)
+            return
+        try:
+            self.fs.rm([self._full(n) for n in names])
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise DataError(f"{self.location}: cannot remove {names[0]} "
+                            f"({_reason(exc, self.data_cfg)})") from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held while the folder's records and summary are read and rewritten, so two
+        predicts into one local folder merge their rows instead of the last one winning.
+
+        Object stores have no locks: there each job merges what is committed when it ends.
+        """
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; the merge still narrows the window
+            fcntl = None
+        if self.remote or fcntl is None:
+            yield
+            return
+        path = self.local / LOCK_NAME
+        try:
+            self.local.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"{self.local}: cannot write ({exc.strerror or exc})") from None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataError(f"{path}: is a symbolic link; segmenter keeps a plain lock file "
+                                "there (remove the link)") from None
+            raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _check_records_dir(self) -> None:
+        """Records are written inside the folder only: a symbolic link there is refused."""
+        if not self.remote and (self.local / RECORDS_DIR).is_symlink():
+            raise DataError(f"{self.local / RECORDS_DIR}: is a symbolic link; segmenter keeps "
+                            "its per-input records in a plain folder there (remove the link)")
+
     def probe(self, job: dict[str, Any]) -> None:
         """Fail early, with one line, when the folder cannot be written.
 
         Writes ``.records/.job.json`` (what the job is: run, widths, start time), a file that
         stays, so no probe object is left to delete (a bucket may allow PUT but not DELETE).
         """
+        self._check_records_dir()
         self.write_bytes(f"{RECORDS_DIR}/.job.json",
                          (json.dumps(job, indent=1) + "\n").encode("utf-8"))
 
     # -------------------------------------------------------------------------- records
     def write_record(self, stem: str, record: dict[str, Any]) -> None:
         """The commit mark of one input (written after its outputs)."""
+        self._check_records_dir()
         self.write_bytes(f"{RECORDS_DIR}/{stem}.json",
                          (json.dumps(record, indent=1) + "\n").encode("utf-8"))
 
     def forget(self, stems: list[str]) -> None:
         """Drop the records of ``stems`` (``--overwrite``: they are predicted again)."""
-        names = [f"{RECORDS_DIR}/{s}.json" for s in stems]
-        if not self.remote:
-            for name in names:
-                (self.local / name).unlink(missing_ok=True)
-            return
-        present = self.names(RECORDS_DIR)
-        stale = [self._full(n) for n in names if n.rsplit("/", 1)[-1] in present]
-        if stale:
+        recorded = self.names(RECORDS_DIR)
+        self.remove([f"{RECORDS_DIR}/{s}.json" for s in stems if f"{s}.json" in recorded])
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every input recorded here, by stem: the rows of ``predictions.json`` in its order,
+        each replaced by its commit mark (``.records/<stem>.json``) where one exists, then the
+        marks the summary does not list yet (a job killed before its summary). Rows that are
+        not prediction records (hand-edited) are left out, with a debug line. The stems the
+        summary lists, in its order, are kept in :attr:`summary_order`."""
+        from pydantic import ValidationError
+
+        from segmenter.outputs import SUMMARY_JSON
+        from segmenter.runstate import PredictionRecord
+
+        self._check_records_dir()
+        found: dict[str, dict[str, Any]] = {}
+
+        def take(item: Any, where: str) -> None:
             try:
-                self.fs.rm(stale)
-            except Exception as exc:
-                raise DataError(f"{self.location}: cannot remove old records "
-                                f"({_reason(exc, self.data_cfg)})") from None
+                record = PredictionRecord.model_validate(item).to_json()
+            except ValidationError:
+                log.debug("%s: dropped an unreadable record: %r", where, item)
+                return
+            found[record["stem"]] = record
 
-    def finished(self, stems: list[str]) -> dict[str, dict[str, Any]]:
-        """Records of the ``stems`` already predicted here (their outputs all present).
+        if SUMMARY_JSON in self.names():
+            try:
+                data = json.loads(self.read_many([SUMMARY_JSON]).get(SUMMARY_JSON, b"{}"))
+            except ValueError:
+                data = {}
+            images = data.get("images") if isinstance(data, dict) else None
+            for item in images if isinstance(images, list) else []:
+                take(item, self.display(SUMMARY_JSON))
+        self.summary_order = list(found)
+        marks = sorted(f"{RECORDS_DIR}/{n}" for n in self.names(RECORDS_DIR)
+                       if n.endswith(".json") and not n.startswith("."))
+        contents = self.read_many(marks)
+        for name in marks:
+            if name in contents:
+                try:
+                    take(json.loads(contents[name]), self.display(name))
+                except ValueError:
+                    log.debug("%s: dropped an unreadable record", self.display(name))
+        return found
 
-        A record is trusted only with every output it names; without records (a run made by
-        plain ``predict``, which writes none), a photo listed as ``ok`` in ``predictions.json``
-        with all its outputs counts as finished too.
+    def finished(self, records: dict[str, dict[str, Any]], stems: list[str],
+                 wanted: dict[str, set[str]] | None = None) -> dict[str, dict[str, Any]]:
+        """The records of the ``stems`` already predicted here, for ``--skip-existing``.
+
+        A record counts when it is ``ok``, every output it names is present, and it has every
+        output this call would write (``wanted``: stem -> output kinds; a raster predicted
+        without ``--vector`` is not finished for a call with it).
         """
         present = self.names()
-        recorded = self.names(RECORDS_DIR)
-        wanted = [f"{RECORDS_DIR}/{s}.json" for s in stems if f"{s}.json" in recorded]
-        records: dict[str, dict[str, Any]] = {}
-        for data in self.read_many(wanted).values():
-            with contextlib.suppress(ValueError):
-                record = json.loads(data)
-                if isinstance(record, dict) and record.get("stem"):
-                    records[record["stem"]] = record
-        from segmenter.outputs import SUMMARY_JSON
-
-        if SUMMARY_JSON in present and len(records) < len(stems):
-            summary = self.read_many([SUMMARY_JSON]).get(SUMMARY_JSON, b"{}")
-            with contextlib.suppress(ValueError, AttributeError):
-                for record in json.loads(summary).get("images", []):
-                    records.setdefault(record.get("stem"), record)
         done = {}
         for stem in stems:
             record = records.get(stem)
             if not record or record.get("status") != "ok":
                 continue
-            if all(name in present for name in (record.get("outputs") or {}).values()):
-                done[stem] = record
+            files = record.get("outputs") or {}
+            if not files or not all(name in present for name in files.values()):
+                continue
+            if wanted and not set(wanted.get(stem, ())) <= set(files):
+                continue
+            done[stem] = record
         return done
 
-    def existing(self, stems: list[str]) -> list[str]:
-        """Files here that predicting ``stems`` would replace (the summary included)."""
+    def existing(self, stems: list[str],
+                 names: tuple[str, ...] | None = None) -> list[str]:
+        """Files here that predicting ``stems`` would replace: whole-folder ``names`` (by
+        default the summary) and every file each stem owns (:func:`owned_by`)."""
         from segmenter.outputs import SUMMARY_CSV, SUMMARY_JSON
 
+        names = (SUMMARY_JSON, SUMMARY_CSV) if names is None else names
         present = self.names()
-        found = sorted(n for n in present if n in (SUMMARY_JSON, SUMMARY_CSV))
+        found = sorted(n for n in present if n in names)
         for stem in stems:
             found += sorted(n for n in present if owned_by(n, stem))
         return found
@@ -325,20 +424,22 @@ def open_output(location: str | os.PathLike, data_cfg: Any) -> Output:
 def fetch_run(url: str, data_cfg: Any, cache: Path | None = None) -> Path:
     """A local copy of the run directory at ``url`` (config, status files, finished models).
 
-    Files already copied with the same size are not fetched again; each is written under a
-    temporary name and renamed, so processes sharing the cache never see half a model.
+    A file is fetched again whenever the store reports another version of it (its ETag, or
+    its modification time where the store has no ETag, and its size): a run retrained and
+    uploaded over the same keys is never predicted with stale models. Each file is written
+    under a temporary name and renamed, so processes sharing the cache never see half a model.
 
     Raises:
         RunError: nothing readable at ``url``, or no ``config.yaml`` there.
     """
     from segmenter.data.storage import cache_root
-    from segmenter.fileio import atomic_path
+    from segmenter.fileio import atomic_path, write_json
 
     fs, root = filesystem(url, data_cfg)
     base = (cache or cache_root(data_cfg)) / "runs"
     target = base / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
     try:
-        wanted: dict[str, int] = {}
+        wanted: dict[str, list[Any]] = {}
         for sub, pattern in (("", ("config.yaml", "manifest.json")), ("history", ".json"),
                              ("models", ".keras")):
             path = f"{root}/{sub}" if sub else root
@@ -352,15 +453,20 @@ def fetch_run(url: str, data_cfg: Any, cache: Path | None = None) -> Path:
                     continue
                 ok = name in pattern if isinstance(pattern, tuple) else name.endswith(pattern)
                 if ok:
-                    wanted[f"{sub}/{name}" if sub else name] = int(entry.get("size") or 0)
+                    wanted[f"{sub}/{name}" if sub else name] = [int(entry.get("size") or 0),
+                                                                _version(entry)]
         if "config.yaml" not in wanted:
             raise RunError(f"{url}: not a segmenter run (no config.yaml there)")
-        for rel, size in sorted(wanted.items()):
+        fetched = _read_fetched(target)
+        for rel, version in sorted(wanted.items()):
             local = target / rel
-            if local.is_file() and local.stat().st_size == size:
+            if (local.is_file() and local.stat().st_size == version[0]
+                    and version[1] is not None and fetched.get(rel) == version):
                 continue
             with atomic_path(local) as tmp:
                 fs.get_file(f"{root}/{rel}", str(tmp))
+            fetched[rel] = version
+            write_json(target / FETCHED, fetched)
     except RunError:
         raise
     except Exception as exc:
@@ -368,3 +474,25 @@ def fetch_run(url: str, data_cfg: Any, cache: Path | None = None) -> Path:
                        ) from None
     log.debug("run %s copied to %s", url, target)
     return target
+
+
+#: in a fetched run's cache folder: the version of each file copied (see :func:`fetch_run`).
+FETCHED = ".fetched.json"
+
+
+def _version(entry: dict[str, Any]) -> str | None:
+    """What tells one version of a stored file from another: its ETag, else its time."""
+    for key in ("ETag", "etag", "md5Hash", "LastModified", "last_modified", "mtime", "updated",
+                "created"):
+        value = entry.get(key)
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+def _read_fetched(target: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((target / FETCHED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

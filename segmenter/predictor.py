@@ -8,9 +8,6 @@ Kept apart from the click command so scripts (benchmarks, the evaluation) call t
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from segmenter import outputs
 from segmenter.config import Config
 from segmenter.errors import RunError, SegmenterError
-from segmenter.runstate import PredictionRecord
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +57,7 @@ def load_models(run: Any, cfg: Config) -> LoadedModels:
         RunError: the run has no finished model.
         ConfigError: ``predict.widths`` names a width the run has not finished.
     """
-    finished = run.finished_widths()
-    if not finished:
-        raise RunError(
-            f"{run.path}: no finished models (models/pw<W>.keras); train first with "
-            f"`segmenter train --out {run.path}`"
-        )
-    from segmenter.inference import select_models
-
-    wanted = select_models({w: w for w in finished}, cfg)  # the one check of predict.widths
+    wanted = run_widths(run, cfg)
     if cfg.predict.grey and cfg.train.augment.greyscale <= 0:
         log.warning(
             "predict.grey: %s trained without grey patches (train.augment.greyscale: 0), so "
@@ -80,6 +67,28 @@ def load_models(run: Any, cfg: Config) -> LoadedModels:
     models = {w: run.load_model(w) for w in wanted}
     scores = {w: run.val_score(w) for w in models}
     return LoadedModels(models=models, scores=scores)
+
+
+def run_widths(run: Any, cfg: Config, where: str | None = None) -> list[int]:
+    """The finished widths of ``run`` that ``predict.widths`` asks for (null = all), sorted.
+
+    Args:
+        where: how the user named the run (a URL fetched to ``run.path``), for messages.
+
+    Raises:
+        RunError: the run has no finished model.
+        ConfigError: ``predict.widths`` names a width the run has not finished.
+    """
+    from segmenter.inference import select_models
+
+    finished = run.finished_widths()
+    where = where or str(run.path)
+    if not finished:
+        raise RunError(
+            f"{where}: no finished models (models/pw<W>.keras); train first with "
+            f"`segmenter train --out {where}`"
+        )
+    return sorted(select_models({w: w for w in finished}, cfg))  # the one check of widths
 
 
 def predict_photo(loaded: LoadedModels, image: np.ndarray, cfg: Config,
@@ -127,32 +136,6 @@ def seconds_summary(seconds: list[float], gmm_seconds: list[float], wall: float,
     )
 
 
-def existing_outputs(out_dir: Path, stems: list[str],
-                     names: tuple[str, ...] = (outputs.SUMMARY_JSON, outputs.SUMMARY_CSV)
-                     ) -> list[Path]:
-    """Files in ``out_dir`` that predicting ``stems`` could replace, in a stable order.
-
-    ``names`` are whole-folder files (by default the ``predictions.json`` / ``.csv``
-    summary); per stem, the three PNGs and every optional map: the float ``.npy`` and the
-    per-width ``_water_prob_pw<W>`` PNG / ``.npy`` of any width (the widths and the
-    ``save_float`` / ``save_scales`` options can change between runs, and an earlier run's
-    maps would otherwise sit beside the new ones, unannounced).
-    """
-    from segmenter.geooutputs import raster_output_paths
-
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    found = [out_dir / name for name in names if (out_dir / name).exists()]
-    for stem in stems:
-        found += [p for p in outputs.output_paths(out_dir, stem).values() if p.exists()]
-        pattern = glob.escape(stem) + "_water_prob"
-        found += sorted(out_dir.glob(pattern + ".npy"))
-        found += sorted(out_dir.glob(pattern + "_pw*"))
-        found += [p for p in raster_output_paths(out_dir, stem).values() if p.exists()]
-    return found
-
-
 def check_overwrite(out_dir: Path, stems: list[str], overwrite: bool,
                     names: tuple[str, ...] = (outputs.SUMMARY_JSON, outputs.SUMMARY_CSV),
                     what: str = "predictions") -> None:
@@ -160,7 +143,8 @@ def check_overwrite(out_dir: Path, stems: list[str], overwrite: bool,
 
     Args:
         out_dir: the output folder.
-        stems: photo stems that will be written (see :func:`existing_outputs`).
+        stems: stems that will be written (every file a stem owns counts,
+            :func:`segmenter.outputs_fs.owned_by`).
         overwrite: the ``--overwrite`` flag.
         names: whole-folder files that will be written (``evaluate`` passes its report's).
         what: the kind of results, for the message.
@@ -170,99 +154,92 @@ def check_overwrite(out_dir: Path, stems: list[str], overwrite: bool,
     """
     if overwrite:
         return
-    existing = existing_outputs(out_dir, stems, names)
+    from segmenter.outputs_fs import Output
+
+    existing = Output(str(out_dir), None).existing(stems, names)
     if existing:
         raise RunError(
-            f"{out_dir}: already holds {what} ({existing[0].name}); pass --overwrite to "
+            f"{out_dir}: already holds {what} ({existing[0]}); pass --overwrite to "
             f"replace them or choose another --out"
         )
 
 
 def predict_inputs(
-    refs: list[Any],
+    plan: Any,
     loaded: LoadedModels,
     cfg: Config,
-    out_dir: Path,
     *,
     run_path: str = "",
     report: Callable[[str], None] | None = None,
     progress: Callable[[Any], Any] | None = None,
     vector: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Predict every photo of ``refs`` into ``out_dir``; unreadable ones are reported, skipped.
+    """Predict the inputs of ``plan`` in this process; unreadable ones are reported, skipped.
 
     Args:
-        refs: photo references (``name``, ``path``, ``read_bytes()``), as
-            :func:`segmenter.data.storage.expand_inputs` returns.
+        plan: the call's :class:`segmenter.jobs.JobPlan` (output folder or URL, stems, what
+            ``--skip-existing`` skips).
         loaded: the run's models (:func:`load_models`).
         cfg: the effective config.
-        out_dir: output folder (created).
         run_path: recorded in the summary.
-        report: called with one line per photo (its result or its failure).
-        progress: wraps the iteration over refs (e.g. a click progress bar).
+        report: called with one line per input (its result or its failure).
+        progress: wraps the iteration over the inputs (e.g. a click progress bar).
         vector: rasters (GeoTIFF inputs, :mod:`segmenter.mosaic`) also get GeoJSON vectors.
 
     Returns:
-        One record per photo (also written to ``predictions.json``/``.csv``) and the failure
-        lines, in input order.
+        One record per input predicted (every input of the folder is in ``predictions.json``
+        / ``.csv``) and the failure lines, in input order.
     """
-    from segmenter import mosaic
+    from segmenter import jobs, mosaic
     from segmenter.data.images import decode_photo
 
     report = report or (lambda line: None)
-    stems = outputs.unique_stems([ref.name for ref in refs])
-    records: list[PredictionRecord] = []
+    output = plan.output
+    records: list[dict[str, Any]] = []
     failures: list[str] = []
-    pairs = list(zip(refs, stems, strict=True))
+    pairs = [(ref, stem) for _, ref, stem in plan.todo]
 
     def decode(ref: Any) -> tuple[np.ndarray, list[str]]:
         return decode_photo(ref.read_bytes(), str(ref.path))
 
-    def fail(record: dict[str, Any], ref: Any, exc: BaseException) -> None:
-        message = str(exc) if isinstance(exc, SegmenterError) else _unexpected(exc)
-        if not message.startswith(str(ref.path)):
-            message = f"{ref.path}: {message}"
+    def fail(ref: Any, stem: str, exc: BaseException) -> None:
+        message = jobs.failure_message(ref, exc)
         failures.append(message)
-        records.append(PredictionRecord(**record, status="failed", error=message))
+        records.append(jobs.failed_record(ref, stem, message))
         report(f"FAILED {message}")
+
+    def commit(record: dict[str, Any], folder: Path) -> None:
+        names = list(record["outputs"].values())
+        output.publish(folder, names)
+        if output.remote:  # staged copies: uploaded, not kept
+            for name in names:
+                (folder / name).unlink(missing_ok=True)
+        jobs.commit(plan, record)
 
     def finish(done: tuple[Any, ...]) -> None:
         """Wait for a photo's files, then record and report it (in input order)."""
-        ref, stem, record, image_shape, notes, result, writing = done
+        ref, stem, image_shape, notes, result, writing, folder = done
         try:
             files = writing.result()
+            record, line = jobs.photo_record(ref, stem, result, image_shape, notes, files)
+            commit(record, folder)
         except (SegmenterError, Exception) as exc:  # one photo's failure never stops the batch
-            fail(record, ref, exc)
+            fail(ref, stem, exc)
             return
         log_threshold_decision(stem, result.threshold)
-        fraction = float(result.water.mean())
-        height, width = image_shape
-        records.append(PredictionRecord(
-            **record,
-            status="ok",
-            size=[height, width],
-            water_fraction=round(fraction, 6),
-            method=result.threshold["method"],
-            threshold=round(float(result.threshold["threshold"]), 6),
-            threshold_revised=bool(result.threshold.get("revised", False)),
-            seconds=round(result.seconds, 3),
-            gmm_seconds=round(result.gmm_seconds, 3),
-            notes=notes,
-            coverage=result.inference.get("coverage"),
-            outputs={k: Path(v).name for k, v in files.items()},
-        ))
-        report(f"{stem}: {width}x{height} px, water {fraction:.1%}, {result.seconds:.1f} s")
+        records.append(record)
+        report(line)
 
     # One helper thread reads and decodes the next photo and writes the previous photo's files
     # (PNG encoding) while this thread predicts: for photos of a megapixel or so those took a
     # tenth of the time per photo, in series with the model. Only photos of up to
     # LOOKAHEAD_PIXELS overlap so (at most one decoded ahead, one being written); larger ones
     # go one at a time, which keeps the peak memory of a 25-megapixel photo where it was.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="photo-io") as io:
+    with output.staging() as folder, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="photo-io") as io:
         upcoming = None
         previous = None
         for number, (ref, stem) in enumerate(progress(pairs) if progress else pairs):
-            record: dict[str, Any] = {"input": str(ref.path), "stem": stem}
             decoding, upcoming = upcoming, None
             if mosaic.is_raster_ref(ref):  # GeoTIFF / COG: tiled, georeferenced outputs
                 if previous is not None:
@@ -270,11 +247,13 @@ def predict_inputs(
                     previous = None
                 try:
                     fields, line = mosaic.predict_raster_ref(
-                        ref, stem, loaded, cfg, out_dir, vector)
+                        ref, stem, loaded, cfg, folder, vector)
+                    record = jobs.raster_record(ref, stem, fields)
+                    commit(record, folder)
                 except (SegmenterError, Exception) as exc:
-                    fail(record, ref, exc)
+                    fail(ref, stem, exc)
                     continue
-                records.append(PredictionRecord(**record, **fields))
+                records.append(record)
                 report(line)
                 continue
             try:
@@ -290,52 +269,45 @@ def predict_inputs(
                 if previous is not None:
                     finish(previous)
                     previous = None
-                fail(record, ref, exc)
+                fail(ref, stem, exc)
                 continue
             writing = io.submit(
-                outputs.write_prediction, out_dir, stem, image, result.land_prob, result.water,
+                outputs.write_prediction, folder, stem, image, result.land_prob, result.water,
                 method=cfg.postprocess.method, per_scale=result.per_scale,
                 save_float=cfg.predict.save_float,
             )
             if previous is not None:
                 finish(previous)
-            previous = (ref, stem, record, image.shape[:2], notes, result, writing)
+            previous = (ref, stem, image.shape[:2], notes, result, writing, folder)
             del image, result
             if not small:
                 finish(previous)
                 previous = None
         if previous is not None:
             finish(previous)
-    with summary_lock(out_dir):
-        # Another predict may have written into out_dir meanwhile: keep its photos' records.
-        mine = {record.stem for record in records}
-        earlier = [r for r in _summary_records(out_dir) if r.stem not in mine]
-        outputs.write_summary(out_dir, [r.to_json() for r in earlier + records], {
-            "run": run_path,
-            "widths": sorted(loaded.models),
-            "predict": cfg.predict.model_dump(mode="json"),
-            "postprocess": cfg.postprocess.model_dump(mode="json"),
-            "scale": cfg.data.scale,
-        })
-    return [record.to_json() for record in records], failures
+    jobs.write_summary(plan, records, {
+        "run": run_path,
+        "widths": sorted(loaded.models),
+        "predict": cfg.predict.model_dump(mode="json"),
+        "postprocess": cfg.postprocess.model_dump(mode="json"),
+        "scale": cfg.data.scale,
+        "skipped": len(plan.done),
+    })
+    return records, failures
 
 
-def predict_one(ref: Any, stem: str, loaded: LoadedModels, cfg: Config, out_dir: Path, *,
-                vector: bool = False) -> tuple[dict[str, Any], str, str | None]:
-    """Predict one input of ``predict`` into ``out_dir`` (a photo, or a raster in one process).
+def predict_one(ref: Any, stem: str, loaded: LoadedModels, cfg: Config, out_dir: Path
+                ) -> tuple[dict[str, Any], str, str | None]:
+    """Predict one photo of ``predict`` into ``out_dir`` (a Dask worker's photo task).
 
     Returns:
         Its summary record, its report line, and its failure message (``None`` when it was
         predicted). A bad input (:class:`SegmenterError`) is a failure, not an exception.
     """
-    from segmenter import mosaic
+    from segmenter import jobs
     from segmenter.data.images import decode_photo
 
-    record: dict[str, Any] = {"input": str(ref.path), "stem": stem}
     try:
-        if mosaic.is_raster_ref(ref):  # GeoTIFF / COG: tiled, georeferenced outputs
-            fields, line = mosaic.predict_raster_ref(ref, stem, loaded, cfg, out_dir, vector)
-            return PredictionRecord(**record, **fields).to_json(), line, None
         image, notes = decode_photo(ref.read_bytes(), str(ref.path))
         for note in notes:
             log.info("%s", note)
@@ -346,29 +318,11 @@ def predict_one(ref: Any, stem: str, loaded: LoadedModels, cfg: Config, out_dir:
             save_float=cfg.predict.save_float,
         )
     except (SegmenterError, Exception) as exc:  # one input's failure never stops the job
-        message = str(exc) if isinstance(exc, SegmenterError) else _unexpected(exc)
-        if not message.startswith(str(ref.path)):
-            message = f"{ref.path}: {message}"
-        failed = PredictionRecord(**record, status="failed", error=message).to_json()
-        return failed, f"FAILED {message}", message
+        message = jobs.failure_message(ref, exc)
+        return jobs.failed_record(ref, stem, message), f"FAILED {message}", message
     log_threshold_decision(stem, result.threshold)
-    fraction = float(result.water.mean())
-    height, width = image.shape[:2]
-    record.update({
-        "status": "ok",
-        "size": [height, width],
-        "water_fraction": round(fraction, 6),
-        "method": result.threshold["method"],
-        "threshold": round(float(result.threshold["threshold"]), 6),
-        "threshold_revised": bool(result.threshold.get("revised", False)),
-        "seconds": round(result.seconds, 3),
-        "gmm_seconds": round(result.gmm_seconds, 3),
-        "notes": notes,
-        "coverage": result.inference.get("coverage"),
-        "outputs": {k: Path(v).name for k, v in files.items()},
-    })
-    line = f"{stem}: {width}x{height} px, water {fraction:.1%}, {result.seconds:.1f} s"
-    return PredictionRecord(**record).to_json(), line, None
+    record, line = jobs.photo_record(ref, stem, result, image.shape[:2], notes, files)
+    return record, line, None
 
 
 def log_threshold_decision(name: str, threshold: dict[str, Any]) -> None:
@@ -381,51 +335,6 @@ def log_threshold_decision(name: str, threshold: dict[str, Any]) -> None:
         log.info("%s: threshold revised to %.3f: every GMM component's median was on one "
                  "side of %.3f", name, threshold["threshold"],
                  threshold.get("threshold_configured", float("nan")))
-
-
-def _unexpected(exc: BaseException) -> str:
-    """One line for a failure that is not a known bad input (shown in full with -v)."""
-    log.debug("unexpected failure", exc_info=exc)
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
-
-
-LOCK_NAME = ".predictions.lock"
-
-
-@contextlib.contextmanager
-def summary_lock(out_dir: Path):
-    """An exclusive lock on ``out_dir``'s summary, held while it is read and rewritten, so
-    two predicts into one folder merge their records instead of the last one winning."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; the merge still narrows the window
-        yield
-        return
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(out_dir) / LOCK_NAME, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _summary_records(out_dir: Path) -> list[PredictionRecord]:
-    """The records of an existing ``predictions.json`` (none if absent or unreadable; a
-    record that is not one of ours is dropped, with a debug line)."""
-    try:
-        data = json.loads((Path(out_dir) / outputs.SUMMARY_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    images = data.get("images") if isinstance(data, dict) else None
-    found = []
-    for item in images if isinstance(images, list) else []:
-        try:
-            found.append(PredictionRecord.model_validate(item))
-        except ValidationError:
-            log.debug("%s: dropped an unreadable record: %r", out_dir, item)
-    return found
 
 
 def check_writable(out_dir: Path) -> None:

@@ -83,6 +83,8 @@ class PredictionRecord(_Record):
     input: str
     stem: str
     status: Literal["ok", "failed"]
+    #: the input's absolute path or URL: it keeps its stem in the folder by this.
+    source: str | None = None
     error: str | None = None
     size: list[int] | None = None
     water_fraction: float | None = None

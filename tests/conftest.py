@@ -66,3 +66,46 @@ def real_dir() -> Path:
     if not (REAL_DIR / "train").is_dir():
         pytest.skip(f"real sample not found at {REAL_DIR}")
     return REAL_DIR
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """One LocalCluster of 2 worker processes (one thread each, loopback only) for the whole
+    session; tests reach it with ``--scheduler tcp://127.0.0.1:PORT``, as a real cluster.
+    Workers import TensorFlow on their first task, so the first test using it pays for that."""
+    pytest.importorskip("distributed")
+    from segmenter.cluster import WORKER_ENV, start_local_cluster
+
+    cache = tmp_path_factory.mktemp("worker-cache")
+    env = {**WORKER_ENV, "SEGMENTER_CACHE": str(cache)}
+    local = start_local_cluster(2, env=env, dashboard_address=":0")
+    yield local
+    local.close()
+
+
+@pytest.fixture(scope="session")
+def scheduler(cluster) -> str:
+    return cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server with a bucket ``masks`` anyone may read and write (as a lab's scratch
+    bucket). Anonymous access, as the other S3 tests: the bucket policy grants it, nothing is
+    patched."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+    from data_helpers import start_s3_server
+
+    server = start_s3_server()
+    client = server.client()
+    client.create_bucket(Bucket="masks")
+    actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"]
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Sid": "PublicReadWrite", "Effect": "Allow", "Principal": "*", "Action": actions,
+        "Resource": ["arn:aws:s3:::masks", "arn:aws:s3:::masks/*"]}]}
+    client.put_bucket_policy(Bucket="masks", Policy=json.dumps(policy))
+    yield server
+    server.stop()

@@ -24,9 +24,6 @@ from PIL import Image
 from raster_data import rgb_raster
 from test_predict_cli import make_run, write_photos
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-from data_helpers import start_s3_server  # noqa: E402
-
 pytest.importorskip("distributed")
 rasterio = pytest.importorskip("rasterio")
 
@@ -57,22 +54,6 @@ def assert_same_photo_outputs(out: Path, single: Path, stem: str, exact: bool = 
     a = np.asarray(Image.open(out / f"{stem}_water_prob.png"), dtype=int)
     b = np.asarray(Image.open(single / f"{stem}_water_prob.png"), dtype=int)
     assert np.abs(a - b).max() <= 1, stem
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    from segmenter.cluster import WORKER_ENV, start_local_cluster
-
-    cache = tmp_path_factory.mktemp("worker-cache")
-    env = {**WORKER_ENV, "SEGMENTER_CACHE": str(cache)}
-    local = start_local_cluster(2, env=env, dashboard_address=":0")
-    yield local
-    local.close()
-
-
-@pytest.fixture(scope="module")
-def scheduler(cluster) -> str:
-    return cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
@@ -172,24 +153,6 @@ def test_raster_tiles_on_two_workers_equal_one_process(runner, scheduler, run_di
 
 
 # ------------------------------------------------------------------------------------ S3
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server with a bucket anyone may read and write (as a lab's scratch bucket).
-
-    Anonymous access, as the other S3 tests: the bucket policy grants it, nothing is patched.
-    """
-    server = start_s3_server()
-    client = server.client()
-    client.create_bucket(Bucket="masks")
-    actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"]
-    policy = {"Version": "2012-10-17", "Statement": [{
-        "Sid": "PublicReadWrite", "Effect": "Allow", "Principal": "*", "Action": actions,
-        "Resource": ["arn:aws:s3:::masks", "arn:aws:s3:::masks/*"]}]}
-    client.put_bucket_policy(Bucket="masks", Policy=json.dumps(policy))
-    yield server
-    server.stop()
 
 
 def s3_objects(s3, prefix: str) -> dict[str, dict]:
@@ -301,16 +264,16 @@ def test_skip_existing_in_one_process_after_a_plain_run(runner, run_dir, photos,
     result = runner("predict", "--run", run_dir, photos, "--out", out, "--skip-existing")
     assert result.exit_code == 0, result.output
     assert "9 input(s) already predicted" in result.output
-    assert "1 of 10 photo(s) predicted" in result.output and "on 1 worker(s)" in result.output
+    assert "1 of 10 photo(s) predicted" in result.output and "9 already there" in result.output
     # predicted in this process (TF and BLAS on several threads): equal up to float noise
     assert_same_photo_outputs(out, single, "grey", exact=False)
     assert stems_of(out) == stems_of(single)
 
 
-def test_plain_overwrite_drops_the_records_of_an_earlier_job(runner, run_dir, photos, single,
-                                                             tmp_path):
-    """A record vouches for outputs its job wrote: once a plain --overwrite has rewritten
-    them (and its own predictions.json), the old record must not be trusted any more."""
+def test_plain_overwrite_rewrites_the_records_of_an_earlier_job(runner, run_dir, photos,
+                                                                single, tmp_path):
+    """A record vouches for outputs its job wrote: a plain --overwrite rewrites them, and
+    each input's record with them (the plain path commits records too)."""
     import shutil
 
     out = tmp_path / "out"
@@ -319,9 +282,12 @@ def test_plain_overwrite_drops_the_records_of_an_earlier_job(runner, run_dir, ph
     first = runner("predict", "--run", run_dir, photos, "--out", out, "--skip-existing")
     assert first.exit_code == 0, first.output
     assert (out / ".records" / "grey.json").exists()
+    before = (out / ".records" / "grey.json").read_text()
     again = runner("predict", "--run", run_dir, photos, "--out", out, "--overwrite")
     assert again.exit_code == 0, again.output
-    assert not list((out / ".records").glob("[!.]*.json"))  # .job.json (the probe) may stay
+    marks = {p.stem: json.loads(p.read_text()) for p in (out / ".records").glob("[!.]*.json")}
+    assert sorted(marks) == sorted(stems_of(single))
+    assert (out / ".records" / "grey.json").read_text() != before  # this call's, not the old
     rerun = runner("predict", "--run", run_dir, photos, "--out", out, "--skip-existing")
     assert rerun.exit_code == 0, rerun.output
     assert "10 input(s) already predicted" in rerun.output

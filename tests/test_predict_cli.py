@@ -12,7 +12,7 @@ from PIL import Image
 
 from segmenter.config import load_config
 from segmenter.model import build_model
-from segmenter.outputs import safe_stem, unique_stems
+from segmenter.outputs import assign_stems, safe_stem
 from segmenter.runs import RunPlan, prepare_run
 
 TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16: 4, 32: 2}"]
@@ -151,7 +151,7 @@ def test_output_names_stay_inside_out():
     assert safe_stem("..\\..\\evil.png") == "evil"
     assert safe_stem("dir/.hidden.JPG") == "hidden"
     assert safe_stem("a b/c d?.tif") == "c_d_"
-    assert unique_stems(["x/a.jpg", "y/a.png", "A.tif"]) == ["a", "a-2", "A-3"]
+    assert assign_stems(["x/a.jpg", "y/a.png", "A.tif"]) == ["a", "a-2", "A-3"]
     for name in ("../x.jpg", "a/../../b.png", "/abs/c.tif", "..", "../..", "..."):
         stem = safe_stem(name)
         assert "/" not in stem and "\\" not in stem and not stem.startswith(".")

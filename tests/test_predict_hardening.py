@@ -129,13 +129,13 @@ def test_revised_threshold_line_names_the_photo(runner, run_dir, tmp_path):
 def test_an_earlier_summary_is_read_as_typed_records(tmp_path):
     """Merging with another predict's summary: its records are validated; one that is not
     a prediction record (hand-edited) is dropped rather than written back as is."""
-    from segmenter.predictor import _summary_records
+    from segmenter.outputs_fs import open_output
 
     (tmp_path / "predictions.json").write_text(json.dumps({"images": [
         {"input": "a.png", "stem": "a", "status": "ok", "size": [2, 3], "tiles": 4},
         {"stem": "b", "status": "maybe"},
     ]}))
-    records = _summary_records(tmp_path)
-    assert [r.stem for r in records] == ["a"]
-    assert records[0].to_json() == {"input": "a.png", "stem": "a", "status": "ok",
-                                    "size": [2, 3], "tiles": 4}
+    records = open_output(tmp_path, None).records()
+    assert list(records) == ["a"]
+    assert records["a"] == {"input": "a.png", "stem": "a", "status": "ok", "size": [2, 3],
+                            "tiles": 4}

@@ -59,9 +59,10 @@ def predict(
     exit code is then 1. With --scheduler (or predict.scheduler) the photos and raster tiles
     are predicted by the workers of a Dask cluster.
     """
+    from segmenter import jobs, predictor
     from segmenter.data.inputs import expand_inputs
     from segmenter.errors import ConfigError
-    from segmenter.outputs_fs import fetch_run, is_url
+    from segmenter.outputs_fs import fetch_run, is_url, open_output
     from segmenter.runs import open_run
 
     if overwrite and skip_existing:
@@ -81,84 +82,67 @@ def predict(
 
         parse_scheduler(cfg.predict.scheduler)  # a malformed address: one line, before any work
     default_out = f"{run_dir.rstrip('/')}/predictions" if remote_run else run.path / "predictions"
-    out = out_dir or str(default_out)
+    output = open_output(str(default_out) if out_dir is None else out_dir, cfg.data)
     refs = expand_inputs(list(inputs), cfg.data)
+    widths = predictor.run_widths(run, cfg, run_dir if remote_run else None)
+    # Workers may run elsewhere: they get an absolute path (a shared file system) or the URL.
+    run_location = run_dir if remote_run else os.path.abspath(run.path)
+    plan = jobs.plan_job(output, refs, cfg, widths=widths, overwrite=overwrite,
+                         skip_existing=skip_existing, vector=vector,
+                         job={"run": run_location, "widths": widths,
+                              "scheduler": cfg.predict.scheduler})
+    if plan.done:
+        click.echo(f"{len(plan.done)} input(s) already predicted in {output}: skipped")
 
-    if cfg.predict.scheduler or skip_existing or is_url(out):
-        _predict_job(refs, cfg, run, run_dir if remote_run else None, out, overwrite,
-                     skip_existing, vector)
+    if cfg.predict.scheduler:
+        _predict_on_cluster(plan, cfg, run_location, widths, vector)
         return
 
-    from segmenter import outputs, predictor
     from segmenter.tfenv import start_tensorflow
 
-    out_path = Path(out)
-    stems = outputs.unique_stems([r.name for r in refs])
-    predictor.check_overwrite(out_path, stems, overwrite)
-    predictor.check_writable(out_path)
-    if overwrite:  # an earlier job's commit marks must not vouch for what is predicted again
-        from segmenter.outputs_fs import open_output
-
-        open_output(out_path, cfg.data).forget(stems)
     start_tensorflow()
     loaded = predictor.load_models(run, cfg)
     log.info(
-        "predicting %d photo(s) with widths %s -> %s",
-        len(refs), ", ".join(map(str, sorted(loaded.models))), out_path,
+        "predicting %d input(s) with widths %s -> %s",
+        len(plan.todo), ", ".join(map(str, sorted(loaded.models))), output,
     )
 
     started = time.perf_counter()
     records, failures = predictor.predict_inputs(
-        refs, loaded, cfg, out_path, run_path=str(run.path), report=click.echo,
+        plan, loaded, cfg, run_path=run_location, report=click.echo,
         progress=functools.partial(progress, label="photos"), vector=vector,
     )
     wall = time.perf_counter() - started
-    done = len(refs) - len(failures)
     ok = [r for r in records if r.get("status") == "ok"]
     click.echo(predictor.seconds_summary([r["seconds"] for r in ok],
                                          [r.get("gmm_seconds", 0.0) for r in ok], wall))
-    click.echo(f"{done} of {len(refs)} photo(s) predicted into {out_path}")
+    _closing(len(ok), len(refs), output, len(plan.done), failures)
+
+
+def _closing(predicted: int, total: int, output, skipped: int, failures: list[str],
+             details: str = "") -> None:
+    """The closing line of every path, and the exit status: 1 when an input failed."""
+    already = f", {skipped} already there" if skipped else ""
+    click.echo(f"{predicted} of {total} photo(s) predicted into {output}{already}{details}")
     if failures:
         listing = "; ".join(failures)
         raise click.ClickException(f"{len(failures)} photo(s) failed: {listing}")
 
 
-def _predict_job(refs, cfg, run, run_url, out, overwrite, skip_existing, vector) -> None:
-    """The Dask (or --skip-existing / URL output) path: :func:`segmenter.cluster.run_job`."""
+def _predict_on_cluster(plan, cfg, run_location, widths, vector) -> None:
+    """Predict on the Dask cluster of ``predict.scheduler``: :func:`segmenter.cluster.run_job`."""
     from segmenter import cluster
-    from segmenter.inference import select_models
 
-    finished = run.finished_widths()
-    if not finished:
-        from segmenter.errors import RunError
-
-        raise RunError(
-            f"{run_url or run.path}: no finished models (models/pw<W>.keras); train first with "
-            f"`segmenter train --out {run_url or run.path}`"
-        )
-    widths = sorted(select_models({w: w for w in finished}, cfg))
-    # Workers may run elsewhere: they get an absolute path (a shared file system) or the URL.
-    run_location = run_url or os.path.abspath(run.path)
-    where = cfg.predict.scheduler or "this process"
-    log.info("predicting %d input(s) with widths %s on %s -> %s", len(refs),
-             ", ".join(map(str, widths)), where, out)
+    log.info("predicting %d input(s) with widths %s on %s -> %s", len(plan.todo),
+             ", ".join(map(str, widths)), cfg.predict.scheduler, plan.output)
 
     def bar(total: int):
         return click.progressbar(length=total, label="tasks",
                                  file=click.get_text_stream("stderr"), show_pos=True)
 
-    summary = cluster.run_job(
-        refs, cfg, run_location, out, widths, overwrite=overwrite,
-        skip_existing=skip_existing, vector=vector, report=click.echo, progress=bar,
-        announce=click.echo,
-    )
+    summary = cluster.run_job(plan, cfg, run_location, widths, vector=vector,
+                              report=click.echo, progress=bar, announce=click.echo)
     rate = summary.megapixels / summary.seconds if summary.seconds > 0 else 0.0
-    skipped = f", {summary.skipped} already there" if summary.skipped else ""
-    click.echo(
-        f"{summary.predicted} of {len(refs)} photo(s) predicted into {out}{skipped}: "
-        f"{summary.megapixels:.3g} megapixels in {summary.seconds:.1f} s ({rate:.3g} MP/s) on "
-        f"{summary.workers} worker(s), {len(summary.failures)} failed"
-    )
-    if summary.failures:
-        listing = "; ".join(summary.failures)
-        raise click.ClickException(f"{len(summary.failures)} photo(s) failed: {listing}")
+    _closing(summary.predicted, len(plan.refs), plan.output, summary.skipped, summary.failures,
+             f": {summary.megapixels:.3g} megapixels in {summary.seconds:.1f} s "
+             f"({rate:.3g} MP/s) on {summary.workers} worker(s), {len(summary.failures)} failed")

@@ -1,0 +1,231 @@
+"""One ``segmenter predict`` call over a list of inputs, whichever engine computes it.
+
+The plain loop (:func:`segmenter.predictor.predict_inputs`, one process, any ``--out``) and the
+Dask job (:func:`segmenter.cluster.run_job`) differ only in where the pixels are computed.
+Everything a user sees of the folder goes through here, once:
+
+* :func:`plan_job`: each input's stem (kept for an input the folder already holds, never
+  another input's, :func:`segmenter.outputs.assign_stems`), the ``--overwrite`` refusal,
+  what ``--skip-existing`` skips, the write probe;
+* :func:`base_record` / :func:`photo_record` / :func:`failed_record`: an input's row, and
+  :func:`failure_message`: a failure as one line naming the input once;
+* :func:`commit`: after an input's outputs are in place, the files of an earlier prediction
+  of it that this one did not write go, then its record (the mark ``--skip-existing`` trusts);
+* :func:`write_summary`: ``predictions.json`` / ``.csv`` rewritten under the folder's lock
+  from every input the folder holds, this call's rows replacing theirs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segmenter.config import Config
+from segmenter.errors import RunError, SegmenterError
+from segmenter.outputs_fs import Output, owned_by
+
+log = logging.getLogger(__name__)
+
+#: the outputs every input gets (photos: PNGs; rasters: COGs and an overview PNG).
+BASE_OUTPUTS = frozenset({"water_prob", "water_mask", "overlay"})
+
+
+@dataclass
+class JobPlan:
+    """What one call will do in its output folder."""
+
+    output: Output
+    refs: list[Any]
+    stems: list[str]
+    #: index -> the earlier record of an input ``--skip-existing`` skips.
+    done: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: the folder's file names when the call started (earlier outputs to clear on commit).
+    present: set[str] = field(default_factory=set)
+
+    @property
+    def todo(self) -> list[tuple[int, Any, str]]:
+        """(index, input, stem) of each input to predict, in input order."""
+        return [(i, ref, stem) for i, (ref, stem) in enumerate(zip(self.refs, self.stems,
+                                                                    strict=True))
+                if i not in self.done]
+
+
+def is_raster(ref: Any) -> bool:
+    from segmenter.data.raster import is_raster_name
+
+    return is_raster_name(str(ref.path))
+
+
+def wanted_outputs(ref: Any, cfg: Config, vector: bool, widths: list[int]) -> set[str]:
+    """The output kinds this call writes for ``ref`` (a record without one of them is not
+    finished for ``--skip-existing``)."""
+    kinds = set(BASE_OUTPUTS)
+    if is_raster(ref):
+        if vector:
+            kinds |= {"water_vector", "shoreline_vector"}
+        return kinds
+    if cfg.predict.save_float:
+        kinds.add("water_prob_npy")
+    if cfg.predict.save_scales:
+        kinds |= {f"water_prob_pw{w}" for w in widths}
+    return kinds
+
+
+def plan_job(output: Output, refs: list[Any], cfg: Config, *, widths: list[int],
+             overwrite: bool = False, skip_existing: bool = False, vector: bool = False,
+             job: dict[str, Any] | None = None) -> JobPlan:
+    """Name the inputs, apply ``--overwrite`` / ``--skip-existing``, probe the folder.
+
+    Raises:
+        RunError: the folder holds earlier predictions and neither flag was given (naming
+            the first file that would be replaced).
+        SegmenterError: the folder cannot be read or written.
+    """
+    from segmenter.outputs import assign_stems
+
+    if overwrite and skip_existing:
+        from segmenter.errors import ConfigError
+
+        raise ConfigError("--overwrite and --skip-existing cannot be used together")
+    with output.lock():
+        records = output.records()
+        known: dict[str, str] = {}
+        for stem, record in records.items():
+            known.setdefault(record_source(record), stem)
+        stems = assign_stems([str(ref.path) for ref in refs], known)
+        plan = JobPlan(output, list(refs), stems, present=output.names())
+        if skip_existing:
+            wanted = {stem: wanted_outputs(ref, cfg, vector, widths)
+                      for ref, stem in zip(refs, stems, strict=True)}
+            finished = output.finished(records, stems, wanted)
+            plan.done = {i: finished[stem] for i, stem in enumerate(stems) if stem in finished}
+            stale = [stem for i, stem in enumerate(stems) if i not in plan.done]
+        else:
+            existing = output.existing(stems)
+            if existing and not overwrite:
+                raise RunError(
+                    f"{output}: already holds predictions ({existing[0]}); pass --overwrite to "
+                    f"replace them, --skip-existing to predict only what is missing, or choose "
+                    f"another --out")
+            stale = stems
+        output.probe({**(job or {}), "inputs": len(refs),
+                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        # An input predicted again: its earlier commit mark must not vouch for it meanwhile.
+        output.forget(stale)
+    if vector and not any(is_raster(ref) for ref in refs):
+        log.warning("--vector: only rasters (GeoTIFF inputs) get GeoJSON vectors; none of "
+                    "these inputs is one")
+    elif vector and not all(is_raster(ref) for ref in refs):
+        log.info("--vector: the photos among these inputs get no vectors (rasters only)")
+    return plan
+
+
+def record_source(record: dict[str, Any]) -> str:
+    """Where a recorded input was (older records have only the path as given)."""
+    from segmenter.outputs import input_source
+
+    return record.get("source") or input_source(str(record.get("input", "")))
+
+
+def base_record(ref: Any, stem: str) -> dict[str, Any]:
+    """The fields every row has: the input as given, where it is, its stem."""
+    from segmenter.outputs import input_source
+
+    return {"input": str(ref.path), "source": input_source(str(ref.path)), "stem": stem}
+
+
+def failure_message(ref: Any, exc: BaseException) -> str:
+    """One line for an input that failed, naming it once. A bad input (a
+    :class:`SegmenterError`) says what is wrong; anything else gives its type and first line
+    (the traceback is logged at debug level, so ``-v`` shows it)."""
+    if isinstance(exc, SegmenterError):
+        message = str(exc)
+    elif type(exc).__name__ == "KilledWorker":
+        message = ("the workers running it died (3 times): out of memory, or a crash; see "
+                   "the workers' logs")
+    else:
+        log.debug("unexpected failure", exc_info=exc)
+        lines = str(exc).strip().splitlines()
+        message = f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+    path = str(ref.path)
+    return message if message.startswith(path) else f"{path}: {message}"
+
+
+def failed_record(ref: Any, stem: str, message: str) -> dict[str, Any]:
+    from segmenter.runstate import PredictionRecord
+
+    return PredictionRecord(**base_record(ref, stem), status="failed", error=message).to_json()
+
+
+def photo_record(ref: Any, stem: str, result: Any, size: tuple[int, int], notes: list[str],
+                 files: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """A predicted photo's row and its report line."""
+    from segmenter.runstate import PredictionRecord
+
+    fraction = float(result.water.mean())
+    height, width = size
+    record = PredictionRecord(
+        **base_record(ref, stem),
+        status="ok",
+        size=[height, width],
+        water_fraction=round(fraction, 6),
+        method=result.threshold["method"],
+        threshold=round(float(result.threshold["threshold"]), 6),
+        threshold_revised=bool(result.threshold.get("revised", False)),
+        seconds=round(result.seconds, 3),
+        gmm_seconds=round(result.gmm_seconds, 3),
+        notes=notes,
+        coverage=result.inference.get("coverage"),
+        outputs={k: Path(v).name for k, v in files.items()},
+    ).to_json()
+    line = f"{stem}: {width}x{height} px, water {fraction:.1%}, {result.seconds:.1f} s"
+    return record, line
+
+
+def raster_record(ref: Any, stem: str, fields: dict[str, Any]) -> dict[str, Any]:
+    from segmenter.runstate import PredictionRecord
+
+    return PredictionRecord(**base_record(ref, stem), **fields).to_json()
+
+
+def commit(plan: JobPlan, record: dict[str, Any]) -> None:
+    """An input's outputs are in place: clear what an earlier prediction of it left that this
+    one did not write (vectors, per-width maps), then write its record."""
+    stem = record["stem"]
+    written = set((record.get("outputs") or {}).values())
+    stale = sorted(n for n in plan.present if owned_by(n, stem) and n not in written)
+    if stale:
+        log.info("%s: removed %d file(s) of its earlier prediction that this one does not "
+                 "write (%s)", stem, len(stale), ", ".join(stale))
+        plan.output.remove(stale)
+        plan.present -= set(stale)
+    plan.output.write_record(stem, record)
+
+
+def write_summary(plan: JobPlan, records: list[dict[str, Any]], extra: dict[str, Any]
+                  ) -> list[dict[str, Any]]:
+    """Rewrite ``predictions.json`` / ``.csv``: every input the folder holds (another call's
+    rows, committed marks of a killed one), with this call's ``records`` replacing theirs.
+
+    Returns:
+        The rows written.
+    """
+    from segmenter import outputs
+
+    output = plan.output
+    with output.lock():
+        # The summary's rows keep their places (this call's replacing theirs); then inputs it
+        # does not list yet: committed by a job that never wrote its summary, then this call's.
+        held = output.records()
+        mine = {record["stem"]: record for record in records}
+        listed = set(output.summary_order)
+        rows = [mine.pop(stem, held[stem]) for stem in output.summary_order]
+        rows += [r for stem, r in held.items() if stem not in listed and stem not in mine]
+        rows += list(mine.values())
+        with output.staging() as folder:
+            outputs.write_summary(folder, rows, extra)
+            output.publish(folder, [outputs.SUMMARY_JSON, outputs.SUMMARY_CSV])
+    return rows
