@@ -20,11 +20,14 @@ tiles at scale 0.5, 7 % more 32-pixel windows and 30 % more 128-pixel ones than 
 4096-pixel tiles: 2 % and 9 %, for about 600 MB more peak memory).
 
 Whole-raster water mask: pass 1 predicts every tile into a float32 GeoTIFF of the probability
-of water and draws a seeded subsample of valid pixels from every tile (``postprocess.subsample``
-in all); the Gaussian mixture is fitted on that subsample and each component named water or
-land by the median probability of its subsample pixels; pass 2 reads each tile again and
-assigns every pixel. Nodata pixels are never predicted into the outputs, never sampled, and are
-nodata in every output.
+of water and draws each tile's part of one seeded subsample of the valid pixels, chosen on the
+raster's global pixel grid (:func:`sampled_pixels`, ``postprocess.subsample`` in all); the
+Gaussian mixture is fitted on that subsample, in the order of the raster's pixels, and each
+component named water or land by the median probability of its subsample pixels; pass 2 reads
+each tile again and assigns every pixel. So the mask, not only the probabilities, does not
+depend on ``predict.tile_size`` (a memory setting) nor on which worker predicted which tile.
+Nodata pixels are never predicted into the outputs, never sampled, and are nodata in every
+output.
 
 With ``predict.adapt_norm`` the models' BatchNorm statistics are adapted to the whole raster once,
 before pass 1 (:func:`raster_statistics`: the windows the raster in one piece would adapt on, read
@@ -47,7 +50,14 @@ import numpy as np
 from segmenter.config import Config
 from segmenter.data import patches
 from segmenter.data.images import scaled_shape
-from segmenter.data.raster import Raster, Window, gdal_env, is_raster_name, open_raster
+from segmenter.data.raster import (
+    Raster,
+    Window,
+    gdal_env,
+    is_raster_name,
+    no_georeference_warning,
+    open_raster,
+)
 from segmenter.errors import ConfigError, SegmenterError
 
 log = logging.getLogger(__name__)
@@ -409,8 +419,23 @@ class RasterResult:
     seconds: float
 
 
-def check_supported(cfg: Config) -> None:
-    """Settings that only make sense for a whole photo in memory are refused for rasters."""
+def row_channel_refusal(location: str) -> ConfigError:
+    """The one line refusing a raster to a run whose models read each pixel's row."""
+    return ConfigError(
+        f"{location}: this run's models read each pixel's row in an upright photo "
+        f"(model.row_channel), which a raster predicted tile by tile does not have; "
+        f"predict rasters with a run trained with model.row_channel: false"
+    )
+
+
+def check_supported(cfg: Config, location: str = "") -> None:
+    """Settings that only make sense for a whole photo in memory are refused for rasters.
+
+    ``model.row_channel: true`` (the run's decided value) is refused here, in the piece the
+    one-process and the Dask paths share, naming the raster ``location``.
+    """
+    if cfg.model.row_channel is True:
+        raise row_channel_refusal(location or "this raster")
     if cfg.predict.sampling != "grid":
         raise ConfigError("predict.sampling: rasters are predicted on the grid only (not random)")
     if cfg.predict.rescale != "none":
@@ -440,11 +465,7 @@ def predict_raster(location: str, stem: str, loaded: Any, cfg: Config, out_dir: 
 
     models = select_models(loaded.models, cfg)
     if any(input_channels(model) != 3 for model in models.values()):
-        raise ConfigError(
-            f"{location}: this run's models read each pixel's row in an upright photo "
-            f"(model.row_channel), which a raster predicted tile by tile does not have; "
-            f"predict rasters with a run trained with model.row_channel: false"
-        )
+        raise row_channel_refusal(location)
     weights = _merge_weights(models, cfg.predict.merge, loaded.scores)
     with RasterJob(location, stem, list(models), cfg, out_dir, storage=storage,
                    relpath=relpath, tile_size=tile_size) as job:
@@ -470,6 +491,8 @@ class TileProbs:
     sample_rgb: np.ndarray  # float32 (n, 3) their colour
     counts: dict[int, int]  # windows predicted per width
     n_valid: int
+    #: int64 (n,) their index on the raster's global grid (``row * width + col``)
+    sample_index: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 @dataclass
@@ -486,23 +509,69 @@ def sample_rate(pp: Any, height: int, width: int) -> float:
     return min(1.0, 2.0 * pp.subsample / (height * width))
 
 
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _splitmix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, in place on a uint64 array (a bijection that scrambles bits)."""
+    z ^= z >> np.uint64(30)
+    z *= _MIX[0]
+    z ^= z >> np.uint64(27)
+    z *= _MIX[1]
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def sampled_pixels(core: Window, width: int, seed: int, rate: float) -> np.ndarray:
+    """bool (h, w): which pixels of ``core`` belong to the GMM subsample, drawn on the raster's
+    *global* grid.
+
+    A pixel is drawn when a hash of its global index ``row * width + col`` and ``seed`` falls
+    below ``rate``: a pure function of the pixel and the config, so the subsample is the same
+    however the raster is tiled (``predict.tile_size``), in whatever order or on whichever
+    worker tiles are predicted, and in one piece.
+    """
+    if rate >= 1.0:
+        return np.ones(core.shape, bool)
+    key = np.uint64(_splitmix(np.array([seed], np.uint64) + np.uint64(_GOLDEN))[0])
+    picked = np.empty(core.shape, bool)
+    cut = np.uint64(min(int(rate * 2.0**64), 2**64 - 1))
+    cols = np.arange(core.left, core.right, dtype=np.uint64)
+    for start in range(core.top, core.bottom, 256):  # a few MB of hashes at a time
+        rows = np.arange(start, min(core.bottom, start + 256), dtype=np.uint64)
+        z = rows[:, None] * np.uint64(width) + cols[None, :]
+        z ^= key
+        z += np.uint64(_GOLDEN)
+        picked[start - core.top : start - core.top + len(rows)] = _splitmix(z) < cut
+    return picked
+
+
+def global_index(core: Window, width: int, picked: np.ndarray) -> np.ndarray:
+    """int64 global index ``row * width + col`` of the ``picked`` pixels of ``core``."""
+    rows, cols = np.nonzero(picked)
+    return (rows.astype(np.int64) + core.top) * width + (cols.astype(np.int64) + core.left)
+
+
 def tile_pass1(models: Mapping[int, Any], raster: Raster, plan: MosaicPlan, tile: TilePlan,
                cfg: Config, weights: Mapping[int, float], rate: float,
                prob_nodata: float | None, stats: Mapping[int, Any] | None = None) -> TileProbs:
-    """Predict one tile and draw its seeded share of the subsample (the same on any machine)."""
+    """Predict one tile and draw its share of the subsample (:func:`sampled_pixels`: the same
+    on any machine, for any tiling)."""
     land, image, valid, counts = predict_tile(models, raster, plan, tile, cfg, weights, stats)
     water = 1.0 - land
     if prob_nodata is not None:
         water[~valid] = prob_nodata
     n_valid = int(valid.sum())
     if n_valid:
-        rng = np.random.default_rng([cfg.postprocess.seed, tile.index])
-        pick = rng.random(n_valid) < rate
-        sample_land, sample_rgb = land[valid][pick], image[valid][pick]
+        picked = valid & sampled_pixels(tile.core, plan.width, cfg.postprocess.seed, rate)
+        sample_land, sample_rgb = land[picked], image[picked]
+        sample_index = global_index(tile.core, plan.width, picked)
     else:
         sample_land, sample_rgb = np.empty(0, np.float32), np.empty((0, 3), np.float32)
+        sample_index = np.empty(0, np.int64)
     return TileProbs(water.astype(np.float32, copy=False), sample_land, sample_rgb, counts,
-                     n_valid)
+                     n_valid, sample_index)
 
 
 def tile_pass2(raster: Raster, core: Window, water_prob: np.ndarray, decide: Decision,
@@ -525,7 +594,7 @@ class RasterJob:
 
     The serial :func:`predict_raster` and the Dask job (:mod:`segmenter.cluster`) both use it:
     open (plan, scratch GeoTIFFs), :meth:`add_probs` per tile in any order, :meth:`fit` the
-    whole raster's rule on the subsample gathered in tile order, :meth:`add_mask` per tile,
+    whole raster's rule on the subsample gathered in pixel order, :meth:`add_mask` per tile,
     :meth:`finish` (COGs, overlay, vectors). A context manager: the raster is closed and the
     scratch files removed on the way out, whatever happened.
     """
@@ -533,7 +602,7 @@ class RasterJob:
     def __init__(self, location: str, stem: str, widths: list[int], cfg: Config,
                  out_dir: Path, *, storage: Any = None, relpath: str = "",
                  tile_size: int | None = None) -> None:
-        check_supported(cfg)
+        check_supported(cfg, location)
         self.location, self.stem, self.cfg = location, stem, cfg
         self.out_dir = Path(out_dir)
         self.widths = widths
@@ -571,19 +640,24 @@ class RasterJob:
                                                 cfg.predict.overview_size)
             self.overview = _Overview(self.overview_index)
             self.paths = geooutputs.raster_output_paths(self.out_dir, self.stem)
+            stale = geooutputs.remove_stale_scratch(self.out_dir)
+            if stale:
+                log.info("%s: removed %d scratch file(s) that a killed run left",
+                         self.out_dir, len(stale))
             self.prob_path, prob_profile = geooutputs.scratch_raster(
                 self.out_dir, self.stem, raster, "float32", self.prob_nodata)
             self._scratch.append(self.prob_path)
             self.mask_path, self._mask_profile = geooutputs.scratch_raster(
                 self.out_dir, self.stem, raster, "uint8", self.mask_nodata)
             self._scratch.append(self.mask_path)
-            self._samples: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            self._samples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
             self.windows: dict[int, int] = dict.fromkeys(self.widths, 0)
             self.valid_pixels = 0
             self.water_pixels = 0
             self._env = gdal_env()
             self._env.__enter__()
-            self._dst = rasterio.open(self.prob_path, "w", **prob_profile)
+            with no_georeference_warning():  # said once, as a note
+                self._dst = rasterio.open(self.prob_path, "w", **prob_profile)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -615,10 +689,11 @@ class RasterJob:
         self._dst.write(probs.water[None], window=tile.core.rio())
         self.valid_pixels += probs.n_valid
         if probs.n_valid:
-            self._samples[tile.index] = (probs.sample_land, probs.sample_rgb)
+            self._samples[tile.index] = (probs.sample_index, probs.sample_land,
+                                         probs.sample_rgb)
 
     def fit(self) -> Decision:
-        """The whole raster's rule, fitted on the subsample of every tile (in tile order)."""
+        """The whole raster's rule, fitted on the subsample of every tile (in pixel order)."""
         import rasterio
 
         self._dst.close()
@@ -626,17 +701,25 @@ class RasterJob:
         if not self.valid_pixels:
             raise SegmenterError(f"{self.location}: every pixel is nodata; nothing to predict")
         pp = self.cfg.postprocess
-        order = sorted(self._samples)
-        sample_land = np.concatenate([self._samples[i][0] for i in order])
-        sample_rgb = np.concatenate([self._samples[i][1] for i in order])
+        parts = [self._samples[i] for i in sorted(self._samples)]
         self._samples.clear()
+        # In the order of the raster's pixels, whatever the tiles: the sample, its order and so
+        # the fit are the same for every predict.tile_size and in one piece.
+        order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
+        sample_land = np.concatenate([p[1] for p in parts])[order]
+        sample_rgb = np.concatenate([p[2] for p in parts])[order]
+        del parts, order
         if sample_land.size > pp.subsample:
             keep = np.sort(np.random.default_rng(pp.seed).choice(
                 sample_land.size, pp.subsample, replace=False))
             sample_land, sample_rgb = sample_land[keep], sample_rgb[keep]
         self.decision = fit_decision(sample_land, sample_rgb, pp)
-        self._probs = rasterio.open(self.prob_path)
-        self._dst = rasterio.open(self.mask_path, "w", **self._mask_profile)
+        if "note" in self.decision.info:
+            self._note(logging.INFO, f"{self.decision.info['note']} "
+                       f"({sample_land.size} pixel(s) sampled)")
+        with no_georeference_warning():
+            self._probs = rasterio.open(self.prob_path)
+            self._dst = rasterio.open(self.mask_path, "w", **self._mask_profile)
         return self.decision
 
     def read_probs(self, tile: TilePlan) -> np.ndarray:
@@ -753,7 +836,10 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
     ``gmm``: the mixtures of :func:`segmenter.postprocess.gmm_water_mask` (same features,
     settings, naming rule and vote, :func:`segmenter.postprocess.name_components`), fitted on
     the subsample, their medians and purities taken over the subsample. ``otsu``: Otsu's
-    threshold of the subsample's probabilities. ``global``: ``postprocess.threshold``.
+    threshold of the subsample's probabilities. ``global``: ``postprocess.threshold``, also
+    for ``gmm`` when the subsample has fewer than two pixels (a raster of one valid pixel), as
+    :func:`segmenter.postprocess.gmm_water_mask` does for a photo of one pixel (the info's
+    ``note`` says so).
     """
     if pp.method == "global":
         return Decision("global", pp.threshold, {"method": "global", "threshold": pp.threshold})
@@ -766,6 +852,10 @@ def fit_decision(land: np.ndarray, rgb: np.ndarray, pp: Any) -> Decision:
             value = float(threshold_otsu(land, nbins=256))
         return Decision("otsu", value, {"method": "otsu", "threshold": value,
                                         "fitted_on": int(land.size)})
+    if land.size < 2:  # a mixture needs two pixels (a 1 x 1 raster), as for a photo
+        return Decision("global", pp.threshold, {
+            "method": "global", "threshold": pp.threshold, "fitted_on": int(land.size),
+            "note": "too few pixels for the GMM; global threshold used"})
     from segmenter.postprocess import decision_info, gmm_features, named_mixtures
 
     mixtures = [(gmm, names) for gmm, _, names

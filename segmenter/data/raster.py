@@ -23,9 +23,11 @@ mosaic larger than memory can be predicted or trained on tile by tile.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -66,6 +68,21 @@ def require_rasterio() -> Any:
             logging.DEBUG):
         chatty.setLevel(logging.ERROR)
     return rasterio
+
+
+@contextlib.contextmanager
+def no_georeference_warning() -> Iterator[None]:
+    """rasterio's ``NotGeoreferencedWarning`` silenced, and only it, while rasters are opened.
+
+    A raster without a georeference (a TIFF from any image tool) is said once, as a note of the
+    prediction ("no coordinate reference system"); rasterio would also warn, raw and with its
+    site-packages path, each time such a file or its outputs are opened.
+    """
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
 
 
 def gdal_env() -> Any:
@@ -203,8 +220,7 @@ class open_raster:  # noqa: N801 - used as a context manager, like open()
         try:
             fp, opener = self._source()
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # NotGeoreferencedWarning: noted below
+                with no_georeference_warning():  # said once, as a note (describe)
                     self._dataset = (rasterio.open(fp, opener=opener) if opener
                                      else rasterio.open(fp))
             except rasterio.errors.RasterioError as exc:

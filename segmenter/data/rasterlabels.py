@@ -7,9 +7,10 @@ nearest-neighbour (classes are never averaged before the land fraction is taken)
 image is cropped to the part the label covers. Both are read by strips and shrunk by
 ``data.scale`` on the fly, so memory follows the scaled size, not the raster's.
 
-Refused, each as one line naming the files: image and label in different CRSs (or one
-without a CRS while the other has one), a label that does not overlap the image, two rasters
-without CRS and of different sizes.
+Refused, each as one line naming the files: a label of more than one band (which band holds
+the classes cannot be guessed), image and label in different CRSs (or one without a CRS while
+the other has one), a label that does not overlap the image, two rasters without CRS and of
+different sizes.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def load_raster_pair(storage: Any, photo: str, label: str, data_cfg: Any,
         for note in image.notes:
             log.info("%s: %s", photo_name, note)
         src = lab.dataset
+        if src.count != 1:
+            raise DataError(
+                f"{label_name}: a label raster must have one band (the class of each pixel), "
+                f"this one has {src.count} bands; write the class band alone "
+                f"(e.g. gdal_translate -b 1)"
+            )
         if (image.crs is None) != (src.crs is None) or (
                 image.crs is not None and image.crs != src.crs):
             raise DataError(
