@@ -25,6 +25,11 @@ def _validate(runner, tmp_path, text: str):
     ("predict:\n  batch_size: 100000000\n", "predict.batch_size"),
     ("predict:\n  adapt_norm: 1.5\n", "predict.adapt_norm"),
     ("predict:\n  adapt_norm: -0.1\n", "predict.adapt_norm"),
+    ("predict:\n  vector_tolerance: .inf\n", "predict.vector_tolerance"),
+    ("predict:\n  vector_tolerance: .nan\n", "predict.vector_tolerance"),
+    ("data:\n  raster_max: .inf\n", "data.raster_max"),
+    ("data:\n  raster_max: .nan\n", "data.raster_max"),
+    ("predict:\n  widths: []\n", "predict.widths"),
 ])
 def test_numbers_the_code_cannot_honour_are_refused(runner, tmp_path, text, key):
     result, path = _validate(runner, tmp_path, text)

@@ -85,7 +85,7 @@ class DataConfig(_Section):
         None, description="Rasters: nodata value (null = the file's nodata value or mask).",
     )
     raster_max: float | None = Field(
-        None, gt=0,
+        None, gt=0, allow_inf_nan=False,
         description="Rasters: value read as 1.0 (null = 255 for 8-bit, 2^bits-1 for the bits "
         "wider integer data use).",
     )
@@ -221,7 +221,8 @@ class PredictConfig(_Section):
     """Multi-scale weighted-window inference."""
 
     widths: list[int] | None = Field(
-        None, description="Trained widths to predict with (null = every trained width)."
+        None, min_length=1,
+        description="Trained widths to predict with (null = every trained width).",
     )
     overlap: float = Field(0.5, ge=0, lt=1, description="Overlap of neighbouring grid windows.")
     batch_size: int = Field(
@@ -274,7 +275,7 @@ class PredictConfig(_Section):
         2048, ge=64, le=16384, description="Rasters: longest side of <stem>_overlay.png.",
     )
     vector_tolerance: float | None = Field(
-        None, ge=0,
+        None, ge=0, allow_inf_nan=False,
         description="--vector: simplification tolerance in map units (null = one pixel).",
     )
     scheduler: str | None = Field(
