@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -316,6 +317,16 @@ class Run:
                            "archive); train this width again (--overwrite --patch-width)")
         try:
             return keras.saving.load_model(path, compile=False, safe_mode=True)
+        except TypeError as exc:  # Keras: a class it cannot rebuild (not registered here)
+            unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", str(exc))
+            what = unknown.group(1) if unknown else None
+            for name in re.findall(r"'registered_name': '([^']+)'", str(exc)):
+                if what and name.rsplit(">", 1)[-1] == what:
+                    what = name  # with its package: where it came from
+            reason = (f"it uses {what}, which this segmenter does not define" if what else
+                      "a part of it could not be rebuilt")
+            raise RunError(f"{path}: cannot load the model: {reason} (was it saved by another "
+                           "program or a newer segmenter?)") from exc
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             if path.is_file():
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

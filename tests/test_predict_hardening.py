@@ -139,3 +139,108 @@ def test_an_earlier_summary_is_read_as_typed_records(tmp_path):
     assert list(records) == ["a"]
     assert records["a"] == {"input": "a.png", "stem": "a", "status": "ok", "size": [2, 3],
                             "tiles": 4}
+
+
+# ------------------------------------------------------------- issue 33: where outputs go
+
+
+@pytest.mark.parametrize("out", ["s3://", "s3:///", "memory://x", ""])
+@pytest.mark.parametrize("scheduler", [[], ["--scheduler", "local:2"]])
+def test_an_output_that_would_keep_nothing_is_refused(runner, run_dir, tmp_path, monkeypatch,
+                                                      out, scheduler):
+    """--out s3:// used to write a local folder named 's3:' and report 'predicted into
+    s3://'; memory:// exited 0 and kept nothing; '' silently meant the run's folder."""
+    photos = write_photos(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    result = runner("predict", "--run", run_dir, photos["rgb"], "--out", out, *scheduler)
+    assert result.exit_code == 1, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error: ") and "Traceback" not in result.output
+    expected = {"s3://": "no bucket", "s3:///": "no bucket", "memory://x": "nothing written",
+                "": "--out: empty"}[out]
+    assert expected in error, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+    assert not (run_dir / "predictions").exists()
+
+
+def test_scheduler_with_more_local_workers_than_sensible_is_one_line(runner, run_dir, tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    result = runner("predict", "--run", run_dir, photos["rgb"], "--out", tmp_path / "out",
+                    "--scheduler", "local:100000")
+    assert result.exit_code == 1
+    assert "predict.scheduler: 'local:100000': local:N needs 1 <= N <= " in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("link", [".predictions.lock", ".records"])
+def test_links_in_the_output_folder_are_not_followed(runner, run_dir, tmp_path, link):
+    """A .predictions.lock symlink made a file outside --out; a .records symlink had the
+    records written outside it."""
+    photos = write_photos(tmp_path / "photos")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / link).symlink_to(elsewhere / "target", target_is_directory=link == ".records")
+    if link == ".records":
+        (elsewhere / "target").mkdir()
+    result = runner("predict", "--run", run_dir, photos["rgb"], "--out", out)
+    assert result.exit_code == 1
+    error = result.output.strip().splitlines()[-1]
+    assert f"{out / link}: is a symbolic link" in error, error
+    assert not [p for p in elsewhere.rglob("*") if p.is_file()]
+
+
+def test_after_a_killed_plain_predict_skip_existing_keeps_what_was_finished(runner, run_dir,
+                                                                            tmp_path):
+    """The plain loop commits each photo's record as it goes: killed before its summary,
+    --skip-existing predicts only what was not finished (it used to predict everything)."""
+    photos = write_photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    result = runner("predict", "--run", run_dir, tmp_path / "photos", "--out", out)
+    assert result.exit_code == 0, result.output
+    for name in ("predictions.json", "predictions.csv"):  # as if killed before the summary
+        (out / name).unlink()
+    (out / "shore_overlay.png").unlink()  # ... and while writing shore's files
+    (out / ".records" / "shore.json").unlink()
+    result = runner("predict", "--run", run_dir, tmp_path / "photos", "--out", out,
+                    "--skip-existing")
+    assert result.exit_code == 0, result.output
+    assert "3 input(s) already predicted" in result.output
+    assert "1 of 4 photo(s) predicted" in result.output and "shore: 56x40 px" in result.output
+    rows = json.loads((out / "predictions.json").read_text())["images"]
+    assert sorted(r["stem"] for r in rows) == ["alpha", "grey", "photo", "shore"]
+    assert all(r["status"] == "ok" and r["source"] == str(photos[k].resolve())
+               for r, k in zip(sorted(rows, key=lambda r: r["stem"]),
+                               ["rgba", "grey", "jpg", "rgb"], strict=True))
+
+
+def test_vector_on_photos_only_says_it_writes_none(runner, run_dir, tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    result = runner("predict", "--run", run_dir, photos["rgb"], "--out", tmp_path / "out",
+                    "--vector")
+    assert result.exit_code == 0, result.output
+    assert "--vector: only rasters (GeoTIFF inputs) get GeoJSON vectors" in result.output
+
+
+def test_a_model_with_an_unknown_layer_names_the_model_file(runner, tmp_path):
+    """A .keras file using a custom layer this segmenter does not know: one line naming the
+    file (it was 'unexpected TypeError ... could not be deserialized')."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="elsewhere")
+    class Doubler(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    run = make_run(tmp_path / "run", widths=(16,))
+    inputs = keras.Input((None, None, 3))
+    hidden = keras.layers.Conv2D(1, 1, activation="sigmoid")(Doubler()(inputs))
+    keras.Model(inputs, hidden).save(run / "models" / "pw16.keras")
+    keras.saving.get_custom_objects().pop("elsewhere>Doubler")
+    photos = write_photos(tmp_path / "photos")
+    result = runner("predict", "--run", run, photos["rgb"], "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith(f"Error: {run / 'models' / 'pw16.keras'}: cannot load") \
+        and "elsewhere>Doubler" in error, error
+    assert "unexpected" not in error and len(result.output.strip().splitlines()) == 1
