@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -288,6 +289,30 @@ def _raster(location: str, cfg: Config) -> Any:
     return raster
 
 
+def _portable(task: Callable[..., Any]) -> Callable[..., Any]:
+    """A task whose failure reaches the client as one line: a bad input's
+    :class:`SegmenterError` as itself without the chain of library exceptions behind it (which
+    Dask may fail to unpickle, showing ``Exception: DataError(...)``), anything else as a
+    :class:`segmenter.jobs.TaskError` (its traceback logged on the worker at debug level)."""
+
+    @functools.wraps(task)
+    def run(*args: Any) -> Any:
+        from segmenter.jobs import TaskError
+
+        failure: Exception
+        try:
+            return task(*args)
+        except SegmenterError as exc:
+            failure = type(exc)(*exc.args)
+        except Exception as exc:  # noqa: BLE001 - reported per input by the client
+            log.debug("%s: task %s failed", worker_name(), task.__name__, exc_info=exc)
+            failure = TaskError(type(exc).__name__, str(exc))
+        raise failure  # outside the handler: nothing chained
+
+    return run
+
+
+@_portable
 def photo_task(job: dict[str, Any], ref: dict[str, str], stem: str
                ) -> tuple[dict[str, Any], str, str | None]:
     """Predict one photo into the output (its record is the client's to commit). Runs on a
@@ -308,6 +333,7 @@ def photo_task(job: dict[str, Any], ref: dict[str, str], stem: str
     return record, line, failure
 
 
+@_portable
 def tile_probs_task(job: dict[str, Any], location: str, plan: Any, tile: Any, rate: float,
                     prob_nodata: float | None) -> Any:
     """Pass 1 of one raster tile (:func:`segmenter.mosaic.tile_pass1`). Runs on a worker."""
@@ -341,6 +367,7 @@ def _raster_statistics(job: dict[str, Any], location: str, models: Any, raster: 
         return stats
 
 
+@_portable
 def tile_mask_task(job: dict[str, Any], location: str, core: Any, probs: Any, shared: Any
                    ) -> Any:
     """Pass 2 of one raster tile (:func:`segmenter.mosaic.tile_pass2`). Runs on a worker."""

@@ -137,12 +137,25 @@ def base_record(ref: Any, stem: str) -> dict[str, Any]:
     return {"input": str(ref.path), "source": input_source(str(ref.path)), "stem": stem}
 
 
+class TaskError(Exception):
+    """An unexpected exception of a Dask task, carried to the client as its type's name and
+    its message (the exception itself, with the library exceptions chained behind it, may
+    not survive the trip)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(kind, message)
+        self.kind, self.message = kind, message
+
+
 def failure_message(ref: Any, exc: BaseException) -> str:
     """One line for an input that failed, naming it once. A bad input (a
     :class:`SegmenterError`) says what is wrong; anything else gives its type and first line
     (the traceback is logged at debug level, so ``-v`` shows it)."""
     if isinstance(exc, SegmenterError):
         message = str(exc)
+    elif isinstance(exc, TaskError):
+        lines = exc.message.strip().splitlines()
+        message = f"{exc.kind}: {lines[0] if lines else 'no message'}"
     elif type(exc).__name__ == "KilledWorker":
         message = ("the workers running it died (3 times): out of memory, or a crash; see "
                    "the workers' logs")

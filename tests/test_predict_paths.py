@@ -162,3 +162,51 @@ def test_a_bad_photo_is_one_line_and_the_others_are_predicted(runner, run_dir, o
     assert rows["good"]["status"] == "ok" and rows["broken"]["status"] == "failed"
     assert rows["broken"]["error"] == failed[0].removeprefix("FAILED ")
     assert not [n for n in out.names() if n.startswith("broken_")]
+
+
+def test_vectors_follow_the_call_that_wrote_the_mask(runner, run_dir, out, tmp_path):
+    """--overwrite without --vector over a --vector result used to leave the old GeoJSON
+    beside the new mask; --skip-existing --vector skipped a raster predicted without them."""
+    from raster_data import rgb_raster
+
+    (tmp_path / "in").mkdir()
+    tif = rgb_raster(tmp_path / "in" / "shore.tif", size=80)
+    vectors = {"shore_water.geojson", "shore_shoreline.geojson"}
+    skip = [f for f in out.flags if f != "--skip-existing"] + ["--skip-existing"]
+    result = runner("predict", "--run", run_dir, tif, "--out", out.location, *out.flags)
+    assert result.exit_code == 0, result.output
+    assert not vectors & out.names()
+    result = runner("predict", "--run", run_dir, tif, "--out", out.location, *skip, "--vector")
+    assert result.exit_code == 0, result.output
+    assert "shore: 80x60 px raster" in result.output and "already predicted" not in result.output
+    assert vectors <= out.names()
+    assert {"water_vector", "shoreline_vector"} <= set(out.rows()[0]["outputs"])
+    if out.path == "skip":
+        return
+    result = runner("predict", "--run", run_dir, tif, "--out", out.location, *out.again)
+    assert result.exit_code == 0, result.output
+    assert not vectors & out.names(), "vectors of the earlier prediction left beside the mask"
+    assert {"shore_water_mask.tif", "shore_water_prob.tif"} <= out.names()
+    assert set(out.rows()[0]["outputs"]) == {"water_prob", "water_mask", "overlay"}
+
+
+def test_bad_and_tiny_rasters_never_stop_the_job(runner, run_dir, out, tmp_path):
+    """A 1 x 1 GeoTIFF stopped the --skip-existing and cluster jobs with no summary; a cut
+    raster read 'unexpected Exception: DataError(...)' on a cluster."""
+    from raster_data import rgb_raster, write_raster
+
+    folder = tmp_path / "in"
+    photo(folder / "shore.png", seed=1)
+    write_raster(folder / "dot.tif", np.full((3, 1, 1), 90, np.uint8))
+    good = rgb_raster(tmp_path / "good.tif", size=80).read_bytes()
+    (folder / "cut.tif").write_bytes(good[:300])  # a TIFF header, then nothing
+    result = runner("predict", "--run", run_dir, folder, "--out", out.location, *out.flags)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    failed = [line for line in result.output.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and failed[0].startswith(f"FAILED {folder / 'cut.tif'}: ")
+    assert "unexpected" not in failed[0] and "DataError(" not in failed[0], failed[0]
+    assert "2 of 3 photo(s) predicted" in result.output
+    rows = {r["stem"]: r for r in out.rows()}
+    assert rows["dot"]["status"] == "ok" and rows["dot"]["size"] == [1, 1]
+    assert rows["shore"]["status"] == "ok" and rows["cut"]["status"] == "failed"
+    assert not [n for n in out.names() if "scratch" in n or ".tmp" in n]
