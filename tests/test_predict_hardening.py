@@ -244,3 +244,24 @@ def test_a_model_with_an_unknown_layer_names_the_model_file(runner, tmp_path):
     assert error.startswith(f"Error: {run / 'models' / 'pw16.keras'}: cannot load") \
         and "elsewhere>Doubler" in error, error
     assert "unexpected" not in error and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_run_at_a_url_is_fetched_again_when_its_files_change(s3, tmp_path):
+    """--run s3://... was cached by file size: a run retrained and uploaded over the same keys
+    (same sizes) was never fetched again, and predictions came from the old models."""
+    from segmenter.config import DataConfig
+    from segmenter.outputs_fs import fetch_run
+
+    client = s3.client()
+    prefix = "runs/retrained"
+    data = DataConfig.model_validate({"endpoint_url": s3.endpoint})
+    cache = tmp_path / "cache"
+    client.put_object(Bucket="masks", Key=f"{prefix}/config.yaml", Body=b"model: {}\n")
+    for body in (b"first model bytes", b"later model bytes"):  # same size, other content
+        client.put_object(Bucket="masks", Key=f"{prefix}/models/pw16.keras", Body=body)
+        local = fetch_run(f"s3://masks/{prefix}", data, cache=cache)
+        assert (local / "models" / "pw16.keras").read_bytes() == body
+    fetched = local / "models" / "pw16.keras"
+    stamp = fetched.stat().st_mtime_ns
+    fetch_run(f"s3://masks/{prefix}", data, cache=cache)  # unchanged: not fetched again
+    assert fetched.stat().st_mtime_ns == stamp
