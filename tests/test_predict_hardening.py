@@ -265,3 +265,42 @@ def test_a_run_at_a_url_is_fetched_again_when_its_files_change(s3, tmp_path):
     stamp = fetched.stat().st_mtime_ns
     fetch_run(f"s3://masks/{prefix}", data, cache=cache)  # unchanged: not fetched again
     assert fetched.stat().st_mtime_ns == stamp
+
+
+def test_ctrl_c_on_a_local_cluster_is_one_line_and_a_rerun_finishes(run_dir, tmp_path):
+    """Ctrl-C in a terminal reaches every process of the job: the worker processes used to
+    print four tracebacks (76 lines). Now: one line saying what is kept and how to go on."""
+    import signal
+    import threading
+    import time
+
+    from segmenter.data.sample import write_sample
+
+    write_sample(tmp_path / "sample", n=40, size=160, seed=0)
+    photos, out = tmp_path / "sample" / "train", tmp_path / "out"
+    command = [sys.executable, "-m", "segmenter", "predict", "--run", str(run_dir), str(photos),
+               "--out", str(out), "--scheduler", "local:2"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 240
+    while not any(" px, water " in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, "the job ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    assert err.strip().splitlines()[-1].startswith(
+        f"Error: interrupted: the inputs finished so far are kept in {out}; run the same "
+        "command with --skip-existing")
+    rerun = subprocess.run([*command[:-2], "--skip-existing"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "input(s) already predicted" in rerun.stdout
+    rows = json.loads((out / "predictions.json").read_text())["images"]
+    assert len(rows) == len(list(photos.glob("*.JPG"))) and all(r["status"] == "ok"
+                                                               for r in rows)

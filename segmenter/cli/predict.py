@@ -94,6 +94,19 @@ def predict(
     if plan.done:
         click.echo(f"{len(plan.done)} input(s) already predicted in {output}: skipped")
 
+    try:
+        _predict(plan, run, cfg, run_location, widths, vector)
+    except KeyboardInterrupt:
+        from segmenter.errors import Interrupted
+
+        raise Interrupted(
+            f"interrupted: the inputs finished so far are kept in {output}; run the same "
+            "command with --skip-existing to predict the rest") from None
+
+
+def _predict(plan, run, cfg, run_location, widths, vector) -> None:
+    from segmenter import predictor
+
     if cfg.predict.scheduler:
         _predict_on_cluster(plan, cfg, run_location, widths, vector)
         return
@@ -104,7 +117,7 @@ def predict(
     loaded = predictor.load_models(run, cfg)
     log.info(
         "predicting %d input(s) with widths %s -> %s",
-        len(plan.todo), ", ".join(map(str, sorted(loaded.models))), output,
+        len(plan.todo), ", ".join(map(str, sorted(loaded.models))), plan.output,
     )
 
     started = time.perf_counter()
@@ -116,7 +129,7 @@ def predict(
     ok = [r for r in records if r.get("status") == "ok"]
     click.echo(predictor.seconds_summary([r["seconds"] for r in ok],
                                          [r.get("gmm_seconds", 0.0) for r in ok], wall))
-    _closing(len(ok), len(refs), output, len(plan.done), failures)
+    _closing(len(ok), len(plan.refs), plan.output, len(plan.done), failures)
 
 
 def _closing(predicted: int, total: int, output, skipped: int, failures: list[str],
