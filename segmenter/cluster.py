@@ -181,7 +181,7 @@ def dashboard(client: Any) -> str | None:
 _LOCK = threading.Lock()
 #: (run location, widths asked) -> LoadedModels: each worker loads a run's models once.
 _MODELS: dict[tuple[str, tuple[int, ...]], Any] = {}
-#: per thread: (raster location, data section) -> open raster (GDAL handles are per thread).
+#: per thread: (local raster path, data section) -> open raster (GDAL handles are per thread).
 _RASTERS = threading.local()
 #: (photo folder URL, data section) -> Storage.
 _STORAGES: dict[tuple[str, str], Any] = {}
@@ -270,6 +270,27 @@ def _output(location: str, cfg: Config) -> Any:
     return _per_process(_OUTPUTS, open_output, location, cfg)
 
 
+@contextlib.contextmanager
+def _task_raster(location: str, cfg: Config) -> Iterator[Any]:
+    """The raster at ``location``, for one task.
+
+    A local file is opened once per thread and kept (:func:`_raster`). One read through a
+    Python file opener (``s3://``) is opened for the task and closed after it: rasterio keeps
+    such an opener in a context variable of the code that opened the raster, and Dask runs
+    each task in a context of its own, so a kept one failed in the next task ("'cell' object
+    has no attribute 'seek'", tiles called truncated) and printed GDAL "I/O error" lines and a
+    ContextVar traceback when the worker exited.
+    """
+    from segmenter.data.raster import open_raster
+    from segmenter.data.storage import is_s3
+
+    if is_s3(location):
+        with open_raster(location, cfg.data) as raster:
+            yield raster
+    else:
+        yield _raster(location, cfg)
+
+
 def _raster(location: str, cfg: Config) -> Any:
     from segmenter.data.raster import open_raster
 
@@ -344,9 +365,10 @@ def tile_probs_task(job: dict[str, Any], location: str, plan: Any, tile: Any, ra
     loaded = worker_models(job, cfg)
     models = select_models(loaded.models, cfg)
     weights = _merge_weights(models, cfg.predict.merge, loaded.scores)
-    raster = _raster(location, cfg)
-    stats = _raster_statistics(job, location, models, raster, plan, cfg)
-    return mosaic.tile_pass1(models, raster, plan, tile, cfg, weights, rate, prob_nodata, stats)
+    with _task_raster(location, cfg) as raster:
+        stats = _raster_statistics(job, location, models, raster, plan, cfg)
+        return mosaic.tile_pass1(models, raster, plan, tile, cfg, weights, rate, prob_nodata,
+                                 stats)
 
 
 def _raster_statistics(job: dict[str, Any], location: str, models: Any, raster: Any,
@@ -375,8 +397,9 @@ def tile_mask_task(job: dict[str, Any], location: str, core: Any, probs: Any, sh
 
     cfg = _config(job)
     decision, mask_nodata, overview_index = shared
-    return mosaic.tile_pass2(_raster(location, cfg), core, probs.water, decision, mask_nodata,
-                             overview_index)
+    with _task_raster(location, cfg) as raster:
+        return mosaic.tile_pass2(raster, core, probs.water, decision, mask_nodata,
+                                 overview_index)
 
 
 # --------------------------------------------------------------------------------------------

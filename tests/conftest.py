@@ -102,7 +102,9 @@ def s3():
     server = start_s3_server()
     client = server.client()
     client.create_bucket(Bucket="masks")
-    actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"]
+    # S3 allows HEAD with s3:GetObject; moto's server asks for an s3:HeadObject of its own.
+    actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
+               "s3:HeadObject"]
     policy = {"Version": "2012-10-17", "Statement": [{
         "Sid": "PublicReadWrite", "Effect": "Allow", "Principal": "*", "Action": actions,
         "Resource": ["arn:aws:s3:::masks", "arn:aws:s3:::masks/*"]}]}

@@ -304,3 +304,37 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_and_a_rerun_finishes(run_dir, tmp
     rows = json.loads((out / "predictions.json").read_text())["images"]
     assert len(rows) == len(list(photos.glob("*.JPG"))) and all(r["status"] == "ok"
                                                                for r in rows)
+
+
+def test_s3_rasters_and_photos_on_a_local_cluster_quietly(run_dir, s3, tmp_path):
+    """Rasters read from S3 by Dask workers failed in their second task ("'cell' object has
+    no attribute 'seek'", tiles called truncated) or printed GDAL 'I/O error' lines and a
+    ContextVar traceback at exit; a successful job prints nothing of the kind."""
+    from raster_data import rgb_raster
+
+    from segmenter.data.sample import write_sample
+
+    client = s3.client()
+    prefix = f"inputs-{tmp_path.name}"
+    for index in range(3):
+        tif = rgb_raster(tmp_path / f"r{index}.tif", size=120)
+        client.put_object(Bucket="masks", Key=f"{prefix}/r{index}.tif", Body=tif.read_bytes())
+    write_sample(tmp_path / "sample", n=2, size=96, seed=0)
+    photo = sorted((tmp_path / "sample").rglob("*.JPG"))[0]
+    client.put_object(Bucket="masks", Key=f"{prefix}/p.JPG", Body=photo.read_bytes())
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", "segmenter", "predict", "--run", str(run_dir),
+         f"s3://masks/{prefix}/", "--out", f"s3://masks/{prefix}-out", "--scheduler", "local:2",
+         "--set", f"data.endpoint_url={s3.endpoint}", "--set", "predict.tile_size=64"],
+        env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 of 4 photo(s) predicted" in result.stdout
+    noise = [line for line in result.stderr.splitlines()
+             if line.strip() and line.strip() not in ("tasks",)
+             and not line.startswith("predicting ")]
+    assert not noise, result.stderr
+    summary = json.loads(client.get_object(Bucket="masks", Key=f"{prefix}-out/predictions.json")
+                         ["Body"].read())
+    assert sorted(r["stem"] for r in summary["images"]) == ["p", "r0", "r1", "r2"]
+    assert all(r["status"] == "ok" for r in summary["images"])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -85,10 +86,38 @@ def no_georeference_warning() -> Iterator[None]:
         yield
 
 
-def gdal_env() -> Any:
-    """A ``rasterio.Env`` with a bounded block cache and quiet, fast-failing remote reads."""
-    rasterio = require_rasterio()
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+_GDAL = threading.local()
+
+
+class gdal_env:  # noqa: N801 - used as a function: ``with gdal_env():``
+    """A ``rasterio.Env`` with a bounded block cache and quiet, fast-failing remote reads.
+
+    Shared by every user in this thread and closed when the last one leaves, in whatever
+    order they leave: rasters in flight side by side (the Dask client holds two) each keep
+    one open, and rasterio's own environments must be left in the order they were entered
+    (leaving the first while the second is open deleted the second's: "No GDAL environment
+    exists"). One never left (a raster cached by a worker until it exits) runs nothing when
+    it is collected.
+    """
+
+    def __enter__(self) -> None:
+        rasterio = require_rasterio()
+        if not getattr(_GDAL, "users", 0):
+            env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB,
+                               GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+            env.__enter__()
+            _GDAL.env, _GDAL.users = env, 0
+        _GDAL.users += 1
+        self._state = _GDAL
+
+    def __exit__(self, *exc: Any) -> None:
+        state = getattr(self, "_state", None)
+        if state is not _GDAL or not getattr(state, "users", 0):
+            return  # left on another thread than the one it was entered on: nothing to undo
+        state.users -= 1
+        if not state.users:
+            env, state.env = state.env, None
+            env.__exit__(None, None, None)
 
 
 @dataclass

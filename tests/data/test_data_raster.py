@@ -45,3 +45,22 @@ def test_missing_raster_on_s3_is_one_line(s3, runner, tmp_path: Path) -> None:
                     "--set", f"data.cache_dir={tmp_path / 'cache'}")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "nothing.tif" in result.output.strip().splitlines()[-1]
+
+
+def test_gdal_environments_may_close_in_any_order(tmp_path: Path) -> None:
+    """Two rasters in flight in one thread (the Dask client's): the first to finish closed
+    the GDAL environment under the second, which failed with 'No GDAL environment exists'."""
+    from raster_data import rgb_raster
+
+    from segmenter.config import DataConfig
+    from segmenter.data.raster import Window, open_raster
+
+    data = DataConfig.model_validate({})
+    paths = [rgb_raster(tmp_path / f"r{i}.tif", size=64) for i in range(2)]
+    first, second = (open_raster(str(p), data) for p in paths)
+    a, b = first.__enter__(), second.__enter__()
+    first.__exit__(None, None, None)  # the first raster finishes before the second
+    pixels, _ = b.read(Window(0, 0, 8, 8))
+    assert pixels.shape == (8, 8, 3)
+    second.__exit__(None, None, None)
+    del a
