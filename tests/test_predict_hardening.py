@@ -88,7 +88,10 @@ def test_unwritable_out_is_refused_before_any_work(runner, run_dir, tmp_path):
     assert "evaluating" not in result.output
 
 
-def test_two_predicts_into_one_out_at_once_keep_both_summaries(run_dir, tmp_path):
+@pytest.mark.parametrize("flag", ["--overwrite", "--skip-existing"])
+def test_two_predicts_into_one_out_at_once_keep_both_summaries(run_dir, tmp_path, flag):
+    """Two calls into one folder at once: each call's rows are merged into the summary under
+    the folder's lock (two --skip-existing calls used to keep only the last call's rows)."""
     out = tmp_path / "out"
     folders = []
     for name in ("one", "two"):
@@ -101,9 +104,9 @@ def test_two_predicts_into_one_out_at_once_keep_both_summaries(run_dir, tmp_path
         folders.append(folder)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     processes = [
-        # --overwrite: neither may refuse because the other already wrote its summary.
+        # With a flag: neither may refuse because the other already wrote its summary.
         subprocess.Popen([sys.executable, "-m", "segmenter", "-q", "predict", "--run",
-                          str(run_dir), str(folder), "--out", str(out), "--overwrite"],
+                          str(run_dir), str(folder), "--out", str(out), flag],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for folder in folders
     ]
