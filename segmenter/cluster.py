@@ -545,6 +545,7 @@ def run_job(plan: Any, cfg: Config, run_location: str, widths: list[int], *,
             message = exc if isinstance(exc, str) else jobs.failure_message(ref, exc)
             failures[index] = message
             records[index] = jobs.failed_record(ref, stem, message)
+            jobs.commit_failure(plan, records[index])
             report(f"FAILED {message}")
 
         def start_rasters() -> None:
@@ -596,6 +597,7 @@ def run_job(plan: Any, cfg: Config, run_location: str, widths: list[int], *,
                             continue
                     else:
                         failures[index] = failure
+                        jobs.commit_failure(plan, record)
                     records[index] = record
                     report(line)
                     continue

@@ -10,7 +10,9 @@ Everything a user sees of the folder goes through here, once:
 * :func:`base_record` / :func:`photo_record` / :func:`failed_record`: an input's row, and
   :func:`failure_message`: a failure as one line naming the input once;
 * :func:`commit`: after an input's outputs are in place, the files of an earlier prediction
-  of it that this one did not write go, then its record (the mark ``--skip-existing`` trusts);
+  of it that this one did not write go, then its record (the mark ``--skip-existing`` trusts;
+  :func:`plan_job` claims each stem with a ``pending`` record first, :func:`commit_failure`
+  records a failure);
 * :func:`write_summary`: ``predictions.json`` / ``.csv`` rewritten under the folder's lock
   from every input the folder holds, this call's rows replacing theirs.
 """
@@ -84,7 +86,7 @@ def plan_job(output: Output, refs: list[Any], cfg: Config, *, widths: list[int],
             the first file that would be replaced).
         SegmenterError: the folder cannot be read or written.
     """
-    from segmenter.outputs import assign_stems
+    from segmenter.outputs import assign_stems, input_source, record_source
 
     if overwrite and skip_existing:
         from segmenter.errors import ConfigError
@@ -95,14 +97,18 @@ def plan_job(output: Output, refs: list[Any], cfg: Config, *, widths: list[int],
         known: dict[str, str] = {}
         for stem, record in records.items():
             known.setdefault(record_source(record), stem)
-        stems = assign_stems([str(ref.path) for ref in refs], known)
-        plan = JobPlan(output, list(refs), stems, present=output.names())
+            if not record.get("source"):  # older records: the path as it was given, too
+                known.setdefault(str(record.get("input", "")), stem)
+        refs = _unique(refs)
+        stems = assign_stems([str(ref.path) for ref in refs], known, taken=set(records))
+        plan = JobPlan(output, refs, stems, present=output.names())
         if skip_existing:
             wanted = {stem: wanted_outputs(ref, cfg, vector, widths)
                       for ref, stem in zip(refs, stems, strict=True)}
-            finished = output.finished(records, stems, wanted)
+            sources = {stem: input_source(str(ref.path))
+                       for ref, stem in zip(refs, stems, strict=True)}
+            finished = output.finished(records, stems, wanted, sources)
             plan.done = {i: finished[stem] for i, stem in enumerate(stems) if stem in finished}
-            stale = [stem for i, stem in enumerate(stems) if i not in plan.done]
         else:
             existing = output.existing(stems)
             if existing and not overwrite:
@@ -110,11 +116,13 @@ def plan_job(output: Output, refs: list[Any], cfg: Config, *, widths: list[int],
                     f"{output}: already holds predictions ({existing[0]}); pass --overwrite to "
                     f"replace them, --skip-existing to predict only what is missing, or choose "
                     f"another --out")
-            stale = stems
         output.probe({**(job or {}), "inputs": len(refs),
                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        # An input predicted again: its earlier commit mark must not vouch for it meanwhile.
-        output.forget(stale)
+        # Claim every stem this call predicts, before its files are touched: a call beside
+        # this one never gives it to another input, and an earlier record of an input predicted
+        # again is not trusted while its files are half old, half new.
+        output.write_records({stem: {**base_record(ref, stem), "status": "pending"}
+                              for _, ref, stem in plan.todo})
     if vector and not any(is_raster(ref) for ref in refs):
         log.warning("--vector: only rasters (GeoTIFF inputs) get GeoJSON vectors; none of "
                     "these inputs is one")
@@ -123,11 +131,21 @@ def plan_job(output: Output, refs: list[Any], cfg: Config, *, widths: list[int],
     return plan
 
 
-def record_source(record: dict[str, Any]) -> str:
-    """Where a recorded input was (older records have only the path as given)."""
+def _unique(refs: list[Any]) -> list[Any]:
+    """The inputs, each once (a file named twice, or by a folder and by name, is predicted
+    once under one stem)."""
     from segmenter.outputs import input_source
 
-    return record.get("source") or input_source(str(record.get("input", "")))
+    seen: set[str] = set()
+    kept = []
+    for ref in refs:
+        source = input_source(str(ref.path))
+        if source in seen:
+            log.info("%s: given more than once; predicted once", ref.path)
+            continue
+        seen.add(source)
+        kept.append(ref)
+    return kept
 
 
 def base_record(ref: Any, stem: str) -> dict[str, Any]:
@@ -204,6 +222,14 @@ def raster_record(ref: Any, stem: str, fields: dict[str, Any]) -> dict[str, Any]
     return PredictionRecord(**base_record(ref, stem), **fields).to_json()
 
 
+def commit_failure(plan: JobPlan, record: dict[str, Any]) -> None:
+    """An input failed: its record says so (it keeps its stem; a rerun tries it again)."""
+    try:
+        plan.output.write_record(record["stem"], record)
+    except SegmenterError as exc:  # the failure line says what matters; the summary has it
+        log.warning("%s", exc)
+
+
 def commit(plan: JobPlan, record: dict[str, Any]) -> None:
     """An input's outputs are in place: clear what an earlier prediction of it left that this
     one did not write (vectors, per-width maps), then write its record."""
@@ -238,6 +264,7 @@ def write_summary(plan: JobPlan, records: list[dict[str, Any]], extra: dict[str,
         rows = [mine.pop(stem, held[stem]) for stem in output.summary_order]
         rows += [r for stem, r in held.items() if stem not in listed and stem not in mine]
         rows += list(mine.values())
+        rows = [r for r in rows if r.get("status") != "pending"]  # claimed, never finished
         with output.staging() as folder:
             outputs.write_summary(folder, rows, extra)
             output.publish(folder, [outputs.SUMMARY_JSON, outputs.SUMMARY_CSV])

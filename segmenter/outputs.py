@@ -64,24 +64,32 @@ def input_source(location: str) -> str:
     return os.path.abspath(os.path.expanduser(text.removeprefix("file://")))
 
 
-def assign_stems(locations: list[str], known: Mapping[str, str] | None = None) -> list[str]:
+def record_source(record: Mapping[str, Any]) -> str:
+    """Where a recorded input was: its ``source``, or (older records) its path as given."""
+    return str(record.get("source") or input_source(str(record.get("input", ""))))
+
+
+def assign_stems(locations: list[str], known: Mapping[str, str] | None = None,
+                 taken: set[str] | None = None) -> list[str]:
     """The output stem of each input, unique in the output folder, in input order.
 
     Args:
         locations: each input's path or URL (its file name gives the stem).
-        known: :func:`input_source` -> stem of the inputs already predicted into the output
-            folder (its records). An input found there keeps its stem, so ``--overwrite`` and
-            ``--skip-existing`` mean its own files; any other input gets :func:`safe_stem` of
-            its name, made unique with ``-2``, ``-3``... against every stem of the folder and
-            of this call (case-insensitively: some file systems are), so it never takes over
-            another input's files.
+        known: :func:`input_source` (or, for records older than it, the path as given) ->
+            stem of the inputs already in the output folder (its records). An input found
+            there keeps its stem, so ``--overwrite`` and ``--skip-existing`` mean its own
+            files; any other input gets :func:`safe_stem` of its name, made unique with
+            ``-2``, ``-3``... against every stem of the folder and of this call
+            (case-insensitively: some file systems are), so it never takes over another
+            input's files.
+        taken: every stem the folder holds (default: those of ``known``).
     """
     known = dict(known or {})
-    taken = {stem.lower() for stem in known.values()}
+    taken = {stem.lower() for stem in (known.values() if taken is None else taken)}
     used: set[str] = set()
     out = []
     for location in locations:
-        stem = known.get(input_source(location))
+        stem = known.get(input_source(location), known.get(str(location)))
         if stem is None or stem.lower() in used:
             base = safe_stem(location)
             stem, count = base, 1

@@ -329,10 +329,23 @@ class Output:
         self.write_bytes(f"{RECORDS_DIR}/{stem}.json",
                          (json.dumps(record, indent=1) + "\n").encode("utf-8"))
 
-    def forget(self, stems: list[str]) -> None:
-        """Drop the records of ``stems`` (``--overwrite``: they are predicted again)."""
-        recorded = self.names(RECORDS_DIR)
-        self.remove([f"{RECORDS_DIR}/{s}.json" for s in stems if f"{s}.json" in recorded])
+    def write_records(self, records: dict[str, dict[str, Any]]) -> None:
+        """Several inputs' records at once (an object store takes them concurrently)."""
+        if not records:
+            return
+        self._check_records_dir()
+        if not self.remote or not self.single_put:
+            for stem, record in records.items():
+                self.write_record(stem, record)
+            return
+        payload = {self._full(f"{RECORDS_DIR}/{stem}.json"):
+                   (json.dumps(record, indent=1) + "\n").encode("utf-8")
+                   for stem, record in records.items()}
+        try:
+            self.fs.pipe(payload)
+        except Exception as exc:
+            raise DataError(f"{self.display(RECORDS_DIR)}: cannot write "
+                            f"({_reason(exc, self.data_cfg)})") from None
 
     def records(self) -> dict[str, dict[str, Any]]:
         """Every input recorded here, by stem: the rows of ``predictions.json`` in its order,
@@ -377,18 +390,24 @@ class Output:
         return found
 
     def finished(self, records: dict[str, dict[str, Any]], stems: list[str],
-                 wanted: dict[str, set[str]] | None = None) -> dict[str, dict[str, Any]]:
+                 wanted: dict[str, set[str]] | None = None,
+                 sources: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
         """The records of the ``stems`` already predicted here, for ``--skip-existing``.
 
-        A record counts when it is ``ok``, every output it names is present, and it has every
-        output this call would write (``wanted``: stem -> output kinds; a raster predicted
-        without ``--vector`` is not finished for a call with it).
+        A record counts when it is ``ok``, is the same input's (``sources``: stem -> its
+        :func:`segmenter.outputs.input_source`), every output it names is present, and it has
+        every output this call would write (``wanted``: stem -> output kinds; a raster
+        predicted without ``--vector`` is not finished for a call with it).
         """
+        from segmenter.outputs import record_source
+
         present = self.names()
         done = {}
         for stem in stems:
             record = records.get(stem)
             if not record or record.get("status") != "ok":
+                continue
+            if sources and sources.get(stem) not in (None, record_source(record)):
                 continue
             files = record.get("outputs") or {}
             if not files or not all(name in present for name in files.values()):
@@ -406,7 +425,7 @@ class Output:
 
         names = (SUMMARY_JSON, SUMMARY_CSV) if names is None else names
         present = self.names()
-        found = sorted(n for n in present if n in names)
+        found = [n for n in names if n in present]
         for stem in stems:
             found += sorted(n for n in present if owned_by(n, stem))
         return found

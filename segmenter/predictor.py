@@ -205,7 +205,9 @@ def predict_inputs(
     def fail(ref: Any, stem: str, exc: BaseException) -> None:
         message = jobs.failure_message(ref, exc)
         failures.append(message)
-        records.append(jobs.failed_record(ref, stem, message))
+        record = jobs.failed_record(ref, stem, message)
+        jobs.commit_failure(plan, record)
+        records.append(record)
         report(f"FAILED {message}")
 
     def commit(record: dict[str, Any], folder: Path) -> None:

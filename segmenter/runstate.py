@@ -82,7 +82,8 @@ class PredictionRecord(_Record):
 
     input: str
     stem: str
-    status: Literal["ok", "failed"]
+    #: ``pending``: a call has claimed the stem and not finished it (only in ``.records/``).
+    status: Literal["ok", "failed", "pending"]
     #: the input's absolute path or URL: it keeps its stem in the folder by this.
     source: str | None = None
     error: str | None = None

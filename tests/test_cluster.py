@@ -310,7 +310,8 @@ def test_bad_photo_is_a_failure_line_not_a_stop(runner, scheduler, run_dir, phot
     assert not [p for p in out.iterdir() if p.suffix == ".tif"]  # no scratch left behind
     records = {r["stem"]: r for r in json.loads((out / "predictions.json").read_text())["images"]}
     assert records["broken"]["status"] == "failed" and records["shore"]["status"] == "ok"
-    assert not (out / ".records" / "broken.json").exists()  # a rerun tries it again
+    mark = json.loads((out / ".records" / "broken.json").read_text())
+    assert mark["status"] == "failed"  # recorded as such: a --skip-existing rerun tries it again
 
 
 # --------------------------------------------------------------------- a worker dies (last)
@@ -339,7 +340,9 @@ def test_killed_worker_job_completes_nothing_lost_or_doubled(runner, cluster, sc
         pids = client.run(os.getpid)
         deadline = time.monotonic() + 300
         while killed is None and time.monotonic() < deadline and thread.is_alive():
-            if len(list((out / ".records").glob("*.json"))) >= 2 if out.exists() else False:
+            done = [p for p in out.glob(".records/[!.]*.json")
+                    if '"status": "ok"' in p.read_text()] if out.exists() else []
+            if len(done) >= 2:
                 busy = [w for w, keys in client.processing().items() if keys]
                 if busy:
                     killed = pids[busy[0]]

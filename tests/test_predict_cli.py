@@ -18,9 +18,10 @@ from segmenter.runs import RunPlan, prepare_run
 TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16: 4, 32: 2}"]
 
 
-def make_run(path: Path, widths=(16, 32), finished=True) -> Path:
-    """A run directory as `segmenter train` leaves it, with tiny untrained models."""
-    cfg = load_config(None, TINY)
+def make_run(path: Path, widths=(16, 32), finished=True, extra=()) -> Path:
+    """A run directory as `segmenter train` leaves it, with tiny untrained models (``extra``:
+    more --set overrides of its config)."""
+    cfg = load_config(None, [*TINY, *extra])
     run = prepare_run(RunPlan(path, cfg, list(widths)))
     if finished:
         for width in widths:

@@ -210,3 +210,71 @@ def test_bad_and_tiny_rasters_never_stop_the_job(runner, run_dir, out, tmp_path)
     assert rows["dot"]["status"] == "ok" and rows["dot"]["size"] == [1, 1]
     assert rows["shore"]["status"] == "ok" and rows["cut"]["status"] == "failed"
     assert not [n for n in out.names() if "scratch" in n or ".tmp" in n]
+
+
+# ------------------------------------------------------ the plan alone: claims and sources
+
+
+class Ref:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+
+def committed(plan, index: int) -> None:
+    """What an engine does once an input's files are in place."""
+    from segmenter import jobs
+    from segmenter.outputs import output_paths
+
+    stem = plan.stems[index]
+    for path in output_paths(plan.output.local, stem).values():
+        path.write_bytes(b"png")
+    record = {**jobs.base_record(plan.refs[index], stem), "status": "ok",
+              "outputs": {k: p.name for k, p in output_paths(".", stem).items()}}
+    jobs.commit(plan, record)
+
+
+@pytest.fixture
+def planner(tmp_path):
+    from segmenter import jobs
+    from segmenter.config import load_config
+    from segmenter.outputs_fs import open_output
+
+    cfg = load_config(None, [])
+
+    def plan(*paths: Path, **flags):
+        return jobs.plan_job(open_output(tmp_path / "out", cfg.data), [Ref(p) for p in paths],
+                             cfg, widths=[16], **flags)
+
+    return plan
+
+
+def test_an_input_named_twice_is_one_input_and_never_vouches_for_another(planner, tmp_path):
+    a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
+    first = planner(a, a)
+    assert first.stems == ["x"]
+    committed(first, 0)
+    later = planner(b, skip_existing=True)
+    assert later.stems == ["x-2"] and not later.done
+
+
+def test_an_interrupted_overwrite_is_not_taken_for_finished(planner, tmp_path):
+    """--overwrite claims the input before rewriting its files: killed midway, the earlier
+    record (still in predictions.json) must not vouch for half-old, half-new files."""
+    from segmenter import jobs
+
+    a = tmp_path / "a" / "x.jpg"
+    first = planner(a)
+    committed(first, 0)
+    jobs.write_summary(first, [first.output.records()["x"]], {})
+    planner(a, overwrite=True)  # ... then killed before its commit
+    again = planner(a, skip_existing=True)
+    assert again.stems == ["x"] and not again.done
+    committed(again, 0)
+    assert planner(a, skip_existing=True).done
+
+
+def test_two_calls_at_once_never_share_a_stem(planner, tmp_path):
+    b, c = tmp_path / "b" / "y.jpg", tmp_path / "c" / "y.jpg"
+    one = planner(b, skip_existing=True)
+    two = planner(c, skip_existing=True)  # before the first has committed anything
+    assert one.stems == ["y"] and two.stems == ["y-2"]

@@ -15,40 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from raster_data import rgb_raster, scene_pixels, write_raster
+from test_mosaic import loaded_run
+from test_predict_cli import make_run
 
 rasterio = pytest.importorskip("rasterio")
 
-TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16: 4, 32: 2}"]
-
-
-def tiny_run(path: Path, extra=()) -> Path:
-    """A finished run directory with tiny untrained models (as test_predict_cli.make_run)."""
-    from segmenter.config import load_config
-    from segmenter.model import build_model
-    from segmenter.runs import RunPlan, prepare_run
-
-    cfg = load_config(None, [*TINY, *extra])
-    run = prepare_run(RunPlan(path, cfg, [16, 32]))
-    for width in (16, 32):
-        run.model_path(width).parent.mkdir(parents=True, exist_ok=True)
-        build_model(cfg.model).save(run.model_path(width))
-        run.write_status(width, {"status": "finished", "final_val_water_iou": 0.5})
-    return path
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory.mktemp("run") / "run")
-
-
-def loaded_run(run_dir: Path, overrides=()):
-    from segmenter import predictor
-    from segmenter.config import load_config
-    from segmenter.runs import open_run
-
-    run = open_run(run_dir)
-    cfg = load_config(None, list(overrides), base=run.config)
-    return predictor.load_models(run, cfg), cfg
+    return make_run(tmp_path_factory.mktemp("run") / "run")
 
 
 def read_band(path) -> np.ndarray:
@@ -183,8 +157,8 @@ def test_the_whole_raster_rule_with_too_few_samples_is_the_threshold(size):
 
 @pytest.fixture(scope="module")
 def row_run(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory.mktemp("rows") / "run",
-                    ["data.upright=true", "model.row_channel=true"])
+    return make_run(tmp_path_factory.mktemp("rows") / "run",
+                    extra=["data.upright=true", "model.row_channel=true"])
 
 
 def test_a_run_that_reads_rows_refuses_rasters_on_every_path(runner, row_run, tmp_path):

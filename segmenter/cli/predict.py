@@ -87,21 +87,21 @@ def predict(
     widths = predictor.run_widths(run, cfg, run_dir if remote_run else None)
     # Workers may run elsewhere: they get an absolute path (a shared file system) or the URL.
     run_location = run_dir if remote_run else os.path.abspath(run.path)
-    plan = jobs.plan_job(output, refs, cfg, widths=widths, overwrite=overwrite,
-                         skip_existing=skip_existing, vector=vector,
-                         job={"run": run_location, "widths": widths,
-                              "scheduler": cfg.predict.scheduler})
-    if plan.done:
-        click.echo(f"{len(plan.done)} input(s) already predicted in {output}: skipped")
-
     try:
+        plan = jobs.plan_job(output, refs, cfg, widths=widths, overwrite=overwrite,
+                             skip_existing=skip_existing, vector=vector,
+                             job={"run": run_location, "widths": widths,
+                                  "scheduler": cfg.predict.scheduler})
+        if plan.done:
+            click.echo(f"{len(plan.done)} input(s) already predicted in {output}: skipped")
         _predict(plan, run, cfg, run_location, widths, vector)
     except KeyboardInterrupt:
         from segmenter.errors import Interrupted
 
+        how = "in place of --overwrite" if overwrite else "" if skip_existing else "added"
         raise Interrupted(
-            f"interrupted: the inputs finished so far are kept in {output}; run the same "
-            "command with --skip-existing to predict the rest") from None
+            f"interrupted: the inputs finished so far are kept in {output}; run the command "
+            f"again with --skip-existing {how}".rstrip() + " to predict the rest") from None
 
 
 def _predict(plan, run, cfg, run_location, widths, vector) -> None:
