@@ -20,6 +20,13 @@ work folder: ``train/`` is fitted, ``test/`` is what ``segmenter train`` validat
   west 60 % of columns, scored on the east 40 %; ``segmenter train`` validates on columns
   45-60 % (inside the fitted part: a training-fit monitor, not a score).
 
+* ``obx2018``: ``../shared/dev/obx2018`` (aerial survey photos, 920 x 614, water = class 2),
+  split by flight day: trained on ``train/`` minus every 8th photo (validation), scored on
+  ``test/`` (other days, tides and light). Its run is also scored on *dry photos*:
+  :data:`DRY_SIDE`-px squares without a water pixel cut from the scored photos and from the real
+  photo (none of them trained on), reported as the share of their pixels called water
+  (``dry case=obx2018 ... water_fraction=<...>``).
+
 For each case, on the same scored pixels at each photo's own resolution and with
 :mod:`segmenter.metrics` (pixel counts pooled over the scored photos, as ``segmenter evaluate``):
 
@@ -93,9 +100,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REAL = REPO.parent / "shared" / "real"
 DEFAULT_OASIS = REPO.parent / "shared" / "dev" / "oasis"
+DEFAULT_OBX = REPO.parent / "shared" / "dev" / "obx2018"
 DEFAULT_CONFIG = REPO / "configs" / "photo.yaml"
 REFERENCE_CONFIG = REPO / "configs" / "notebook-small.yaml"
-CASES = ("shifted", "oasis", "real")
+CASES = ("shifted", "oasis", "real", "obx2018")
 
 #: share of the real photo's columns (from the west) that are fitted; the rest is scored.
 TRAIN_FRACTION = 0.6
@@ -107,6 +115,13 @@ SAMPLE_N, QUICK_SAMPLE_N, SAMPLE_SIZE, SAMPLE_SEED = 48, 16, 512, 0
 OASIS_VALIDATION_EVERY = 12
 #: --quick OASIs subsets: training photos, validation photos, scored test photos.
 QUICK_OASIS = (30, 5, 15)
+#: obx2018: every OBX_VALIDATION_EVERY-th training photo validates instead of training.
+OBX_VALIDATION_EVERY = 8
+#: --quick obx2018 subsets: training photos, validation photos, scored test photos.
+QUICK_OBX = (24, 4, 12)
+#: dry photos: side of the square crops without a water pixel, cut from photos no run of the
+#: case trains on (obx2018's test/ and the real photo), and at most this many per photo.
+DRY_SIDE, DRY_PER_PHOTO = 256, 2
 #: --quick divides train.steps by this (segmenter and reference alike).
 QUICK_STEPS_DIVISOR = 4
 #: seed of every random choice made here (pixel subsamples, forest, mixture).
@@ -132,7 +147,7 @@ class Case:
     """One benchmark case.
 
     Attributes:
-        name: ``shifted``, ``oasis`` or ``real``.
+        name: ``shifted``, ``oasis``, ``real`` or ``obx2018``.
         train_source: Ontario-layout folder: ``train/`` is fitted, ``test/`` validates.
         scored: Ontario-layout folder whose ``train/`` holds the scored photos only.
         overrides: label-format facts every segmenter run of the case gets (``--set``).
@@ -147,6 +162,9 @@ class Case:
     water_class: int = 2
     label_water_value: int = 255
     description: str = ""
+    #: Ontario-layout folder whose ``train/`` holds photos without water (scored for the
+    #: water the run invents on them), or ``None``.
+    dry: Path | None = None
 
     def data_config(self, source: Path) -> Any:
         """A ``DataConfig`` reading ``source`` with this case's label facts."""
@@ -342,12 +360,86 @@ def prepare_real(real_dir: Path, work: Path) -> Case:
     )
 
 
+def prepare_obx(obx: Path, work: Path, quick: bool, real_dir: Path | None = None) -> Case:
+    """Link obx2018's train/ photos into a training source and its test/ photos (other flight
+    days) into a scored source; cut the dry photos (:func:`write_dry_photos`).
+
+    Every :data:`OBX_VALIDATION_EVERY`-th training photo goes to the validation folder instead
+    of ``train/``; the test photos go only to the scored source.
+    """
+    probe = Case("obx2018", obx, obx)
+    data_cfg = probe.data_config(obx)
+    train_pairs = _pairs(obx, "train", data_cfg)
+    test_pairs = _pairs(obx, "test", data_cfg)
+    if not train_pairs or not test_pairs:
+        raise BenchError(f"case obx2018: no photo/label pairs in {obx}/train or {obx}/test")
+    validation = train_pairs[OBX_VALIDATION_EVERY - 1 :: OBX_VALIDATION_EVERY]
+    fitted = [p for p in train_pairs if p not in validation]
+    if quick:
+        n_train, n_val, n_test = QUICK_OBX
+        fitted, validation = evenly(fitted, n_train), evenly(validation, n_val)
+        test_pairs = evenly(test_pairs, n_test)
+    source, scored, dry = work / "train_source", work / "scored", work / "dry"
+    _link_pairs(fitted, obx, source / "train")
+    _link_pairs(validation, obx, source / "test")
+    _link_pairs(test_pairs, obx, scored / "train")
+    sources = [(obx, pair) for pair in test_pairs]
+    if real_dir is not None and (real_dir / "train").is_dir():
+        sources += [(real_dir, pair) for pair in _pairs(real_dir, "train", data_cfg)]
+    crops = write_dry_photos(sources, dry, data_cfg)
+    return Case(
+        "obx2018", source, scored, dry=dry if crops else None,
+        description=(
+            f"{obx}: train/ {len(fitted)} photos, validation {len(validation)} other train/ "
+            f"photos, scored {len(test_pairs)} test/ photos (other flight days); {crops} dry "
+            f"crops of {DRY_SIDE} px from the scored photos and the real photo"
+        ),
+    )
+
+
+def dry_windows(land: np.ndarray, side: int, most: int) -> list[tuple[int, int]]:
+    """Top-left corners of up to ``most`` non-overlapping ``side``-px squares of ``land``
+    without a water pixel (scanned on a grid of half a square, top to bottom)."""
+    height, width = land.shape
+    step = max(1, side // 2)
+    taken: list[tuple[int, int]] = []
+    for top in range(0, height - side + 1, step):
+        for left in range(0, width - side + 1, step):
+            if len(taken) >= most:
+                return taken
+            if any(abs(top - t) < side and abs(left - c) < side for t, c in taken):
+                continue
+            if (land[top : top + side, left : left + side] >= 0.5).all():
+                taken.append((top, left))
+    return taken
+
+
+def write_dry_photos(sources: Sequence[tuple[Path, Any]], folder: Path, data_cfg: Any) -> int:
+    """Cut squares without water from each photo of ``sources`` (``(root, pair)``) into
+    ``folder/train`` as Ontario pairs labelled all land; returns how many were written."""
+    from segmenter.data import ontario
+    from segmenter.data.storage import open_storage
+
+    count = 0
+    for root, pair in sources:
+        item = ontario.load_pair(open_storage(str(root), data_cfg), pair, data_cfg, 1.0)
+        for index, (top, left) in enumerate(
+                dry_windows(item.land, DRY_SIDE, DRY_PER_PHOTO)):
+            window = (slice(top, top + DRY_SIDE), slice(left, left + DRY_SIDE))
+            write_ontario(folder, "train", f"{item.stem}_dry{index}",
+                          Part("dry", (left, left + DRY_SIDE), item.image[window],
+                               item.land[window]))
+            count += 1
+    return count
+
+
 def case_folder_problem(name: str, folder: Path) -> str | None:
     """Why the data folder of case ``name`` is absent (``None`` if it is there)."""
-    needed = {"oasis": ("train", "test"), "real": ("train",)}.get(name, ())
+    needed = {"oasis": ("train", "test"), "real": ("train",),
+              "obx2018": ("train", "test")}.get(name, ())
     for sub in needed:
         if not (folder / sub).is_dir():
-            flag = "--oasis" if name == "oasis" else "--real"
+            flag = {"oasis": "--oasis", "real": "--real", "obx2018": "--obx"}[name]
             return f"case {name}: skipped: {folder / sub} not found (pass {flag} DIR)"
     return None
 
@@ -433,6 +525,20 @@ def format_table(rows: Sequence[Row]) -> str:
             + (f"  {row.note}" if row.note else "")
         )
     return "\n".join(lines)
+
+
+def invented_water(overall: dict[str, Any]) -> float:
+    """The share of pixels called water on photos without water (1 - accuracy there)."""
+    return 1.0 - float(overall["accuracy"])
+
+
+def dry_line(case: str, method: str, overall: dict[str, Any]) -> str:
+    """``dry case=<name> method=<...> images=<n> water_fraction=<...> threshold_0.5=<...>``."""
+    from segmenter.evaluation import BASELINE
+
+    return (f"dry case={case} method={method} images={overall['images']} "
+            f"water_fraction={invented_water(overall):.4f} "
+            f"threshold_0.5={invented_water(overall[BASELINE]):.4f}")
 
 
 def quality_line(case: str, scores: dict[str, float], minutes: float) -> str:
@@ -721,6 +827,10 @@ def run_case(case: Case, settings: Settings, work: Path) -> tuple[list[Row], Row
 
     best = Row(case.name, f"{label}, {overall['method']} mask", overall, minutes)
     rows += [best, Row(case.name, f"{label}, 0.5 threshold", overall[BASELINE], minutes)]
+    if case.dry is not None:
+        dry = evaluate_segmenter(work / "run_recommended", case.dry)
+        best.note = f"dry photos: {invented_water(dry):.2%} called water"
+        print(dry_line(case.name, label, dry))
     if ref_set is not None:
         ref_label = f"reference {settings.reference_config.name}"
         ref_minutes = train_segmenter(settings.reference_config, case.train_source,
@@ -741,6 +851,8 @@ def prepare(name: str, args: argparse.Namespace, work: Path) -> Case:
         return prepare_shifted(folder, QUICK_SAMPLE_N if args.quick else SAMPLE_N, SAMPLE_SIZE)
     if name == "oasis":
         return prepare_oasis(args.oasis.resolve(), folder, args.quick)
+    if name == "obx2018":
+        return prepare_obx(args.obx.resolve(), folder, args.quick, args.real.resolve())
     return prepare_real(args.real.resolve(), folder)
 
 
@@ -770,6 +882,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"Ontario-layout folder with the real photo (default {DEFAULT_REAL})")
     parser.add_argument("--oasis", type=Path, default=DEFAULT_OASIS,
                         help=f"OASIs folder with train/ and test/ (default {DEFAULT_OASIS})")
+    parser.add_argument("--obx", type=Path, default=DEFAULT_OBX,
+                        help=f"obx2018 folder with train/ and test/ (default {DEFAULT_OBX})")
     return parser.parse_args(argv)
 
 
@@ -815,12 +929,13 @@ def _main(args: argparse.Namespace) -> int:
     if args.quick:
         print(f"quick: train.steps / {QUICK_STEPS_DIVISOR} (segmenter and reference); shifted "
               f"{QUICK_SAMPLE_N} scenes instead of {SAMPLE_N}; oasis {QUICK_OASIS[0]} train / "
-              f"{QUICK_OASIS[1]} validation / {QUICK_OASIS[2]} scored photos; real unchanged")
+              f"{QUICK_OASIS[1]} validation / {QUICK_OASIS[2]} scored photos; obx2018 "
+              f"{QUICK_OBX[0]} / {QUICK_OBX[1]} / {QUICK_OBX[2]}; real unchanged")
     try:
         cases: list[Case] = []
         for name in names:
-            skip = case_folder_problem(name, {"oasis": args.oasis, "real": args.real}.get(
-                name, work))
+            skip = case_folder_problem(name, {"oasis": args.oasis, "real": args.real,
+                                              "obx2018": args.obx}.get(name, work))
             if skip:
                 print(skip)
                 continue

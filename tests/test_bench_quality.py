@@ -160,6 +160,53 @@ def test_real_case_splits_columns_and_loads_through_segmenter(bench, tmp_path):
     np.testing.assert_array_equal(scored.train[0].land, land[:, 72:])
 
 
+def test_obx_case_splits_by_folder_and_cuts_dry_photos_from_scored_ones(bench, tmp_path,
+                                                                        monkeypatch):
+    """obx2018: train/ minus every 8th photo is fitted, those validate, test/ is scored; the
+    dry photos are squares without water from the scored photos and the real photo only."""
+    from segmenter.config import DataConfig
+    from segmenter.data import ontario
+
+    monkeypatch.setattr(bench, "DRY_SIDE", 16)
+    image, land = _scene()
+    for sub, count in (("train", 17), ("test", 3)):
+        for i in range(count):
+            bench.write_ontario(tmp_path / "obx", sub, f"{sub}{i:02d}",
+                                bench.Part("all", (0, 120), image, land))
+    bench.write_ontario(tmp_path / "real", "train", "aerial",
+                        bench.Part("all", (0, 120), image, land))
+    case = bench.prepare_obx(tmp_path / "obx", tmp_path / "work", quick=False,
+                             real_dir=tmp_path / "real")
+    stems = {sub: {p.stem for p in folder.glob("*.png")} for sub, folder in (
+        ("fit", case.train_source / "train"), ("val", case.train_source / "test"),
+        ("scored", case.scored / "train"))}
+    assert stems["val"] == {"train07", "train15"} and len(stems["fit"]) == 15
+    assert stems["scored"] == {"test00", "test01", "test02"}
+    dry = ontario.load_dataset(DataConfig(source=str(case.dry)), scale=1.0, progress=False,
+                               need=("all",)).train
+    assert len(dry) == 4 * bench.DRY_PER_PHOTO  # two squares from each of the 4 photos
+    assert {item.stem.rsplit("_dry", 1)[0] for item in dry} == {"test00", "test01", "test02",
+                                                               "aerial"}
+    assert all(item.image.shape[:2] == (16, 16) and (item.land == 1).all() for item in dry)
+
+
+def test_dry_windows_hold_no_water_and_do_not_overlap(bench):
+    _, land = _scene()
+    corners = bench.dry_windows(land, 16, 5)
+    assert len(corners) == 5
+    for i, (top, left) in enumerate(corners):
+        assert (land[top : top + 16, left : left + 16] == 1).all()
+        assert all(abs(top - t) >= 16 or abs(left - c) >= 16 for t, c in corners[:i])
+    assert bench.dry_windows(np.zeros((40, 40), np.float32), 16, 3) == []
+
+
+def test_dry_line_reports_the_water_invented(bench):
+    overall = {"images": 4, "accuracy": 0.97, "threshold_0.5": {"accuracy": 0.9}}
+    assert bench.dry_line("obx2018", "segmenter photo.yaml", overall) == (
+        "dry case=obx2018 method=segmenter photo.yaml images=4 water_fraction=0.0300 "
+        "threshold_0.5=0.1000")
+
+
 def test_absent_case_folders_are_named(bench, tmp_path):
     line = bench.case_folder_problem("oasis", tmp_path / "nowhere")
     assert line.startswith("case oasis: skipped:") and "--oasis DIR" in line
