@@ -2,6 +2,9 @@
 
 ``model.skips: true`` adds U-Net-style skip connections (each decoder level concatenates the
 encoder's map of its size); off by default and in the shipped configs (README, "Quality").
+``model.filter_growth`` widens each coarser level (a 1x1 projection where the width changes),
+as segmentation networks double their kernels when the resolution halves; 1 (the default)
+builds the notebook's network, 16 kernels at every level, layer for layer.
 
 One builder, :func:`build_model`, turns a :class:`~segmenter.config.ModelConfig` into a native
 Keras 3 functional model. The network is fully convolutional, so one model serves every spatial
@@ -186,6 +189,20 @@ def _residual_block(x, filters: int, kernel_size: int, transpose: bool, name: st
     return keras.layers.Add(name=f"{name}_add")([x, y])
 
 
+def level_filters(filters: int, growth: float, level: int) -> int:
+    """Kernels at pooling level ``level`` (0 = full size): ``filters * growth**level``."""
+    return max(1, round(filters * growth**level))
+
+
+def _project(x, channels: int, wanted: int, name: str):
+    """A 1x1 convolution to ``wanted`` channels where the level's width changes (none when it
+    does not, so ``filter_growth: 1`` builds the notebook's network layer for layer)."""
+    if channels == wanted:
+        return x
+    x = keras.layers.Conv2D(wanted, 1, activation="relu", name=f"{name}_project")(x)
+    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_project_bn")(x)
+
+
 def build_model(model_cfg: ModelConfig | None = None, **overrides: Any) -> keras.Model:
     """Build the residual encoder-decoder described by ``model_cfg``.
 
@@ -240,33 +257,42 @@ def build_model(model_cfg: ModelConfig | None = None, **overrides: Any) -> keras
         filters, kernel_size, padding="same", activation="relu", name="stem_conv"
     )(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    # Kernels per level: the stem's, then (model.filter_growth) more at each coarser level.
+    widths = [level_filters(filters, model_cfg.filter_growth, level)
+              for level in range(depth + 1)]
     encoder_maps = []  # the map at each size, finest first, for the skip connections
     for level in range(depth):
         encoder_maps.append(x)
         x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=f"down{level}_pool")(x)
-        x = _residual_block(x, filters, kernel_size, transpose=False, name=f"down{level}")
+        x = _project(x, widths[level], widths[level + 1], f"down{level}")
+        x = _residual_block(x, widths[level + 1], kernel_size, transpose=False,
+                            name=f"down{level}")
     for level in range(depth):
+        size = depth - 1 - level  # the encoder level whose size this decoder level has
         if model_cfg.upsampling == "bilinear":
             x = BilinearUpsampling(2, name=f"up{level}_resize")(x)
         else:
             x = keras.layers.Conv2DTranspose(
-                filters, 2, strides=2, padding="same", name=f"up{level}_deconv"
+                widths[size], 2, strides=2, padding="same", name=f"up{level}_deconv"
             )(x)
         if model_cfg.skips:
             # The encoder map of this size joins the upsampled one; a 1x1 convolution mixes the
-            # two back to `filters` channels so the residual block's sum still adds up.
-            x = keras.layers.Concatenate(name=f"up{level}_skip")(
-                [x, encoder_maps[depth - 1 - level]]
-            )
-            x = keras.layers.Conv2D(filters, 1, activation="relu", name=f"up{level}_mix")(x)
+            # two back to this level's channels so the residual block's sum still adds up.
+            x = keras.layers.Concatenate(name=f"up{level}_skip")([x, encoder_maps[size]])
+            x = keras.layers.Conv2D(widths[size], 1, activation="relu",
+                                    name=f"up{level}_mix")(x)
             x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"up{level}_mix_bn")(x)
-        x = _residual_block(x, filters, kernel_size, transpose=True, name=f"up{level}")
+        elif model_cfg.upsampling == "bilinear":
+            x = _project(x, widths[size + 1], widths[size], f"up{level}")
+        x = _residual_block(x, widths[size], kernel_size, transpose=True, name=f"up{level}")
     # The head stays float32 under mixed precision: probabilities near 0 and 1 matter.
     x = keras.layers.Conv2DTranspose(
         1, kernel_size, padding="same", dtype="float32", name="head_conv"
     )(x)
     outputs = keras.layers.Activation(model_cfg.activation, dtype="float32", name="land_prob")(x)
-    variant = ("_skips" if model_cfg.skips else "") + ("_row" if row_channel else "")
+    growth = model_cfg.filter_growth
+    variant = ((f"_g{growth:g}" if growth != 1 else "") + ("_skips" if model_cfg.skips else "")
+               + ("_row" if row_channel else ""))
     return keras.Model(
         inputs, outputs, name=f"segmenter_d{depth}_f{filters}_k{kernel_size}{variant}"
     )

@@ -171,3 +171,33 @@ def test_window_normalisation_removes_a_per_channel_offset():
     np.testing.assert_allclose(layer(offset).numpy(), layer(base).numpy(), atol=1e-5)
     flat = np.full((1, 8, 8, 3), 0.4, np.float32)  # a flat window: the floor, no blow-up
     assert np.all(np.isfinite(layer(flat).numpy())) and np.abs(layer(flat).numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("upsampling,skips", [("bilinear", False), ("transpose", False),
+                                              ("bilinear", True)])
+def test_filter_growth_widens_the_coarse_levels_and_round_trips(tmp_path, images, upsampling,
+                                                                 skips):
+    """model.filter_growth 2: 8, 16, 32, 64 kernels from the full size down to the coarsest
+    level, the decoder mirroring them; saved and loaded with safe_mode, same outputs."""
+    cfg = ModelConfig(depth=3, filters=8, filter_growth=2.0, upsampling=upsampling, skips=skips)
+    model = build_model(cfg)
+    assert model.get_layer("down2_conv1").filters == 64
+    assert model.get_layer("down0_conv1").filters == 16
+    assert model.get_layer("up0_conv1").filters == 32  # the decoder's coarsest level
+    assert model.get_layer("up2_conv1").filters == 8
+    assert model.name.endswith("_g2" + ("_skips" if skips else ""))
+    flat = build_model(ModelConfig(depth=3, filters=8, upsampling=upsampling, skips=skips))
+    assert model.count_params() > 3 * flat.count_params()
+    path = tmp_path / "grown.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0),
+                               atol=1e-6)
+
+
+def test_filter_growth_1_is_the_notebook_network_layer_for_layer():
+    flat = build_model(ModelConfig(depth=3, filters=8))
+    same = build_model(ModelConfig(depth=3, filters=8, filter_growth=1.0))
+    assert [layer.name for layer in same.layers] == [layer.name for layer in flat.layers]
+    assert same.count_params() == flat.count_params() and same.name == flat.name
+    assert not [layer for layer in flat.layers if "project" in layer.name]

@@ -110,6 +110,12 @@ class ModelConfig(_Section):
 
     depth: int = Field(3, ge=1, le=7, description="Pooling levels; widths must divide by 2^depth.")
     filters: int = Field(16, ge=1, le=1024, description="Convolution kernels per layer.")
+    filter_growth: float = Field(
+        1.0, ge=1.0, le=4.0,
+        description="Kernels grow by this factor at each pooling level (2 doubles them as the "
+        "resolution halves, as U-Nets do); coarse levels cost little compute and see the "
+        "context. 1 = the same number at every level (the notebook).",
+    )
     kernel_size: int = Field(3, ge=1, le=15, description="Convolution kernel size.")
     upsampling: Literal["bilinear", "transpose"] = Field(
         "bilinear", description="Decoder upsampling: bilinear resize or transposed convolution."
