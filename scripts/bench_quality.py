@@ -222,6 +222,27 @@ def prepare_shifted(work: Path, n: int, size: int, seed: int = SAMPLE_SEED) -> C
     )
 
 
+def split_pairs(probe: Case, every: int, quick: tuple[int, int, int] | None
+                ) -> tuple[list[Any], list[Any], list[Any]]:
+    """The fitted, validation and scored pairs of a folder with ``train/`` and ``test/``
+    (``probe.train_source``): every ``every``-th training pair validates; ``quick``: even
+    subsets of (fitted, validation, scored) sizes."""
+    root = probe.train_source
+    data_cfg = probe.data_config(root)
+    train_pairs = _pairs(root, "train", data_cfg)
+    test_pairs = _pairs(root, "test", data_cfg)
+    if not train_pairs or not test_pairs:
+        raise BenchError(f"case {probe.name}: no photo/label pairs in {root}/train or "
+                         f"{root}/test")
+    validation = train_pairs[every - 1 :: every]
+    fitted = [p for p in train_pairs if p not in validation]
+    if quick:
+        n_train, n_val, n_test = quick
+        fitted, validation = evenly(fitted, n_train), evenly(validation, n_val)
+        test_pairs = evenly(test_pairs, n_test)
+    return fitted, validation, test_pairs
+
+
 def prepare_oasis(oasis: Path, work: Path, quick: bool) -> Case:
     """Link OASIs train/ photos into a training source and test/ photos into a scored source.
 
@@ -230,17 +251,8 @@ def prepare_oasis(oasis: Path, work: Path, quick: bool) -> Case:
     the scored source, so neither training nor its validation ever sees them.
     """
     probe = Case("oasis", oasis, oasis, water_class=2, label_water_value=1)
-    data_cfg = probe.data_config(oasis)
-    train_pairs = _pairs(oasis, "train", data_cfg)
-    test_pairs = _pairs(oasis, "test", data_cfg)
-    if not train_pairs or not test_pairs:
-        raise BenchError(f"case oasis: no photo/label pairs in {oasis}/train or {oasis}/test")
-    validation = train_pairs[OASIS_VALIDATION_EVERY - 1 :: OASIS_VALIDATION_EVERY]
-    fitted = [p for p in train_pairs if p not in validation]
-    if quick:
-        n_train, n_val, n_test = QUICK_OASIS
-        fitted, validation = evenly(fitted, n_train), evenly(validation, n_val)
-        test_pairs = evenly(test_pairs, n_test)
+    fitted, validation, test_pairs = split_pairs(probe, OASIS_VALIDATION_EVERY,
+                                                 QUICK_OASIS if quick else None)
     blank = blank_labels(oasis, fitted + validation + test_pairs)
     fitted, validation, test_pairs = (
         [p for p in pairs if p not in blank] for pairs in (fitted, validation, test_pairs))
@@ -369,16 +381,8 @@ def prepare_obx(obx: Path, work: Path, quick: bool, real_dir: Path | None = None
     """
     probe = Case("obx2018", obx, obx)
     data_cfg = probe.data_config(obx)
-    train_pairs = _pairs(obx, "train", data_cfg)
-    test_pairs = _pairs(obx, "test", data_cfg)
-    if not train_pairs or not test_pairs:
-        raise BenchError(f"case obx2018: no photo/label pairs in {obx}/train or {obx}/test")
-    validation = train_pairs[OBX_VALIDATION_EVERY - 1 :: OBX_VALIDATION_EVERY]
-    fitted = [p for p in train_pairs if p not in validation]
-    if quick:
-        n_train, n_val, n_test = QUICK_OBX
-        fitted, validation = evenly(fitted, n_train), evenly(validation, n_val)
-        test_pairs = evenly(test_pairs, n_test)
+    fitted, validation, test_pairs = split_pairs(probe, OBX_VALIDATION_EVERY,
+                                                 QUICK_OBX if quick else None)
     source, scored, dry = work / "train_source", work / "scored", work / "dry"
     _link_pairs(fitted, obx, source / "train")
     _link_pairs(validation, obx, source / "test")
