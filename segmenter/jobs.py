@@ -27,7 +27,7 @@ from typing import Any
 
 from segmenter.config import Config
 from segmenter.errors import RunError, SegmenterError
-from segmenter.outputs_fs import Output, owned_by
+from segmenter.outputs_fs import Output, owned_files
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class JobPlan:
     stems: list[str]
     #: index -> the earlier record of an input ``--skip-existing`` skips.
     done: dict[int, dict[str, Any]] = field(default_factory=dict)
-    #: the folder's file names when the call started (earlier outputs to clear on commit).
-    present: set[str] = field(default_factory=set)
+    #: stem -> its files in the folder when the call started (earlier outputs to clear).
+    owned: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def todo(self) -> list[tuple[int, Any, str]]:
@@ -93,7 +93,8 @@ def plan_job(output: Output, refs: list[Any], cfg: Config, *, widths: list[int],
 
         raise ConfigError("--overwrite and --skip-existing cannot be used together")
     with output.lock():
-        records = output.records()
+        present = output.names()  # listed once: an object store's listing is not free
+        records = output.records(present)
         known: dict[str, str] = {}
         for stem, record in records.items():
             known.setdefault(record_source(record), stem)
@@ -101,16 +102,16 @@ def plan_job(output: Output, refs: list[Any], cfg: Config, *, widths: list[int],
                 known.setdefault(str(record.get("input", "")), stem)
         refs = _unique(refs)
         stems = assign_stems([str(ref.path) for ref in refs], known, taken=set(records))
-        plan = JobPlan(output, refs, stems, present=output.names())
+        plan = JobPlan(output, refs, stems, owned=owned_files(present, stems))
         if skip_existing:
             wanted = {stem: wanted_outputs(ref, cfg, vector, widths)
                       for ref, stem in zip(refs, stems, strict=True)}
             sources = {stem: input_source(str(ref.path))
                        for ref, stem in zip(refs, stems, strict=True)}
-            finished = output.finished(records, stems, wanted, sources)
+            finished = output.finished(records, stems, wanted, sources, present)
             plan.done = {i: finished[stem] for i, stem in enumerate(stems) if stem in finished}
         else:
-            existing = output.existing(stems)
+            existing = output.existing(stems, present=present)
             if existing and not overwrite:
                 raise RunError(
                     f"{output}: already holds predictions ({existing[0]}); pass --overwrite to "
@@ -235,12 +236,11 @@ def commit(plan: JobPlan, record: dict[str, Any]) -> None:
     one did not write (vectors, per-width maps), then write its record."""
     stem = record["stem"]
     written = set((record.get("outputs") or {}).values())
-    stale = sorted(n for n in plan.present if owned_by(n, stem) and n not in written)
+    stale = [n for n in plan.owned.pop(stem, []) if n not in written]
     if stale:
         log.info("%s: removed %d file(s) of its earlier prediction that this one does not "
                  "write (%s)", stem, len(stale), ", ".join(stale))
         plan.output.remove(stale)
-        plan.present -= set(stale)
     plan.output.write_record(stem, record)
 
 

@@ -61,11 +61,33 @@ def is_url(location: str | os.PathLike) -> bool:
     return "://" in text and not text.lower().startswith("file://")
 
 
+_PER_WIDTH = re.compile(r"(.+)_water_prob_pw\d+\.(png|npy)")
+
+
+def owner_of(name: str) -> str | None:
+    """The stem whose prediction writes (or may replace) the file ``name``, if any."""
+    for suffix in OWNED_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    match = _PER_WIDTH.fullmatch(name)
+    return match.group(1) if match else None
+
+
 def owned_by(name: str, stem: str) -> bool:
     """Whether the file ``name`` is one that predicting ``stem`` writes (or may replace)."""
-    if name in {stem + suffix for suffix in OWNED_SUFFIXES}:
-        return True
-    return re.fullmatch(re.escape(stem) + r"_water_prob_pw\d+\.(png|npy)", name) is not None
+    return owner_of(name) == stem
+
+
+def owned_files(present: set[str], stems: list[str]) -> dict[str, list[str]]:
+    """stem -> the files of ``present`` it owns (sorted), for the ``stems`` that own any:
+    one pass over the folder's names, however many stems."""
+    wanted = set(stems)
+    found: dict[str, list[str]] = {}
+    for name in sorted(present):
+        owner = owner_of(name)
+        if owner in wanted:
+            found.setdefault(owner, []).append(name)
+    return found
 
 
 def filesystem(url: str, data_cfg: Any) -> tuple[Any, str]:
@@ -347,7 +369,7 @@ class Output:
             raise DataError(f"{self.display(RECORDS_DIR)}: cannot write "
                             f"({_reason(exc, self.data_cfg)})") from None
 
-    def records(self) -> dict[str, dict[str, Any]]:
+    def records(self, present: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """Every input recorded here, by stem: the rows of ``predictions.json`` in its order,
         each replaced by its commit mark (``.records/<stem>.json``) where one exists, then the
         marks the summary does not list yet (a job killed before its summary). Rows that are
@@ -369,7 +391,7 @@ class Output:
                 return
             found[record["stem"]] = record
 
-        if SUMMARY_JSON in self.names():
+        if SUMMARY_JSON in (self.names() if present is None else present):
             try:
                 data = json.loads(self.read_many([SUMMARY_JSON]).get(SUMMARY_JSON, b"{}"))
             except ValueError:
@@ -391,7 +413,8 @@ class Output:
 
     def finished(self, records: dict[str, dict[str, Any]], stems: list[str],
                  wanted: dict[str, set[str]] | None = None,
-                 sources: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+                 sources: dict[str, str] | None = None,
+                 present: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """The records of the ``stems`` already predicted here, for ``--skip-existing``.
 
         A record counts when it is ``ok``, is the same input's (``sources``: stem -> its
@@ -401,7 +424,7 @@ class Output:
         """
         from segmenter.outputs import record_source
 
-        present = self.names()
+        present = self.names() if present is None else present
         done = {}
         for stem in stems:
             record = records.get(stem)
@@ -417,17 +440,18 @@ class Output:
             done[stem] = record
         return done
 
-    def existing(self, stems: list[str],
-                 names: tuple[str, ...] | None = None) -> list[str]:
+    def existing(self, stems: list[str], names: tuple[str, ...] | None = None,
+                 present: set[str] | None = None) -> list[str]:
         """Files here that predicting ``stems`` would replace: whole-folder ``names`` (by
         default the summary) and every file each stem owns (:func:`owned_by`)."""
         from segmenter.outputs import SUMMARY_CSV, SUMMARY_JSON
 
         names = (SUMMARY_JSON, SUMMARY_CSV) if names is None else names
-        present = self.names()
+        present = self.names() if present is None else present
         found = [n for n in names if n in present]
+        owned = owned_files(present, stems)
         for stem in stems:
-            found += sorted(n for n in present if owned_by(n, stem))
+            found += owned.get(stem, [])
         return found
 
 
