@@ -2,7 +2,8 @@
 
 Each scene is an aerial-looking photo with a lake shore or ponds, written as ``<stem>.JPG`` with
 ``<stem>_mres.mat`` (``class``: uint8, land = 1, water = 2; ``labels`` = ['land', 'water']),
-in ``train/`` and ``test/``, exactly like the real data set.
+in ``train/`` and ``test/``, exactly like the real data set. One scene in eight is inland, with
+no water at all, as some frames of every flight are: a model must leave those dry.
 
 The scenes are built so that brightness alone cannot separate water from land, otherwise a
 model would learn a threshold and nothing else:
@@ -47,7 +48,10 @@ from segmenter.fileio import write_bytes
 log = logging.getLogger(__name__)
 
 #: Bump when the scenes change, so cached samples are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
+#: Every ``DRY_EVERY``-th scene (index ``DRY_EVERY - 2``, ``2 * DRY_EVERY - 2``, ...) has no
+#: water: an inland frame of a flight, which a model must leave dry.
+DRY_EVERY = 8
 #: Height / width of a generated photo (4:3 landscape, like most aerial obliques).
 ASPECT = 0.75
 #: Share of the scenes written to ``test/``.
@@ -280,6 +284,8 @@ def make_scene(index: int, size: int, seed: int, look: str = "train") -> Scene:
     unit = size / 512  # lengths below are in pixels of a 512-wide scene
 
     water = _water_mask(rng, shape, unit)
+    if is_dry(index):
+        water = np.zeros_like(water)  # same draws as any scene, so the others do not change
     land_rgb = _land(rng, shape, unit, water, palette)
     water_rgb = _water(rng, shape, unit, water, palette)
 
@@ -310,6 +316,11 @@ def make_scene(index: int, size: int, seed: int, look: str = "train") -> Scene:
     pixels = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
     prefix = "scene" if look == "train" else "shifted"
     return Scene(stem=f"{prefix}_{index:03d}", image=pixels, water=water)
+
+
+def is_dry(index: int) -> bool:
+    """Whether scene ``index`` is an inland scene without water (see :data:`DRY_EVERY`)."""
+    return index % DRY_EVERY == DRY_EVERY - 2
 
 
 def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -355,7 +366,9 @@ def _land(
     """Fields, forest, beach, houses and their shadows (RGB float32, before the camera)."""
     h, w = shape
     land = ~water
-    dist_to_water = ndimage.distance_transform_edt(land)
+    # No water (a dry scene): no shore, so no beach.
+    dist_to_water = (ndimage.distance_transform_edt(land) if water.any()
+                     else np.full(shape, np.inf, dtype=np.float32))
 
     # Grass / fields: yellow-green with patches of bare soil, fairly bright, low texture.
     grass = np.array(palette.grass[rng.integers(len(palette.grass))])
