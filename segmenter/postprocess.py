@@ -385,25 +385,36 @@ def decide_threshold(
     Components whose median probability of land is above ``postprocess.threshold`` are land.
     When every median falls on one side, that threshold would make the whole photo one class,
     so (the notebook's rule) it is revised to the mean of the medians: a poorly calibrated map
-    still gets split. But when every median is also beyond ``postprocess.one_class`` (all above
-    ``1 - one_class``, or all below ``one_class``), the models are sure, and the photo is taken
-    as all land (an inland photo) or all water (open sea): revising would invent a shore.
-    ``one_class`` is then ``"land"`` or ``"water"``, else ``None``.
+    still gets split, and water the models were unsure of (medians just above 0.5 beside land
+    at 0.99) is found.
+
+    ``postprocess.one_class`` (``s``) bounds the revision to ``[s, 1 - s]``: a component whose
+    median is beyond ``1 - s`` is land the models are sure of, and no revision turns it to
+    water (nor one below ``s`` to land). The revised threshold is then ``min(mean, 1 - s)``
+    (``max(mean, s)`` when every median is on the water side), so only the components the
+    models were unsure of change side. When every median is beyond the bound, the photo is all
+    land (an inland frame) or all water (open sea): ``one_class`` is then ``"land"`` or
+    ``"water"``, else ``None``. ``s = 0`` is the notebook's unbounded rule.
     """
     threshold = pp_cfg.threshold
     present = [m for m in medians if m is not None]
     if len(present) < 2:
         return threshold, False, None
     sure = pp_cfg.one_class
+    revised = float(np.mean(present))
     if all(m > threshold for m in present):
-        if sure > 0 and all(m > 1 - sure for m in present):
-            return threshold, False, "land"
+        if sure > 0:
+            if all(m > 1 - sure for m in present):
+                return threshold, False, "land"
+            revised = min(revised, 1 - sure)
     elif all(m <= threshold for m in present):
-        if sure > 0 and all(m < sure for m in present):
-            return threshold, False, "water"
+        if sure > 0:
+            if all(m < sure for m in present):
+                return threshold, False, "water"
+            revised = max(revised, sure)
     else:
         return threshold, False, None
-    return float(np.mean(present)), True, None
+    return revised, True, None
 
 
 def subsample_size(n_pixels: int, pp_cfg: PostprocessConfig) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segmenter.config import PostprocessConfig
-from segmenter.postprocess import water_mask
+from segmenter.postprocess import decide_threshold, water_mask
 
 
 def two_populations(size: int = 120, water_prob: float = 0.1, land_prob: float = 0.9,
@@ -196,6 +196,43 @@ def test_a_photo_the_models_are_sure_of_stays_one_class(prob, water):
     mask, info = water_mask(land_prob, image, PostprocessConfig(subsample=5000, one_class=0.0))
     assert info["revised"] is True and info["one_class"] is None
     assert 0.05 < mask.mean() < 0.95
+
+
+@pytest.mark.parametrize(("medians", "expected"), [
+    # Every median on the land side: the mean (0.8) is capped at 1 - 0.35, so the components the
+    # models are sure of (0.9, 0.95) stay land and only the unsure one (0.55) turns to water.
+    ([0.55, 0.9, 0.95], (0.65, True, None)),
+    # The mean is inside the bound: the notebook's revision, unchanged.
+    ([0.52, 0.6, 0.7], (0.6066666666666667, True, None)),
+    # Every median beyond the bound: all land, no revision.
+    ([0.7, 0.9, 0.95], (0.5, False, "land")),
+    # The water side mirrors it: the mean (0.2) is raised to 0.35.
+    ([0.05, 0.1, 0.45], (0.35, True, None)),
+    ([0.05, 0.1, 0.3], (0.5, False, "water")),
+    # Both sides present: the configured threshold.
+    ([0.1, 0.9], (0.5, False, None)),
+])
+def test_the_revision_never_passes_the_bound_the_models_are_sure_of(medians, expected):
+    threshold, revised, one_class = decide_threshold(medians, PostprocessConfig(one_class=0.35))
+    assert (round(threshold, 6), revised, one_class) == (round(expected[0], 6), *expected[1:])
+
+
+def test_a_bounded_revision_rescues_unsure_water_and_keeps_sure_dark_land():
+    """Land sure (0.97), dark shrubs the models lean land on (0.75), pale water they barely
+    call land (0.55): the notebook's revision takes the shrubs too, the bounded one does not."""
+    rng = np.random.default_rng(5)
+    kind = np.zeros((90, 90), np.int8)
+    kind[:, 30:60], kind[:, 60:] = 1, 2          # 0 land, 1 shrubs, 2 water
+    prob = np.choose(kind, [0.97, 0.75, 0.55]) + rng.normal(0, 0.01, kind.shape)
+    colour = np.array([[0.6, 0.5, 0.3], [0.1, 0.15, 0.1], [0.5, 0.5, 0.45]], np.float32)
+    image = colour[kind] + rng.normal(0, 0.01, (90, 90, 3))
+    prob, image = prob.astype(np.float32), np.clip(image, 0, 1).astype(np.float32)
+    cfg = {"n_components": 3, "subsample": 5000}
+    notebook, _ = water_mask(prob, image, PostprocessConfig(**cfg, one_class=0.0))
+    assert notebook[kind == 1].all() and notebook[kind == 2].all()
+    bounded, info = water_mask(prob, image, PostprocessConfig(**cfg, one_class=0.35))
+    assert info["revised"] and info["threshold"] == pytest.approx(0.65)
+    assert bounded[kind == 2].all() and not bounded[kind < 2].any()
 
 
 def night_scene(size: int = 60, seed: int = 1):

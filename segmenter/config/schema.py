@@ -307,11 +307,12 @@ class PostprocessConfig(_Section):
     max_iter: int = Field(50, ge=1, le=10_000, description="GMM EM iterations.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Probability-of-land threshold.")
     one_class: float = Field(
-        0.0, ge=0, lt=0.5,
-        description="GMM: when every component's median probability of land is above "
-        "1 - one_class (or every one below one_class), the photo is all land (all water) and "
-        "the threshold is not revised; 0 = always revise (the notebook). 0.2 keeps photos "
-        "with no water dry.",
+        0.35, ge=0, lt=0.5,
+        description="GMM: bounds the revised threshold to [one_class, 1 - one_class]: a "
+        "component whose median probability of land is above 1 - one_class is land the models "
+        "are sure of and is never revised to water (nor one below one_class to land); when "
+        "every median is beyond the bound the photo is all land (all water). 0 = the notebook's "
+        "unbounded revision, which invents water on photos without any.",
     )
     min_purity: float = Field(
         0.0, ge=0, le=1,
