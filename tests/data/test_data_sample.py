@@ -11,7 +11,7 @@ from scipy.io import loadmat
 from skimage.filters import threshold_otsu
 
 from segmenter.data.ontario import load_dataset
-from segmenter.data.sample import ensure_sample, make_scene, write_sample
+from segmenter.data.sample import DRY_EVERY, ensure_sample, is_dry, make_scene, write_sample
 from segmenter.errors import DataError
 
 
@@ -29,7 +29,8 @@ def _best_threshold_iou(feature: np.ndarray, water: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def scenes():
-    return [make_scene(index, 256, seed=0) for index in range(12)]
+    """The scenes with water (the dry ones are tested on their own)."""
+    return [make_scene(index, 256, seed=0) for index in range(12) if not is_dry(index)]
 
 
 def test_brightness_threshold_scores_water_iou_well_below_0_8(scenes) -> None:
@@ -58,7 +59,7 @@ def _scene_colour_cue(scene) -> np.ndarray:
 def test_water_is_learnable_within_a_scene(look: str) -> None:
     """Within a scene, colour separates water far better than brightness does."""
     colour, brightness = [], []
-    for index in range(8):
+    for index in (i for i in range(8) if not is_dry(i)):
         scene = make_scene(index, 256, seed=0, look=look)
         colour.append(_best_threshold_iou(_scene_colour_cue(scene), scene.water))
         brightness.append(_best_threshold_iou(scene.image.mean(axis=-1), scene.water))
@@ -72,9 +73,9 @@ def test_shifted_scenes_have_colours_no_training_scene_has() -> None:
         rgb = scene.image[scene.water].astype(np.float32).mean(axis=0)
         return rgb / rgb.sum()
 
-    train = np.array([water_chroma(make_scene(i, 128, seed=0)) for i in range(24)])
-    shifted = np.array([water_chroma(make_scene(i, 128, seed=0, look="shifted"))
-                        for i in range(24)])
+    wet = [i for i in range(24) if not is_dry(i)]
+    train = np.array([water_chroma(make_scene(i, 128, seed=0)) for i in wet])
+    shifted = np.array([water_chroma(make_scene(i, 128, seed=0, look="shifted")) for i in wet])
     # Training water is bluish (blue share above red share); most shifted water is not.
     assert np.all(train[:, 2] >= train[:, 0] - 0.01)
     assert np.mean(shifted[:, 2] < shifted[:, 0] - 0.01) > 0.5
@@ -228,3 +229,26 @@ def test_source_sample_is_generated_once_into_the_cache(tmp_path: Path) -> None:
         source="sample", cache_dir=str(tmp_path), sample={"n": 3, "size": 64, "seed": 1}
     )
     assert Path(ensure_sample(other)) != folder
+
+
+def test_one_scene_in_eight_is_dry_and_the_others_hold_water():
+    dry = [i for i in range(2 * DRY_EVERY) if is_dry(i)]
+    assert dry == [DRY_EVERY - 2, 2 * DRY_EVERY - 2]
+    for index in range(2 * DRY_EVERY):
+        scene = make_scene(index, 128, seed=0)
+        if index in dry:
+            assert not scene.water.any()
+            # An inland scene still has the dark canopy and shadows that look like water.
+            assert (scene.image.mean(axis=2) < 50).mean() > 0.05
+        else:
+            assert 0.1 < scene.water.mean() < 0.45, index
+
+
+def test_written_sample_holds_a_dry_scene_in_train_and_in_test(tmp_path):
+    counts = write_sample(tmp_path / "sample", n=16, size=96, seed=0)
+    assert counts["train"] == 12 and counts["test"] == 4
+    for split, stem in (("train", "scene_006"), ("test", "scene_014")):
+        classes = loadmat(tmp_path / "sample" / split / f"{stem}_mres.mat")["class"]
+        assert classes.shape == (72, 96) and (classes == 1).all()
+    wet = loadmat(tmp_path / "sample" / "train" / "scene_005_mres.mat")["class"]
+    assert (wet == 2).any()
