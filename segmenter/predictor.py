@@ -331,8 +331,8 @@ def log_threshold_decision(name: str, threshold: dict[str, Any]) -> None:
     """Say, naming the photo, that the GMM step revised its threshold or kept one class."""
     if threshold.get("one_class"):
         log.info("%s: all %s: every GMM component's median probability of land was beyond "
-                 "postprocess.one_class, so the threshold was not revised", name,
-                 threshold["one_class"])
+                 "the bound of postprocess.one_class, so no %s was invented", name,
+                 threshold["one_class"], "water" if threshold["one_class"] == "land" else "land")
     if threshold.get("revised"):
         log.info("%s: threshold revised to %.3f: every GMM component's median was on one "
                  "side of %.3f", name, threshold["threshold"],

@@ -122,11 +122,23 @@ def test_two_predicts_into_one_out_at_once_keep_both_summaries(run_dir, tmp_path
 def test_revised_threshold_line_names_the_photo(runner, run_dir, tmp_path):
     photos = write_photos(tmp_path / "photos")
     # A threshold below every component's median: the GMM step must revise it.
+    # (the notebook's unbounded revision: the default bound would keep a sure photo all land)
     result = runner("predict", "--run", run_dir, photos["rgb"], "--out", tmp_path / "out",
-                    "--set", "postprocess.threshold=0.0001")
+                    "--set", "postprocess.threshold=0.0001", "--set", "postprocess.one_class=0")
     assert result.exit_code == 0, result.output
     revised = [x for x in result.output.splitlines() if "threshold revised" in x]
     assert revised and all(x.startswith("shore: ") for x in revised), result.output
+
+
+@pytest.mark.parametrize(("kind", "invented"), [("land", "water"), ("water", "land")])
+def test_a_photo_kept_one_class_is_named_with_what_was_not_invented(caplog, kind, invented):
+    from segmenter.predictor import log_threshold_decision
+
+    with caplog.at_level("INFO", logger="segmenter.predictor"):
+        log_threshold_decision("dune", {"one_class": kind, "revised": False, "threshold": 0.5})
+    assert caplog.messages == [
+        f"dune: all {kind}: every GMM component's median probability of land was beyond the "
+        f"bound of postprocess.one_class, so no {invented} was invented"]
 
 
 def test_an_earlier_summary_is_read_as_typed_records(tmp_path):
