@@ -291,7 +291,9 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_and_a_rerun_finishes(run_dir, tmp
 
     from segmenter.data.sample import write_sample
 
-    write_sample(tmp_path / "sample", n=40, size=160, seed=0)
+    # 60 photos: enough that the job is still running when its first photo is reported, also
+    # on a loaded machine (with 30 the workers once finished them all before Ctrl-C arrived).
+    write_sample(tmp_path / "sample", n=80, size=160, seed=0)
     photos, out = tmp_path / "sample" / "train", tmp_path / "out"
     command = [sys.executable, "-m", "segmenter", "predict", "--run", str(run_dir), str(photos),
                "--out", str(out), "--scheduler", "local:2"]
