@@ -298,8 +298,11 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_and_a_rerun_finishes(run_dir, tmp
     command = [sys.executable, "-m", "segmenter", "predict", "--run", str(run_dir), str(photos),
                "--out", str(out), "--scheduler", "local:2"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # A shell starts a command with Ctrl-C at its default; a test process may carry an ignored
+    # SIGINT from earlier in-process tests, which the child would inherit and never see Ctrl-C.
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
