@@ -151,6 +151,141 @@ def test_shipped_configs_include_the_documented_ones():
             "notebook-small.yaml"} <= names
 
 
+def test_extends_layers_defaults_file_extended_file_and_set(tmp_path):
+    """defaults < the extended file < this file < --set; sections merge key by key."""
+    write(tmp_path, "train:\n  steps: 7\n  learning_rate: 0.01\n  augment:\n"
+          "    flip: false\n    greyscale: 0.3\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\ntrain:\n  steps: 9\n  augment:\n"
+                  "    greyscale: 0.1\n")
+    cfg = load_config(child)
+    assert cfg.train.steps == 9  # this file beats the extended one
+    assert cfg.train.learning_rate == 0.01  # the extended file beats the defaults
+    assert (cfg.train.augment.flip, cfg.train.augment.greyscale) == (False, 0.1)
+    assert cfg.train.validate_every == Config().train.validate_every  # default kept
+    assert load_config(child, ["train.steps=11"]).train.steps == 11  # --set beats both
+
+
+def test_extends_is_relative_to_the_file_that_names_it(tmp_path, monkeypatch):
+    (tmp_path / "configs" / "variants").mkdir(parents=True)
+    write(tmp_path / "configs", "train:\n  steps: 7\n", "base.yaml")
+    child = write(tmp_path / "configs" / "variants", "extends: ../base.yaml\n", "child.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not the folder of either file
+    assert load_config(child).train.steps == 7
+    absolute = write(tmp_path, f"extends: {tmp_path / 'configs' / 'base.yaml'}\n", "abs.yaml")
+    assert load_config(absolute).train.steps == 7
+
+
+def test_extends_nests(tmp_path):
+    write(tmp_path, "train:\n  steps: 5\n  seed: 1\n  learning_rate: 0.01\n", "a.yaml")
+    write(tmp_path, "extends: a.yaml\ntrain:\n  steps: 6\n  seed: 2\n", "b.yaml")
+    c = write(tmp_path, "extends: b.yaml\ntrain:\n  steps: 7\n", "c.yaml")
+    cfg = load_config(c)
+    assert (cfg.train.steps, cfg.train.seed, cfg.train.learning_rate) == (7, 2, 0.01)
+
+
+def test_extends_is_not_part_of_the_effective_config(tmp_path, runner):
+    write(tmp_path, "train:\n  steps: 7\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\ndata:\n  scale: 0.25\n")
+    cfg = load_config(child)
+    assert "extends" not in cfg.to_dict() and "extends" not in cfg.to_yaml()
+    result = runner("config", "show", "--config", child)
+    assert result.exit_code == 0, result.output
+    assert "extends" not in result.output
+    assert yaml.safe_load(result.output) == cfg.to_dict()  # the merged result, as saved
+    assert (cfg.train.steps, cfg.data.scale) == (7, 0.25)
+    result = runner("config", "validate", child)
+    assert result.exit_code == 0 and "valid" in result.output
+
+
+def test_extends_over_a_runs_config(tmp_path):
+    """predict / evaluate: the run's config < the extended file < the --config file < --set."""
+    from segmenter.cli.options import resolve_config
+
+    run_cfg = load_config(None, ["data.scale=0.25", "predict.overlap=0.25", "train.steps=3"])
+    write(tmp_path, "predict:\n  overlap: 0.75\n  tta: true\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\npredict:\n  tta: false\n")
+    cfg = resolve_config(child, ("predict.batch_size=4",), base=run_cfg)
+    assert (cfg.data.scale, cfg.train.steps) == (0.25, 3)  # the run's, untouched
+    assert (cfg.predict.overlap, cfg.predict.tta, cfg.predict.batch_size) == (0.75, False, 4)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("extends: nope.yaml\n", "c.yaml: extends: {dir}/nope.yaml: config file not found"),
+        ("extends: 3\n", "c.yaml: extends: must be the path of a config file (got 3)"),
+        ("extends:\n", "c.yaml: extends: must be the path of a config file (got None)"),
+        ("extends: ''\n", "c.yaml: extends: must be the path of a config file (got '')"),
+        ("extends: [a.yaml]\n", "c.yaml: extends: must be the path of a config file (got a list)"),
+        ("extends: list.yaml\n",
+         "c.yaml: extends: {dir}/list.yaml: a config must be a YAML mapping of sections, got list"),
+        ("extends: broken.yaml\n", "c.yaml: extends: {dir}/broken.yaml:3:1: YAML syntax error"),
+        ("extends: c.yaml\n", "c.yaml: extends: the files extend each other in a cycle: "
+                               "{dir}/c.yaml -> {dir}/c.yaml"),
+    ],
+)
+def test_extends_errors_name_the_file_and_the_key(tmp_path, text, expected):
+    write(tmp_path, "- a\n- b\n", "list.yaml")
+    write(tmp_path, "train:\n  widths: [1,\n", "broken.yaml")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(expected.replace("{dir}", str(tmp_path)).replace(
+        "c.yaml", str(path), 1)), message
+    assert "\n" not in message
+
+
+def test_extends_cycle_through_several_files(tmp_path, runner):
+    write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    write(tmp_path, "extends: sub/../a.yaml\n", "b.yaml")
+    (tmp_path / "sub").mkdir()
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    expected = (f"{b}: extends: the files extend each other in a cycle: "
+                f"{a} -> {b} -> {tmp_path}/sub/../a.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(a)
+    assert str(info.value) == expected
+    result = runner("config", "validate", a)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {expected}"
+
+
+def test_extends_error_deeper_in_the_chain_names_that_file(tmp_path):
+    write(tmp_path, "extends: missing.yaml\n", "b.yaml")
+    a = write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/b.yaml: extends: {tmp_path}/missing"):
+        load_config(a)
+
+
+def test_errors_name_the_layer_of_an_extended_file(tmp_path):
+    """A bad value in the extended file names that file; the file extending it can repair it."""
+    base = write(tmp_path, "train:\n  loss: hinge\n  stpes: 3\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\ntrain:\n  loss: mse\n")
+    with pytest.raises(ConfigError, match=rf"^{base}: train.stpes: unknown key; did you mean"):
+        load_config(child)
+    write(tmp_path, "model:\n  depth: 6\n", "base.yaml")
+    with pytest.raises(ConfigError, match=rf"^{base}: train.widths.32: patch width"):
+        load_config(child)
+    fixed = write(tmp_path, "extends: base.yaml\ntrain:\n  widths: {64: 4}\n", "fixed.yaml")
+    assert load_config(fixed).train.widths == {64: 4}
+    with pytest.raises(ConfigError, match=r"^--set: train.widths.32: patch width"):
+        load_config(child, ["train.widths.32=4"])
+
+
+def test_extends_is_a_top_level_key_only(tmp_path):
+    path = write(tmp_path, "extend: base.yaml\n")
+    with pytest.raises(ConfigError, match=r"extend: unknown key; did you mean 'extends'\?"):
+        load_config(path)
+    path = write(tmp_path, "train:\n  extends: base.yaml\n")
+    with pytest.raises(ConfigError, match=r"train.extends: unknown key"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"--set extends=a.yaml: extends: unknown key"):
+        load_config(None, ["extends=a.yaml"])
+
+
 def test_photo_large_is_photo_trained_longer():
     """photo-large.yaml is the quality-per-compute step up from photo.yaml (issue 8) for photos
     like the training photos: more steps, a stricter GMM purity cut (a better-trained

@@ -1,4 +1,5 @@
-"""Configuration: the typed schema (:mod:`.schema`) and how a config is resolved (:mod:`.load`).
+"""Configuration: the typed schema (:mod:`.schema`) and how a config is resolved (:mod:`.load`:
+layers, ``extends:`` between config files, ``--set``).
 
 Everything a caller needs is importable from here, e.g.
 ``from segmenter.config import Config, load_config``.
@@ -9,6 +10,7 @@ from segmenter.config.load import (
     TooLargeError,
     load_config,
     parse_override,
+    read_layers,
     read_yaml,
     safe_load,
 )
@@ -52,6 +54,7 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "parse_override",
+    "read_layers",
     "read_yaml",
     "safe_load",
 ]

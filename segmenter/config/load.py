@@ -1,9 +1,17 @@
 """Resolving a config: YAML reading, layer merging, ``--set`` overrides and one-line errors.
 
-Precedence, lowest first: schema defaults (or a run's saved config), the YAML file, then
-``--set section.key=value``. All layers are merged first and validated once by the schema in
+Precedence, lowest first: schema defaults (or a run's saved config), the file a config
+``extends:`` (and the files that one extends), the YAML file, then ``--set section.key=value``.
+All layers are merged first and validated once by the schema in
 :mod:`segmenter.config.schema`; a pydantic error becomes one line that names the file, the key
 path and what is allowed, and suggests the nearest valid key for a typo.
+
+``extends: photo.yaml`` (a top-level key) layers a file over another config file, so a variant
+says only what differs. The path is relative to the file that names it (or absolute); the file
+named may extend another. Sections merge key by key, as every layer does. ``extends`` is read
+here and is no key of the schema: it never appears in the effective config or a run's saved
+one. A missing file, a value that is not a path, a cycle or a file that is not a mapping is a
+one-line :class:`ConfigError` naming the file and its ``extends``.
 """
 
 from __future__ import annotations
@@ -32,23 +40,26 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     base: Config | None = None,
 ) -> Config:
-    """Resolve a config: ``base`` (default: schema defaults) < YAML file < ``--set`` overrides.
+    """Resolve a config: ``base`` (default: schema defaults) < the files the YAML file
+    ``extends`` (farthest first) < YAML file < ``--set`` overrides.
 
     All layers are merged first and validated once, so a later layer can repair an earlier one
     (``--set model.depth=4 --set train.widths={64: 8}`` works in either order). An error names
-    the layer that supplied the offending key.
+    the layer that supplied the offending key. ``extends`` is resolved by :func:`read_layers`
+    and left out of the result.
 
     Raises:
         ConfigError: one line naming the file (or ``--set``), the key path and what is allowed.
     """
     merged = (base or Config()).to_dict()
     origins: dict[tuple[Any, ...], tuple[int, str]] = {}
-    if path is not None:
-        merged = _merge(merged, read_yaml(path), Config, origins, (), (1, str(path)))
+    layers = read_layers(path) if path is not None else []
+    for level, (layer_path, tree) in enumerate(layers, start=1):
+        merged = _merge(merged, tree, Config, origins, (), (level, str(layer_path)))
     for item in overrides:
         key, text = parse_override(item)
         parts = _set_path(merged, key, text, origin=f"--set {item}")
-        origins[tuple(parts)] = (2, "--set")
+        origins[tuple(parts)] = (len(layers) + 1, "--set")
     return _validate(merged, origins, fallback=str(path) if path is not None else "config")
 
 
@@ -152,6 +163,51 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {_kind(raw)}")
     return raw
+
+
+EXTENDS_KEY = "extends"
+
+
+def read_layers(path: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The YAML file at ``path`` and the files it ``extends``, as (file, mapping) layers,
+    farthest first, each mapping without its ``extends`` key.
+
+    ``extends: other.yaml`` is resolved relative to the folder of the file that names it (an
+    absolute path as given); the file named may extend another in turn.
+
+    Raises:
+        ConfigError: one line naming the file and its ``extends``: the file named is missing,
+            unreadable or not a mapping, the value is not a path, or the files extend in a cycle.
+    """
+    layers: list[tuple[Path, dict[str, Any]]] = []
+    current, tree = Path(path), read_yaml(path)
+    while True:
+        named = EXTENDS_KEY in tree
+        target = tree.pop(EXTENDS_KEY, None)
+        layers.append((current, tree))
+        if not named:
+            return layers[::-1]
+        where = f"{current}: {EXTENDS_KEY}"
+        if not isinstance(target, str) or not target.strip() or "\0" in target:
+            shown = f"a {_kind(target)}" if isinstance(target, dict | list) else repr(target)
+            raise ConfigError(f"{where}: must be the path of a config file (got {shown})")
+        parent = current.parent / target.strip()
+        if _identity(parent) in {_identity(layer) for layer, _ in layers}:
+            cycle = " -> ".join(str(layer) for layer in [*(p for p, _ in layers), parent])
+            raise ConfigError(f"{where}: the files extend each other in a cycle: {cycle}")
+        try:
+            tree = read_yaml(parent)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        current = parent
+
+
+def _identity(path: Path) -> Path:
+    """The file ``path`` names, links resolved (as far as they resolve), to find a cycle."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop: the path itself
+        return path.absolute()
 
 
 def parse_override(item: str) -> tuple[str, str]:
@@ -357,6 +413,8 @@ def _unknown_key_message(origin: str, loc: list[Any], schema: type[BaseModel] | 
     key = loc[-1]
     where = ".".join(str(p) for p in loc)
     valid = list(schema.model_fields) if schema is not None else []
+    if schema is Config and len(loc) == 1 and not origin.startswith("--set"):
+        valid.append(EXTENDS_KEY)  # a file's top level also takes extends (read_layers)
     hint = ""
     close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
     if close:

@@ -2,7 +2,10 @@
 
 One schema with five sections (``data``, ``model``, ``train``, ``predict``, ``postprocess``).
 Every key has a default, so an empty YAML file is a valid config. Precedence, lowest first:
-schema defaults (or a run's saved config), the YAML file, then ``--set section.key=value``.
+schema defaults (or a run's saved config), the file a YAML file names with ``extends:`` (a
+top-level key read by the loader, not part of this schema: ``extends: photo.yaml``, relative to
+the file naming it, lets a variant say only what differs), the YAML file, then
+``--set section.key=value``.
 
 Validation is pydantic's (strict types, ranges, ``Literal`` choices, unknown keys forbidden);
 :mod:`segmenter.config.load` merges the layers and turns its errors into one line.
@@ -375,7 +378,12 @@ class PostprocessConfig(_Section):
 
 
 class Config(_Section):
-    """The whole configuration."""
+    """The whole configuration: the effective one, after every layer is merged.
+
+    A YAML file may also hold a top-level ``extends: other.yaml``, which the loader resolves
+    (:func:`segmenter.config.load.read_layers`) and drops, so it is never a key here, in
+    :meth:`to_yaml` or in a run's saved config.
+    """
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
