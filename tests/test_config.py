@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -286,26 +287,38 @@ def test_extends_is_a_top_level_key_only(tmp_path):
         load_config(None, ["extends=a.yaml"])
 
 
-def test_photo_large_is_photo_trained_longer():
-    """photo-large.yaml is the quality-per-compute step up from photo.yaml (issue 8) for photos
-    like the training photos: more steps, a stricter GMM purity cut (a better-trained
-    network earns more trust; no ramp, as measured), no grey patches, so no grey passes
-    either (colour pays on such photos), and no adaptation to each photo's statistics (level on
-    its OASIs run); nothing else differs, so both stay in step when photo.yaml is retuned."""
+def _leaves(tree: dict, prefix: tuple = ()) -> dict[tuple, object]:
+    """Every key a YAML mapping sets, by its path through sections (a mapping value such as
+    train.widths is one key)."""
+    out: dict[tuple, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key in {"data", "model", "train", "predict",
+                                               "postprocess", "augment", "sample"}:
+            out.update(_leaves(value, (*prefix, key)))
+        else:
+            out[(*prefix, key)] = value
+    return out
+
+
+def test_photo_large_is_photo_yaml_but_for_the_keys_it_sets():
+    """photo-large.yaml extends photo.yaml and says only what differs: its effective config is
+    photo.yaml's with its own keys put in, and each key it sets differs from photo.yaml's."""
+    from segmenter.config import read_yaml
+
+    raw = read_yaml(REPO / "configs" / "photo-large.yaml")
+    assert raw.pop("extends") == "photo.yaml"
+    own = _leaves(raw)
     photo = load_config(REPO / "configs" / "photo.yaml").to_dict()
     large = load_config(REPO / "configs" / "photo-large.yaml").to_dict()
-    assert large["train"]["steps"] > photo["train"]["steps"]
-    assert large["postprocess"]["min_purity"] > photo["postprocess"]["min_purity"] > 0
-    assert (photo["postprocess"]["purity_ramp"], large["postprocess"]["purity_ramp"]) == (0.1, 0)
-    assert photo["train"]["augment"]["greyscale"] > large["train"]["augment"]["greyscale"] == 0
-    assert (photo["predict"]["grey"], large["predict"]["grey"]) == ("auto", False)
-    assert (photo["predict"]["adapt_norm"], large["predict"]["adapt_norm"]) == (0.15, 0)
-    for config in (photo, large):
-        del config["train"]["steps"], config["postprocess"]["min_purity"]
-        del config["postprocess"]["purity_ramp"]
-        del config["train"]["augment"]["greyscale"], config["predict"]["grey"]
-        del config["predict"]["adapt_norm"]
-    assert large == photo
+    expected = copy.deepcopy(photo)
+    for path, value in own.items():
+        node = expected
+        for part in path[:-1]:
+            node = node[part]
+        assert node[path[-1]] != value, f"{'.'.join(path)} is photo.yaml's value: drop it"
+        node[path[-1]] = value
+    assert large == expected
+    assert len(own) < 10  # a handful of keys, not a copy
 
 
 def test_ontario_config_is_the_notebook_setup():
