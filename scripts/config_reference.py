@@ -1,7 +1,8 @@
 """Print the config reference (every key, its default and meaning) as Markdown tables.
 
-The README's "Configuration reference" section is this script's output; a test checks that they
-agree, so the documentation cannot drift from the schema.
+The reference in docs/configuration.md (between its ``config-reference`` markers) is this script's
+output; tests/test_readme.py checks that they agree, so the documentation cannot drift from the
+schema.
 
     python scripts/config_reference.py
 """
