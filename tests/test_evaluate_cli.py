@@ -19,6 +19,56 @@ from segmenter.runs import RunPlan, prepare_run
 TINY = ["data.scale=0.25", "model.depth=1", "model.filters=4", "train.widths={16: 4}"]
 
 
+def hand_counts(water: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """tp, fp, fn, tn of a water mask against the true water, water the positive class."""
+    return np.array([(water & truth).sum(), (water & ~truth).sum(), (~water & truth).sum(),
+                     (~water & ~truth).sum()], np.int64)
+
+
+def hand_scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """The metrics by their textbook definitions (an empty denominator, as segmenter.metrics
+    documents it: 1.0 when nothing on that side could be got wrong, else 0.0)."""
+    def ratio(num, den, empty=1.0):
+        return num / den if den else empty
+
+    water_iou, land_iou = ratio(tp, tp + fp + fn), ratio(tn, tn + fp + fn)
+    return {"water_iou": water_iou, "mean_iou": (water_iou + land_iou) / 2,
+            "f1": ratio(2 * tp, 2 * tp + fp + fn),
+            "precision": ratio(tp, tp + fp, 1.0 if fn == 0 else 0.0),
+            "recall": ratio(tp, tp + fn, 1.0 if fp == 0 else 0.0),
+            "accuracy": (tp + tn) / (tp + fp + fn + tn)}
+
+
+def assert_scores_of_predicted_masks(runner, run_dir, scenes, report, masks):
+    """The report's scores are those of the masks `predict` writes for the same photos against
+    the labels read here (class 2 is water): per image, and pooled over every image's pixels."""
+    from PIL import Image
+    from scipy.io import loadmat
+
+    predicted = runner("predict", "--run", run_dir, scenes / "train", scenes / "test",
+                       "--out", masks, "--set", "predict.save_float=true")
+    assert predicted.exit_code == 0, predicted.output
+    pooled = {"gmm": np.zeros(4, np.int64), "threshold_0.5": np.zeros(4, np.int64)}
+    for row in report["images"]:
+        (label,) = scenes.glob(f"*/{row['stem']}_mres.mat")
+        truth = loadmat(label)["class"] == 2
+        water = {"gmm": np.asarray(Image.open(masks / f"{row['stem']}_water_mask.png")) == 255,
+                 "threshold_0.5": np.load(masks / f"{row['stem']}_water_prob.npy") >= 0.5}
+        assert row["size"] == list(truth.shape)
+        assert row["true_water_fraction"] == pytest.approx(truth.mean(), abs=1e-6)
+        assert row["predicted_water_fraction"] == pytest.approx(water["gmm"].mean(), abs=1e-6)
+        for key, mask in water.items():
+            counts = hand_counts(mask, truth)
+            pooled[key] += counts
+            assert row[key] == pytest.approx(hand_scores(*counts), abs=1e-6), (row["stem"], key)
+    overall = report["overall"]
+    assert {m: overall[m] for m in METRIC_NAMES} == pytest.approx(
+        hand_scores(*pooled["gmm"]), abs=1e-6)
+    assert overall["threshold_0.5"] == pytest.approx(hand_scores(*pooled["threshold_0.5"]),
+                                                     abs=1e-6)
+    assert overall["pixels"] == pooled["gmm"].sum()
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("run") / "run"
@@ -43,10 +93,8 @@ def test_evaluate_json_reports_both_masks(runner, run_dir, scenes, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     overall = report["overall"]
-    for key in ("water_iou", "mean_iou", "f1", "accuracy", "precision", "recall"):
-        assert 0.0 <= overall[key] <= 1.0
-        assert 0.0 <= overall["threshold_0.5"][key] <= 1.0
     assert overall["method"] == "gmm" and overall["images"] == len(report["images"]) >= 1
+    assert_scores_of_predicted_masks(runner, run_dir, scenes, report, tmp_path / "masks")
     assert report["split"] == "test"
     rows = (out / "evaluation.csv").read_text().splitlines()
     assert len(rows) == 1 + len(report["images"])
@@ -63,6 +111,8 @@ def test_overall_seconds_cover_every_image_not_only_the_last(runner, run_dir, sc
     assert len(per_image) == 4
     # Rounding to milliseconds per image is the only slack.
     assert report["overall"]["seconds"] >= sum(per_image) - 0.001 * len(per_image)
+    # ... and its scores pool every image's pixels too
+    assert_scores_of_predicted_masks(runner, run_dir, scenes, report, tmp_path / "masks")
 
 
 def test_split_all_on_a_folder_without_test_scores_every_pair_holding_none_out(

@@ -40,6 +40,15 @@ def cfg_with(*overrides: str) -> Config:
     return load_config(None, ["data.scale=1.0", *overrides])
 
 
+def grid_count(length: int, window: int, overlap: float) -> int:
+    """Windows along one axis of ``length`` photo pixels, by SPEC.md's grid: mirror-padded by
+    half a window per side, starts every ``round(window * (1 - overlap))`` pixels, the last one
+    moved back to end flush with the padded axis."""
+    padded = length + 2 * (window // 2)
+    stride = max(1, round(window * (1 - overlap)))
+    return len(range(0, padded - window, stride)) + 1
+
+
 @pytest.fixture(scope="module")
 def image():
     rng = np.random.default_rng(0)
@@ -66,7 +75,10 @@ def test_stitching_reproduces_a_pointwise_model(image, window, overlap, tta, mon
                                              batch_size=3, tta=tta)
     assert stitched.shape == image.shape[:2] and stitched.dtype == np.float32
     np.testing.assert_allclose(stitched, direct(model, image), atol=1e-5)
-    assert info["windows"] > 0 and info["coverage"] > 1
+    count = grid_count(45, window, overlap) * grid_count(70, window, overlap)
+    assert info["windows"] == count
+    # the cost measure: window pixels computed per photo pixel (not per padded pixel)
+    assert info["coverage"] == pytest.approx(count * window * window / (45 * 70))
 
 
 def test_image_smaller_than_window_is_padded_and_cropped():
@@ -122,7 +134,8 @@ def test_adapt_norm_reaches_predict_land_and_takes_at_most_96_windows(image):
     big = np.tile(image, (4, 4, 1))  # 180 x 280: 247 windows of 32 px
     cfg = cfg_with("predict.adapt_norm=0.5")
     info = inference.predict_land({32: model}, big, cfg).info
-    assert info["widths"][32]["windows"] > inference.ADAPT_WINDOWS
+    assert info["widths"][32]["windows"] == grid_count(180, 32, 0.5) * grid_count(280, 32, 0.5)
+    assert info["widths"][32]["windows"] == 247 > inference.ADAPT_WINDOWS
     assert info["widths"][32]["adapted_on"] == inference.ADAPT_WINDOWS
     assert inference.spread(list(range(10)), 4) == [0, 2, 5, 7]
     assert inference.spread([1, 2], 4) == [1, 2]
@@ -173,12 +186,17 @@ def test_linear_output_is_clipped_and_minmax_rescales(image):
     model = pointwise_model(kernel=(4.0, 0, 0), bias=-1.0, activation="linear")
     mse = ("model.activation=linear", "train.loss=mse")
     clipped = inference.predict_land({16: model}, image, cfg_with(*mse))
+    # 4 R - 1 runs from -1 to 3 over the photo: clipped to [0, 1] pixel by pixel
+    np.testing.assert_allclose(clipped.land_prob, np.clip(4 * image[..., 0] - 1, 0, 1),
+                               atol=1e-5)
     assert clipped.land_prob.min() == 0.0 and clipped.land_prob.max() == 1.0
     stretched = inference.predict_land(
         {16: pointwise_model(kernel=(0.2, 0, 0), bias=0.3, activation="linear")}, image,
         cfg_with(*mse, "predict.rescale=minmax"))
-    assert stretched.land_prob.min() == pytest.approx(0.0, abs=1e-6)
-    assert stretched.land_prob.max() == pytest.approx(1.0, abs=1e-6)
+    # 0.2 R + 0.3 stretched linearly from its own minimum and maximum to [0, 1]
+    red = image[..., 0]
+    np.testing.assert_allclose(stretched.land_prob, (red - red.min()) / (red.max() - red.min()),
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["bce", "dice", "bce_dice"])
@@ -291,8 +309,12 @@ def test_encoder_decoder_model_and_width_selection(image):
     cfg = cfg_with("predict.widths=[16]")
     prediction = inference.predict_land({16: model, 32: model}, image, cfg)
     assert list(prediction.info["widths"]) == [16]
-    assert np.isfinite(prediction.land_prob).all()
-    assert 0 <= prediction.land_prob.min() <= prediction.land_prob.max() <= 1
+    # The map is the width-16 stitching of the model's sigmoid head as it is (data.scale 1):
+    # no second sigmoid, no other width merged in (width 32 alone gives another map).
+    width16, _ = inference.predict_scale(model, image, 16)
+    width32, _ = inference.predict_scale(model, image, 32)
+    np.testing.assert_allclose(prediction.land_prob, width16, atol=1e-6)
+    assert np.abs(width32 - width16).max() > 1e-3
     with pytest.raises(ConfigError, match="no trained model of width 64"):
         inference.predict_land({16: model}, image, cfg_with("predict.widths=[64]"))
     with pytest.raises(SegmenterError, match="no trained models"):

@@ -132,8 +132,17 @@ def test_gmm_not_worse_than_global_on_saturated_map(seed):
     mask, info = water_mask(prob, image, PostprocessConfig(subsample=20000))
     assert scores(mask, truth)["water_iou"] >= scores(plain, truth)["water_iou"] - 0.005
     assert info["threshold"] == 0.5 and not info["revised"]
-    for comp in info["components"]:
-        assert 0.5 <= comp["purity"] <= 1.0
+    # Every component is called as a whole (min_purity 0), so a water component's purity times
+    # its pixels counts its pixels with p <= 0.5, a land one's those with p > 0.5: summed per
+    # class, they are the pixels where the mask agrees with the plain threshold.
+    components = info["components"]
+    assert {c["class"] for c in components} == {"water", "land"}
+    for side, pixels in (("water", mask & plain), ("land", ~mask & ~plain)):
+        called = [c for c in components if c["class"] == side]
+        assert sum(c["pixels"] for c in called) == (mask if side == "water" else ~mask).sum()
+        # purities are rounded to 4 decimals
+        assert sum(c["purity"] * c["pixels"] for c in called) == pytest.approx(
+            pixels.sum(), abs=1e-4 * prob.size)
 
 
 def test_component_purity():
