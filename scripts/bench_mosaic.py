@@ -48,7 +48,7 @@ def generated_mosaic(size: int, path: Path) -> None:
     from rasterio.transform import from_origin
 
     from segmenter.data.sample import make_scene
-    from segmenter.mosaic import reflect_index
+    from segmenter.predict.windows import reflect_index
 
     scene = make_scene(0, 1024, seed=7).image
     base = np.asarray(Image.fromarray(scene).resize((2048, 1536), Image.Resampling.BICUBIC))
@@ -98,24 +98,25 @@ def ensure_run(run: str | None, workdir: Path) -> Path:
 
 def child(kind: str, run_dir: str, source: str, out_dir: str, tile_size: str) -> None:
     """Predict one input end to end; print seconds, megapixels and peak RSS as JSON."""
-    from segmenter import mosaic, outputs, predictor
     from segmenter.data.images import decode_photo
+    from segmenter.outputs import photo as photo_outputs
+    from segmenter.predict import models, photo, raster
     from segmenter.runs import open_run
 
     run = open_run(run_dir)
     cfg = run.config
-    loaded = predictor.load_models(run, cfg)
+    loaded = models.load_models(run, cfg)
     warm = np.random.default_rng(0).random((600, 600, 3), dtype=np.float32)
-    predictor.predict_photo(loaded, warm, cfg)  # trace every width's function first
+    photo.predict_photo(loaded, warm, cfg)  # trace every width's function first
     started = time.perf_counter()
     if kind == "photo":
         image, _ = decode_photo(Path(source).read_bytes(), source)
-        result = predictor.predict_photo(loaded, image, cfg)
-        outputs.write_prediction(out_dir, "bench", image, result.land_prob, result.water)
+        result = photo.predict_photo(loaded, image, cfg)
+        photo_outputs.write_prediction(out_dir, "bench", image, result.land_prob, result.water)
         megapixels = image.shape[0] * image.shape[1] / 1e6
         extra = {}
     else:
-        result = mosaic.predict_raster(source, "bench", loaded, cfg, Path(out_dir),
+        result = raster.predict_raster(source, "bench", loaded, cfg, Path(out_dir),
                                        tile_size=int(tile_size) or None)
         megapixels = result.size[0] * result.size[1] / 1e6
         extra = {"tiles": result.tiles, "windows": result.windows}

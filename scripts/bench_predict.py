@@ -20,7 +20,7 @@ add no overhead of their own.
 
 Many photos (``--photos 40``): that many JPEGs of 0.56-0.98 MP (the photos of
 ``--photo-source`` enlarged, or generated scenes) predicted in one call of the library behind
-`segmenter predict` (``predictor.predict_inputs``, in a fresh process, first-photo tracing
+`segmenter predict` (``local.predict_inputs``, in a fresh process, first-photo tracing
 included), once with ``predict.tta=true`` and once with ``false``:
 
 * ``photos_ratio``: the ceiling as in (a) for all the photos' windows over the measured time of
@@ -87,16 +87,18 @@ def ensure_run(run: str | None, workdir: Path) -> Path:
 
 def child(run_dir: str, photo: str, out_dir: str) -> None:
     """Predict one photo from its file as `segmenter predict` does; print timings and RSS."""
-    from segmenter import outputs, predictor
     from segmenter.data.images import decode_photo
+    from segmenter.outputs import photo as photo_outputs
+    from segmenter.predict import models
+    from segmenter.predict.photo import predict_photo
     from segmenter.runs import open_run
 
     run = open_run(run_dir)
-    loaded = predictor.load_models(run, run.config)
+    loaded = models.load_models(run, run.config)
     started = time.perf_counter()
     image, _ = decode_photo(Path(photo).read_bytes(), photo)
-    result = predictor.predict_photo(loaded, image, run.config)
-    outputs.write_prediction(out_dir, "bench", image, result.land_prob, result.water)
+    result = predict_photo(loaded, image, run.config)
+    photo_outputs.write_prediction(out_dir, "bench", image, result.land_prob, result.water)
     seconds = time.perf_counter() - started
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "seconds": seconds}))
 
@@ -154,15 +156,11 @@ def many_photos(count: int, folder: Path, source: str | None) -> list[Path]:
 
 
 def grid_window_count(shape: tuple[int, int], window: int, overlap: float) -> int:
-    """Windows ``predict`` puts on a scaled photo of ``shape`` (as inference.predict_scale)."""
-    import math
+    """Windows ``predict`` puts on a scaled photo of ``shape`` (as photo.predict_scale)."""
+    from segmenter.predict import windows
 
-    from segmenter.data import patches
-
-    pad = patches.pad_width(window)
-    pad_y = max(pad, int(math.ceil((window - shape[0]) / 2)))
-    pad_x = max(pad, int(math.ceil((window - shape[1]) / 2)))
-    return len(patches.grid_windows(shape[0] + 2 * pad_y, shape[1] + 2 * pad_x, window,
+    pad_y, pad_x = windows.padding(window, *shape)
+    return len(windows.grid_windows(shape[0] + 2 * pad_y, shape[1] + 2 * pad_x, window,
                                     overlap))
 
 
@@ -183,19 +181,19 @@ def window_batch_seconds(loaded: Any, cfg: Any, windows: dict[int, int], passes:
     depend on them) and run in full batches of the size ``predict`` uses for that width, the
     last batch only as long as needed. The best of ``repeats`` timings (the ceiling is what the
     machine can do; a neighbour's load only slows it). With TTA or grey passes (``passes``:
-    :func:`segmenter.inference.inference_passes`, 4 for TTA) every window runs once per pass
+    :func:`segmenter.model.compiled.inference_passes`, 4 for TTA) every window runs once per pass
     in the same full batches, so the windows are timed once and the time is multiplied by
     ``passes`` (timing all 4 copies took as long as predicting, twice over).
     With ``cpu`` each width gives (wall seconds, process CPU seconds).
     """
-    from segmenter import inference
+    from segmenter.model import compiled
 
     rng = np.random.default_rng(0)
     out: dict[int, float] = {}
     for patch_width in windows:
         model = loaded.models[patch_width]
-        infer = inference.compiled_infer(model, (patch_width, patch_width))
-        size = inference.effective_batch_size(cfg.predict.batch_size, patch_width)
+        infer = compiled.compiled_infer(model, (patch_width, patch_width))
+        size = compiled.effective_batch_size(cfg.predict.batch_size, patch_width)
         total = windows[patch_width]
         full, rest = divmod(total, size)
         channels = int(model.inputs[0].shape[-1])  # 4 with model.row_channel
@@ -225,11 +223,11 @@ def photos_child(run_dir: str, photo_dir: str, out_dir: str, overrides: list[str
     the ceiling's seconds per width.
     """
     started = time.perf_counter()
-    from segmenter import jobs, outputs, postprocess, predictor
     from segmenter.config import load_config
     from segmenter.data.images import scaled_shape
     from segmenter.data.storage import expand_inputs
-    from segmenter.outputs_fs import open_output
+    from segmenter.outputs.store import open_output
+    from segmenter.predict import jobs, local, models, photo
     from segmenter.runs import open_run
     from segmenter.tfenv import start_tensorflow
 
@@ -237,7 +235,7 @@ def photos_child(run_dir: str, photo_dir: str, out_dir: str, overrides: list[str
     cfg = load_config(None, overrides, base=run.config)
     refs = expand_inputs([photo_dir], cfg.data)
     start_tensorflow()
-    loaded = predictor.load_models(run, cfg)
+    loaded = models.load_models(run, cfg)
     startup = time.perf_counter() - started
 
     from PIL import Image
@@ -250,17 +248,18 @@ def photos_child(run_dir: str, photo_dir: str, out_dir: str, overrides: list[str
         pixels += pil.height * pil.width
         for patch_width in windows:
             windows[patch_width] += grid_window_count(shape, patch_width, cfg.predict.overlap)
-    from segmenter import inference
+    from segmenter.model import compiled, norm
 
-    passes = len(inference.inference_passes(cfg.predict.tta, cfg.data.is_upright,
+    passes = len(compiled.inference_passes(cfg.predict.tta, cfg.data.is_upright,
                                             cfg.predict.grey))
     # The ceiling is timed just before and just after the loop and the faster kept: on a
     # machine shared with other jobs the load drifts, and this brackets the loop in time.
     before = window_batch_seconds(loaded, cfg, windows, passes, repeats=1, cpu=True)
-    inference._COMPILED.clear()  # the loop traces its own functions, as `segmenter predict`
+    compiled._COMPILED.clear()  # the loop traces its own functions, as `segmenter predict`
+    norm._ADAPT_PASSES.clear()
 
     gmm = [0.0]
-    original = postprocess.water_mask
+    original = photo.water_mask  # as predict_photo calls it
 
     def timed_water_mask(*args: Any, **kwargs: Any) -> Any:
         tick = time.perf_counter()
@@ -269,19 +268,18 @@ def photos_child(run_dir: str, photo_dir: str, out_dir: str, overrides: list[str
         finally:
             gmm[0] += time.perf_counter() - tick
 
-    postprocess.water_mask = timed_water_mask
+    photo.water_mask = timed_water_mask
     tick, cpu_tick = time.perf_counter(), time.process_time()
     plan = jobs.plan_job(open_output(out_dir, cfg.data), refs, cfg,
                          widths=sorted(loaded.models))
-    records, failures = predictor.predict_inputs(plan, loaded, cfg, run_path=run_dir)
+    records, failures = local.predict_inputs(plan, loaded, cfg, run_path=run_dir)
     loop, loop_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
-    postprocess.water_mask = original
+    photo.water_mask = original
     if failures:
         raise SystemExit(f"{len(failures)} photo(s) failed: {failures[0]}")
     after = window_batch_seconds(loaded, cfg, windows, passes, repeats=1, cpu=True)
     ceiling = {w: min(before[w][0], after[w][0]) for w in windows}
     ceiling_cpu = {w: min(before[w][1], after[w][1]) for w in windows}
-    del outputs
     print(json.dumps({
         "photos": len(records), "megapixels": pixels / 1e6, "loop_seconds": loop,
         "gmm_seconds": gmm[0], "startup_seconds": startup, "windows": windows,
@@ -378,19 +376,21 @@ def main() -> None:
         photo = workdir / "photo.jpg"
         generated_photo(args.size, photo)
 
-        from segmenter import predictor
         from segmenter.data.images import decode_photo
+        from segmenter.predict import models
+        from segmenter.predict.photo import predict_photo
         from segmenter.runs import open_run
 
         run = open_run(run_dir)
         cfg = run.config
-        loaded = predictor.load_models(run, cfg)
+        loaded = models.load_models(run, cfg)
         image, _ = decode_photo(photo.read_bytes(), str(photo))
         megapixels = image.shape[0] * image.shape[1] / 1e6
 
         # (b, c, e) default prediction, after a warm-up that traces each width's function.
-        predictor.predict_photo(loaded, image[:600, :600], cfg)
-        from segmenter.inference import inference_passes, select_models
+        predict_photo(loaded, image[:600, :600], cfg)
+        from segmenter.model.compiled import inference_passes
+        from segmenter.predict.models import select_models
 
         windows = {w: n_windows(image.shape[:2], cfg, w) for w in select_models(loaded.models, cfg)}
         passes = len(inference_passes(cfg.predict.tta, cfg.data.is_upright, cfg.predict.grey))
@@ -398,7 +398,7 @@ def main() -> None:
         # and its load drifts; this brackets the prediction in time.
         before = window_batch_seconds(loaded, cfg, windows, passes, repeats=1, cpu=True)
         cpu_tick = time.process_time()
-        result = predictor.predict_photo(loaded, image, cfg)
+        result = predict_photo(loaded, image, cfg)
         predict_cpu = time.process_time() - cpu_tick
         predict_seconds = result.seconds
         predict_mps = megapixels / predict_seconds

@@ -38,7 +38,7 @@ For each case, on the same scored pixels at each photo's own resolution and with
 * segmenter with the recommended config (``--config``, default ``configs/photo.yaml``): trained
   by ``segmenter train`` in a child process with only ``data.source`` changed (plus the label
   format fact ``data.label_water_value=1`` for oasis), scored through
-  :func:`segmenter.evaluation.evaluate_images` exactly as ``segmenter evaluate --data SCORED
+  :func:`segmenter.predict.evaluation.evaluate_images` exactly as ``segmenter evaluate --data SCORED
   --split all``; its configured mask and the plain 0.5 threshold;
 * a reference row, ``configs/notebook-small.yaml``: the original notebook's setup (linear output,
   MSE, no augmentation, widths 32/64/128, random windows, min-max rescale) at the recommended
@@ -538,7 +538,7 @@ def invented_water(overall: dict[str, Any]) -> float:
 
 def dry_line(case: str, method: str, overall: dict[str, Any]) -> str:
     """``dry case=<name> method=<...> images=<n> water_fraction=<...> threshold_0.5=<...>``."""
-    from segmenter.evaluation import BASELINE
+    from segmenter.predict.evaluation import BASELINE
 
     return (f"dry case={case} method={method} images={overall['images']} "
             f"water_fraction={invented_water(overall):.4f} "
@@ -746,14 +746,14 @@ def evaluate_segmenter(run_dir: Path, scored: Path) -> dict[str, Any]:
     """Score the run on ``scored`` exactly as ``segmenter evaluate --data SCORED --split all``.
 
     Same steps: the run's saved config with the data source swapped, the run's models loaded by
-    :func:`segmenter.predictor.load_models`, every labelled image of the source loaded at its
-    own resolution, and :func:`segmenter.evaluation.evaluate_images` (predict, mask, score).
+    :func:`segmenter.predict.models.load_models`, every labelled image of the source loaded at its
+    own resolution, and :func:`segmenter.predict.evaluation.evaluate_images` (predict, mask, score).
 
     Returns:
         The report's ``overall`` block (the configured mask; ``threshold_0.5`` inside it).
     """
-    from segmenter import evaluation, predictor
     from segmenter.data.ontario import load_dataset
+    from segmenter.predict import evaluation, models
     from segmenter.runs import open_run
     from segmenter.tfenv import start_tensorflow
 
@@ -761,7 +761,7 @@ def evaluate_segmenter(run_dir: Path, scored: Path) -> dict[str, Any]:
     run = open_run(run_dir)
     cfg = run.config
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": str(scored)})})
-    loaded = predictor.load_models(run, cfg)
+    loaded = models.load_models(run, cfg)
     dataset = load_dataset(cfg.data, scale=1.0, progress=False, need=("all",))  # all in train
     return evaluation.evaluate_images(loaded, dataset.train, cfg)["overall"]
 
@@ -827,7 +827,7 @@ def run_case(case: Case, settings: Settings, work: Path) -> tuple[list[Row], Row
     minutes = train_segmenter(settings.config, case.train_source, work / "run_recommended",
                               rec_set, f"case {case.name}: {label}")
     overall = evaluate_segmenter(work / "run_recommended", case.scored)
-    from segmenter.evaluation import BASELINE
+    from segmenter.predict.evaluation import BASELINE
 
     best = Row(case.name, f"{label}, {overall['method']} mask", overall, minutes)
     rows += [best, Row(case.name, f"{label}, 0.5 threshold", overall[BASELINE], minutes)]

@@ -4,8 +4,8 @@ Measures in one run, side by side (rounds alternate between the two clusters, so
 the machine falls on both alike):
 
 (a) the same ``--photos`` generated shoreline photos (``--photo-size`` pixels wide) predicted
-    through :func:`segmenter.cluster.run_job` on a LocalCluster of 1 worker process and on one
-    of 2 worker processes, each worker pinned to one thread (TensorFlow, BLAS); workers have
+    through :func:`segmenter.predict.cluster.run_job` on a LocalCluster of 1 worker process and
+    on one of 2 worker processes, each worker pinned to one thread (TensorFlow, BLAS); workers have
     loaded the run's models and predicted one photo before any round is timed;
     ``scale_efficiency`` = throughput with 2 workers / (2 x throughput with 1); goal >= 0.8;
 (b) a generated GeoTIFF (``--raster-size`` pixels, 512-pixel tiles) on the 2 workers: the share
@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_run(path: Path) -> Path:
     from segmenter.config import load_config
-    from segmenter.model import build_model
-    from segmenter.runs import RunPlan, prepare_run
+    from segmenter.model.network import build_model
+    from segmenter.training.plan import RunPlan, prepare_run
 
     cfg = load_config(REPO / "configs" / "default.yaml")
     run = prepare_run(RunPlan(path, cfg, list(cfg.train.widths)))
@@ -83,14 +83,15 @@ def warm(run: str, config: str, photo: str) -> int:
     """On a worker: load the run's models and predict one photo (tracing), untimed."""
     import os
 
-    from segmenter import cluster, predictor
     from segmenter.data.images import decode_photo
+    from segmenter.predict import tasks
+    from segmenter.predict.photo import predict_photo
 
     job = {"run": run, "config": config, "out": ""}
-    cfg = cluster._config(job)
-    loaded = cluster.worker_models(job, cfg)
+    cfg = tasks._config(job)
+    loaded = tasks.worker_models(job, cfg)
     image, _ = decode_photo(Path(photo).read_bytes(), photo)
-    predictor.predict_photo(loaded, image, cfg)
+    predict_photo(loaded, image, cfg)
     return os.getpid()
 
 
@@ -111,10 +112,10 @@ def main() -> None:
 
     from distributed import Client
 
-    from segmenter import cluster, jobs
     from segmenter.config import load_config
     from segmenter.data.storage import expand_inputs
-    from segmenter.outputs_fs import open_output
+    from segmenter.outputs.store import open_output
+    from segmenter.predict import cluster, jobs
     from segmenter.runs import open_run
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -163,10 +164,10 @@ def main() -> None:
             # (b) a raster on the 2 workers: how long the client's single GMM fit takes.
             tif = tmp / "mosaic.tif"
             make_raster(tif, args.raster_size)
-            from segmenter import mosaic
+            from segmenter.predict import raster
 
             serial: dict[str, float] = {"fit": 0.0, "finish": 0.0}
-            originals = {name: getattr(mosaic.RasterJob, name) for name in serial}
+            originals = {name: getattr(raster.RasterJob, name) for name in serial}
 
             def timed(name):
                 def method(self, *args):
@@ -178,7 +179,7 @@ def main() -> None:
                 return method
 
             for name in serial:
-                setattr(mosaic.RasterJob, name, timed(name))
+                setattr(raster.RasterJob, name, timed(name))
             job_cfg = cfg.model_copy(update={"predict": cfg.predict.model_copy(
                 update={"scheduler": clusters[2].scheduler_address, "tile_size": 512})})
             out = tmp / "out-raster"
@@ -189,7 +190,7 @@ def main() -> None:
                 job_cfg, str(Path(run_dir).resolve()), widths)
             raster_seconds = time.perf_counter() - started
             for name, method in originals.items():
-                setattr(mosaic.RasterJob, name, method)
+                setattr(raster.RasterJob, name, method)
             assert summary.predicted == 1, summary.failures
             gmm_share = serial["fit"] / raster_seconds
             serial_share = (serial["fit"] + serial["finish"]) / raster_seconds

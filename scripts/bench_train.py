@@ -5,7 +5,7 @@ For patch widths 32, 64 and 128 at the schema's default depth, filters and batch
 (a) compute ceiling: training steps per second on one batch already in memory as tensors
     (``Dataset.from_tensors(batch).repeat()``: no sampling, no augmentation);
 (b) end to end: training steps per second through the real pipeline
-    (:func:`segmenter.data.pipeline.training_dataset`, augmentation on) from the decoded
+    (:func:`segmenter.training.pipeline.training_dataset`, augmentation on) from the decoded
     built-in sample.
 
 Both run through the same compiled model and ``fit``; each is measured ``--repeats`` times,
@@ -43,9 +43,9 @@ def main() -> None:
 
     from segmenter.config import Config
     from segmenter.data.ontario import load_dataset
-    from segmenter.data.pipeline import eligible_images, training_dataset
-    from segmenter.losses import get_loss
-    from segmenter.model import build_model
+    from segmenter.model.losses import get_loss
+    from segmenter.model.network import build_model
+    from segmenter.training.pipeline import eligible_images, training_dataset
 
     cfg = Config()
     dataset = load_dataset(cfg.data, progress=False)

@@ -77,7 +77,7 @@ class Manifest(_Record):
 class PredictionRecord(_Record):
     """One photo (or raster) of a ``predict`` run: what was written, or why it failed.
 
-    Raster predictions (:mod:`segmenter.mosaic`) add their own fields (CRS, tiles...).
+    Raster predictions (:mod:`segmenter.predict.mosaic`) add their own fields (CRS, tiles...).
     """
 
     input: str

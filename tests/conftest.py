@@ -74,7 +74,7 @@ def cluster(tmp_path_factory):
     session; tests reach it with ``--scheduler tcp://127.0.0.1:PORT``, as a real cluster.
     Workers import TensorFlow on their first task, so the first test using it pays for that."""
     pytest.importorskip("distributed")
-    from segmenter.cluster import WORKER_ENV, start_local_cluster
+    from segmenter.predict.cluster import WORKER_ENV, start_local_cluster
 
     cache = tmp_path_factory.mktemp("worker-cache")
     env = {**WORKER_ENV, "SEGMENTER_CACHE": str(cache)}

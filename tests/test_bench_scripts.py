@@ -60,11 +60,11 @@ def test_bench_scale_makes_a_run_that_predict_opens(tmp_path):
         import bench_scale
     finally:
         sys.path.remove(str(REPO / "scripts"))
-    from segmenter import predictor
+    from segmenter.predict import models
     from segmenter.runs import open_run
 
     run = open_run(bench_scale.make_run(tmp_path / "run"))
-    assert sorted(predictor.load_models(run, run.config).models) == \
+    assert sorted(models.load_models(run, run.config).models) == \
         sorted(run.config.train.widths)
 
 

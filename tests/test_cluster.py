@@ -81,7 +81,7 @@ def single(run_dir, photos, tmp_path_factory) -> Path:
     workers' one-thread settings: same arithmetic, so masks must match byte for byte."""
     import subprocess
 
-    from segmenter.cluster import WORKER_ENV
+    from segmenter.predict.cluster import WORKER_ENV
 
     out = tmp_path_factory.mktemp("single") / "out"
     code = "import sys; from segmenter.cli.main import main; sys.exit(main())"

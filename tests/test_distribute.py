@@ -20,10 +20,10 @@ import pytest
 from tiny_data import TINY_SETTINGS, tiny_dataset, tiny_yaml
 
 from segmenter.config import load_config
-from segmenter.distribute import is_chief, select_strategy, tf_config_workers
 from segmenter.errors import ConfigError
 from segmenter.runs import open_run
 from segmenter.training import train
+from segmenter.training.distribute import is_chief, select_strategy, tf_config_workers
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,8 +103,8 @@ def test_keras_private_api_missing_is_a_clear_error(monkeypatch):
     import keras
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
-    from segmenter import distribute
     from segmenter.errors import SegmenterError
+    from segmenter.training import distribute
 
     monkeypatch.delattr(tf_trainer, "reduce_per_replica")
     with pytest.raises(SegmenterError, match=rf"Keras {keras.__version__} lacks "

@@ -10,11 +10,11 @@ import pytest
 
 from segmenter.config import load_config
 from segmenter.data.sample import write_sample
-from segmenter.evaluation import evaluate_images, score_masks
 from segmenter.metrics import METRIC_NAMES
-from segmenter.model import build_model
-from segmenter.predictor import LoadedModels
-from segmenter.runs import RunPlan, prepare_run
+from segmenter.model.network import build_model
+from segmenter.predict.evaluation import evaluate_images, score_masks
+from segmenter.predict.models import LoadedModels
+from segmenter.training.plan import RunPlan, prepare_run
 
 TINY = ["data.scale=0.25", "model.depth=1", "model.filters=4", "train.widths={16: 4}"]
 

@@ -11,24 +11,26 @@ import keras
 import numpy as np
 import pytest
 
-from segmenter import inference
 from segmenter.config import Config, load_config
+from segmenter.data import images
 from segmenter.errors import ConfigError, SegmenterError
-from segmenter.model import build_model
+from segmenter.model import compiled, introspect, norm
+from segmenter.model.network import build_model
+from segmenter.predict import photo, stitch, windows
 
 
 def pointwise_model(kernel=(2.0, 1.0, -3.0), bias=0.2, activation="sigmoid", bn=False):
     inputs = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(1, 1, activation=None if bn else activation)(inputs)
     if bn:
-        norm = keras.layers.BatchNormalization()
-        x = keras.layers.Activation(activation)(norm(x))
+        batchnorm = keras.layers.BatchNormalization()
+        x = keras.layers.Activation(activation)(batchnorm(x))
     model = keras.Model(inputs, x)
     conv = model.layers[1]
     conv.set_weights([np.array(kernel, np.float32).reshape(1, 1, 3, 1),
                       np.array([bias], np.float32)])
     if bn:
-        norm.set_weights([np.array([2.0]), np.array([0.5]), np.array([0.3]), np.array([4.0])])
+        batchnorm.set_weights([np.array([2.0]), np.array([0.5]), np.array([0.3]), np.array([4.0])])
     return model
 
 
@@ -56,12 +58,12 @@ def image():
 
 
 def test_window_weight_smoothstep():
-    weight = inference.window_weight(32)
+    weight = windows.window_weight(32)
     assert weight.dtype == np.float32 and weight.shape == (32, 32)
     assert weight.min() > 0
     assert weight[15, 15] == pytest.approx(1.0)
     assert weight[0, 0] < 0.01 and weight[0, 16] < weight[8, 16] < weight[16, 16]
-    assert inference.smoothstep(1.3, 0.3, np.array([0.0, 0.8, 1.5])) == pytest.approx(
+    assert windows.smoothstep(1.3, 0.3, np.array([0.0, 0.8, 1.5])) == pytest.approx(
         [1.0, 0.5, 0.0])
 
 
@@ -69,9 +71,9 @@ def test_window_weight_smoothstep():
                                                 (64, 0.5, False)])
 def test_stitching_reproduces_a_pointwise_model(image, window, overlap, tta, monkeypatch):
     # Tiny batches, so the two-buffer pipeline runs many batches and a shorter last one.
-    monkeypatch.setattr(inference, "MIN_BATCH_PIXELS", 1)
+    monkeypatch.setattr(compiled, "MIN_BATCH_PIXELS", 1)
     model = pointwise_model()
-    stitched, info = inference.predict_scale(model, image, window, overlap=overlap,
+    stitched, info = photo.predict_scale(model, image, window, overlap=overlap,
                                              batch_size=3, tta=tta)
     assert stitched.shape == image.shape[:2] and stitched.dtype == np.float32
     np.testing.assert_allclose(stitched, direct(model, image), atol=1e-5)
@@ -84,14 +86,14 @@ def test_stitching_reproduces_a_pointwise_model(image, window, overlap, tta, mon
 def test_image_smaller_than_window_is_padded_and_cropped():
     tiny = np.random.default_rng(1).random((5, 9, 3), dtype=np.float32)
     model = pointwise_model()
-    stitched, _ = inference.predict_scale(model, tiny, 32)
+    stitched, _ = photo.predict_scale(model, tiny, 32)
     assert stitched.shape == (5, 9)
     np.testing.assert_allclose(stitched, direct(model, tiny), atol=1e-5)
 
 
 def test_batchnorm_runs_in_inference_mode(image):
     model = pointwise_model(bn=True)
-    stitched, _ = inference.predict_scale(model, image, 16)
+    stitched, _ = photo.predict_scale(model, image, 16)
     raw = image @ np.array([2.0, 1.0, -3.0], np.float32) + 0.2
     expected = 1 / (1 + np.exp(-(2.0 * (raw - 0.3) / np.sqrt(4.0 + 1e-3) + 0.5)))
     np.testing.assert_allclose(stitched, expected, atol=1e-4)
@@ -100,7 +102,7 @@ def test_batchnorm_runs_in_inference_mode(image):
 def _adapted_expected(image, window, share):
     """The pointwise BatchNorm model's map with its statistics moved ``share`` of the way to
     those of the photo's grid windows (numpy: the padded windows' raw values, biased variance)."""
-    from segmenter.data import patches
+    from segmenter.predict import windows as patches
 
     pad = patches.pad_width(window)
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
@@ -109,8 +111,8 @@ def _adapted_expected(image, window, share):
     values = np.stack([raw[t : t + window, c : c + window] for t, c in positions])
     mean = (1 - share) * 0.3 + share * values.mean()
     variance = (1 - share) * 4.0 + share * values.var()
-    photo = image @ np.array([2.0, 1.0, -3.0], np.float32) + 0.2
-    expected = 1 / (1 + np.exp(-(2.0 * (photo - mean) / np.sqrt(variance + 1e-3) + 0.5)))
+    raw_photo = image @ np.array([2.0, 1.0, -3.0], np.float32) + 0.2
+    expected = 1 / (1 + np.exp(-(2.0 * (raw_photo - mean) / np.sqrt(variance + 1e-3) + 0.5)))
     return expected, len(positions)
 
 
@@ -118,11 +120,11 @@ def _adapted_expected(image, window, share):
 def test_adapt_norm_moves_batchnorm_statistics_toward_the_photo_s_own(image, share):
     model = pointwise_model(bn=True)
     before = [np.array(w) for w in model.get_weights()]
-    stitched, info = inference.predict_scale(model, image, 32, adapt=share)
+    stitched, info = photo.predict_scale(model, image, 32, adapt=share)
     expected, windows = _adapted_expected(image, 32, share)
-    assert windows < inference.ADAPT_WINDOWS and info["adapted_on"] == windows
+    assert windows < norm.ADAPT_WINDOWS and info["adapted_on"] == windows
     np.testing.assert_allclose(stitched, expected, atol=2e-4)
-    plain, plain_info = inference.predict_scale(model, image, 32)
+    plain, plain_info = photo.predict_scale(model, image, 32)
     assert np.abs(plain - expected).max() > 0.01 and "adapted_on" not in plain_info
     for kept, now in zip(before, model.get_weights(), strict=True):  # the model as it was
         np.testing.assert_array_equal(kept, now)
@@ -133,20 +135,20 @@ def test_adapt_norm_reaches_predict_land_and_takes_at_most_96_windows(image):
     model = pointwise_model(bn=True)
     big = np.tile(image, (4, 4, 1))  # 180 x 280: 247 windows of 32 px
     cfg = cfg_with("predict.adapt_norm=0.5")
-    info = inference.predict_land({32: model}, big, cfg).info
+    info = photo.predict_land({32: model}, big, cfg).info
     assert info["widths"][32]["windows"] == grid_count(180, 32, 0.5) * grid_count(280, 32, 0.5)
-    assert info["widths"][32]["windows"] == 247 > inference.ADAPT_WINDOWS
-    assert info["widths"][32]["adapted_on"] == inference.ADAPT_WINDOWS
-    assert inference.spread(list(range(10)), 4) == [0, 2, 5, 7]
-    assert inference.spread([1, 2], 4) == [1, 2]
+    assert info["widths"][32]["windows"] == 247 > norm.ADAPT_WINDOWS
+    assert info["widths"][32]["adapted_on"] == norm.ADAPT_WINDOWS
+    assert norm.spread(list(range(10)), 4) == [0, 2, 5, 7]
+    assert norm.spread([1, 2], 4) == [1, 2]
 
 
 def test_photo_statistics_are_put_back_when_prediction_fails(image):
     model = pointwise_model(bn=True)
-    stats = inference.adapted_statistics(model, image[None], 1.0)
+    stats = norm.adapted_statistics(model, image[None], 1.0)
     assert stats[0][0][0] == pytest.approx(float((image @ [2.0, 1.0, -3.0]).mean() + 0.2),
                                            abs=1e-4)
-    with pytest.raises(RuntimeError), inference.norm_statistics(model, stats):
+    with pytest.raises(RuntimeError), norm.norm_statistics(model, stats):
         assert float(model.layers[2].moving_mean[0]) == pytest.approx(stats[0][0][0])
         raise RuntimeError("a window failed")
     assert float(model.layers[2].moving_mean[0]) == pytest.approx(0.3)
@@ -156,11 +158,11 @@ def test_photo_statistics_are_put_back_when_prediction_fails(image):
 def test_predict_land_resizes_to_photo_and_back(image):
     model = pointwise_model()
     cfg = load_config(None, ["data.scale=0.5"])
-    prediction = inference.predict_land({16: model}, image, cfg)
+    prediction = photo.predict_land({16: model}, image, cfg)
     assert prediction.land_prob.shape == image.shape[:2]
     assert prediction.info["scaled_size"] == [22, 35]
-    small = inference.resize_map(image, (22, 35))
-    expected = inference.resize_map(direct(model, small), image.shape[:2])
+    small = images.resize_map(image, (22, 35))
+    expected = images.resize_map(direct(model, small), image.shape[:2])
     np.testing.assert_allclose(prediction.land_prob, np.clip(expected, 0, 1), atol=1e-5)
     assert prediction.per_scale == {}
 
@@ -170,27 +172,27 @@ def test_scales_merge_by_mean_or_by_validation_score(image):
     high = pointwise_model(kernel=(0, 0, 0), bias=0.8, activation="linear")
     models = {16: low, 32: high}
     mse = ("model.activation=linear", "train.loss=mse")
-    mean = inference.predict_land(models, image, cfg_with(*mse), keep_scales=True)
+    mean = photo.predict_land(models, image, cfg_with(*mse), keep_scales=True)
     np.testing.assert_allclose(mean.land_prob, 0.5, atol=1e-6)
     assert set(mean.per_scale) == {16, 32}
     np.testing.assert_allclose(mean.per_scale[16], 0.2, atol=1e-6)
-    weighted = inference.predict_land(
+    weighted = photo.predict_land(
         models, image, cfg_with(*mse, "predict.merge=weighted"),
         weights={16: 1.0, 32: 3.0})
     np.testing.assert_allclose(weighted.land_prob, (0.2 + 3 * 0.8) / 4, atol=1e-6)
     with pytest.raises(ConfigError, match="validation score"):
-        inference.predict_land(models, image, cfg_with("predict.merge=weighted"))
+        photo.predict_land(models, image, cfg_with("predict.merge=weighted"))
 
 
 def test_linear_output_is_clipped_and_minmax_rescales(image):
     model = pointwise_model(kernel=(4.0, 0, 0), bias=-1.0, activation="linear")
     mse = ("model.activation=linear", "train.loss=mse")
-    clipped = inference.predict_land({16: model}, image, cfg_with(*mse))
+    clipped = photo.predict_land({16: model}, image, cfg_with(*mse))
     # 4 R - 1 runs from -1 to 3 over the photo: clipped to [0, 1] pixel by pixel
     np.testing.assert_allclose(clipped.land_prob, np.clip(4 * image[..., 0] - 1, 0, 1),
                                atol=1e-5)
     assert clipped.land_prob.min() == 0.0 and clipped.land_prob.max() == 1.0
-    stretched = inference.predict_land(
+    stretched = photo.predict_land(
         {16: pointwise_model(kernel=(0.2, 0, 0), bias=0.3, activation="linear")}, image,
         cfg_with(*mse, "predict.rescale=minmax"))
     # 0.2 R + 0.3 stretched linearly from its own minimum and maximum to [0, 1]
@@ -204,9 +206,9 @@ def test_linear_head_with_a_logit_loss_is_read_through_a_sigmoid(image, loss):
     logits = pointwise_model(kernel=(4.0, -2.0, 1.0), bias=-1.0, activation="linear")
     probs = pointwise_model(kernel=(4.0, -2.0, 1.0), bias=-1.0, activation="sigmoid")
     cfg = cfg_with("model.activation=linear", f"train.loss={loss}")
-    assert inference.output_transform(logits, cfg) == "sigmoid"
-    assert inference.output_transform(probs, cfg) == "raw"  # a saved model's sigmoid head
-    got = inference.predict_land({16: logits}, image, cfg).land_prob
+    assert introspect.output_transform(logits, cfg) == "sigmoid"
+    assert introspect.output_transform(probs, cfg) == "raw"  # a saved model's sigmoid head
+    got = photo.predict_land({16: logits}, image, cfg).land_prob
     np.testing.assert_allclose(got, direct(probs, image), atol=1e-5)
     assert 0.0 < got.min() and got.max() < 1.0
 
@@ -214,7 +216,7 @@ def test_linear_head_with_a_logit_loss_is_read_through_a_sigmoid(image, loss):
 def test_non_finite_model_output_is_an_error_naming_the_width(image):
     model = pointwise_model(bias=float("nan"))
     with pytest.raises(SegmenterError, match="width 16 predicted non-finite") as caught:
-        inference.predict_land({16: model}, image, cfg_with())
+        photo.predict_land({16: model}, image, cfg_with())
     assert "\n" not in str(caught.value)
 
 
@@ -223,14 +225,14 @@ def test_compiled_function_cache_does_not_keep_models_alive(image):
     import weakref
 
     model = pointwise_model()
-    inference.predict_scale(model, image, 16)
-    assert model in inference._COMPILED
+    photo.predict_scale(model, image, 16)
+    assert model in compiled._COMPILED
     alive = weakref.ref(model)
-    before = len(inference._COMPILED)
+    before = len(compiled._COMPILED)
     del model
     gc.collect()
     assert alive() is None
-    assert len(inference._COMPILED) < before  # its entry (with its traced functions) went too
+    assert len(compiled._COMPILED) < before  # its entry (with its traced functions) went too
 
 
 class PositionalModel(keras.Model):
@@ -249,15 +251,15 @@ class PositionalModel(keras.Model):
 
 
 def test_stitching_matches_a_numpy_reference_of_the_smoothstep_blend(image, monkeypatch):
-    from segmenter.data import patches
+    from segmenter.predict import windows as patches
 
-    monkeypatch.setattr(inference, "MIN_BATCH_PIXELS", 1)  # many batches through the pipeline
+    monkeypatch.setattr(compiled, "MIN_BATCH_PIXELS", 1)  # many batches through the pipeline
     window, overlap = 16, 0.5
     model = PositionalModel(window)
     model(np.zeros((1, window, window, 3), np.float32))
     model.conv.set_weights([np.array([2.0, 1.0, -3.0], np.float32).reshape(1, 1, 3, 1),
                             np.array([0.2], np.float32)])
-    got, _ = inference.predict_scale(model, image, window, overlap=overlap, batch_size=4)
+    got, _ = photo.predict_scale(model, image, window, overlap=overlap, batch_size=4)
 
     # Reference, written from SPEC.md: mirror-pad by half a window, smoothstep(1.3, 0.3, r)
     # weights (floored at MIN_WEIGHT), sum of prediction x weight over sum of weight.
@@ -266,7 +268,7 @@ def test_stitching_matches_a_numpy_reference_of_the_smoothstep_blend(image, monk
     axis = np.linspace(-1, 1, window)
     radius = np.sqrt(axis[:, None] ** 2 + axis[None, :] ** 2)
     t = np.clip((radius - 1.3) / (0.3 - 1.3), 0, 1)
-    weight = np.maximum(t * t * (3 - 2 * t), inference.MIN_WEIGHT)
+    weight = np.maximum(t * t * (3 - 2 * t), windows.MIN_WEIGHT)
     total = np.zeros(padded.shape[:2])
     weight_sum = np.zeros(padded.shape[:2])
     for top, left in patches.grid_windows(*padded.shape[:2], window, overlap):
@@ -291,14 +293,14 @@ def test_random_sampling_is_reproducible_and_fills_holes(image, caplog):
     model = pointwise_model()
     cfg = cfg_with("predict.sampling=random", "predict.random_windows={16: 3}")
     with caplog.at_level("WARNING"):
-        first = inference.predict_land({16: model}, image, cfg)
-    second = inference.predict_land({16: model}, image, cfg)
+        first = photo.predict_land({16: model}, image, cfg)
+    second = photo.predict_land({16: model}, image, cfg)
     np.testing.assert_array_equal(first.land_prob, second.land_prob)
     assert first.info["uncovered_pixels"] > 0 and "covered by no window" in caplog.text
-    covered = first.land_prob != inference.UNCOVERED_VALUE
+    covered = first.land_prob != stitch.UNCOVERED_VALUE
     np.testing.assert_allclose(first.land_prob[covered], direct(model, image)[covered],
                                atol=1e-5)
-    many = inference.predict_land(
+    many = photo.predict_land(
         {16: model}, image, cfg_with("predict.sampling=random",
                                      "predict.random_windows={16: 400}"))
     assert many.info["uncovered_pixels"] == 0
@@ -307,38 +309,36 @@ def test_random_sampling_is_reproducible_and_fills_holes(image, caplog):
 def test_encoder_decoder_model_and_width_selection(image):
     model = build_model(load_config().model, depth=2, filters=4)
     cfg = cfg_with("predict.widths=[16]")
-    prediction = inference.predict_land({16: model, 32: model}, image, cfg)
+    prediction = photo.predict_land({16: model, 32: model}, image, cfg)
     assert list(prediction.info["widths"]) == [16]
     # The map is the width-16 stitching of the model's sigmoid head as it is (data.scale 1):
     # no second sigmoid, no other width merged in (width 32 alone gives another map).
-    width16, _ = inference.predict_scale(model, image, 16)
-    width32, _ = inference.predict_scale(model, image, 32)
+    width16, _ = photo.predict_scale(model, image, 16)
+    width32, _ = photo.predict_scale(model, image, 32)
     np.testing.assert_allclose(prediction.land_prob, width16, atol=1e-6)
     assert np.abs(width32 - width16).max() > 1e-3
     with pytest.raises(ConfigError, match="no trained model of width 64"):
-        inference.predict_land({16: model}, image, cfg_with("predict.widths=[64]"))
+        photo.predict_land({16: model}, image, cfg_with("predict.widths=[64]"))
     with pytest.raises(SegmenterError, match="no trained models"):
-        inference.predict_land({}, image, cfg)
+        photo.predict_land({}, image, cfg)
     with pytest.raises(SegmenterError, match="RGB"):
-        inference.predict_land({16: model}, image[..., 0], cfg)
+        photo.predict_land({16: model}, image[..., 0], cfg)
 
 
 def test_large_batch_size_is_one_trace_per_window_size(image, monkeypatch):
-    monkeypatch.setattr(inference, "MIN_BATCH_PIXELS", 1)  # batches of 8 and 5 windows
+    monkeypatch.setattr(compiled, "MIN_BATCH_PIXELS", 1)  # batches of 8 and 5 windows
     model = pointwise_model()
-    _, info = inference.predict_scale(model, image, 16, batch_size=8)
+    _, info = photo.predict_scale(model, image, 16, batch_size=8)
     assert info["windows"] > 8 and info["windows"] % 8  # several batches, a shorter last one
-    inference.predict_scale(model, image[:30], 16, batch_size=5)
-    infer = inference.compiled_infer(model, (16, 16))
+    photo.predict_scale(model, image[:30], 16, batch_size=5)
+    infer = compiled.compiled_infer(model, (16, 16))
     assert infer.experimental_get_tracing_count() == 1
 
 
 def test_photo_is_shrunk_exactly_as_the_data_loader_does(image):
-    from segmenter.data import images
-
-    assert inference.scaled_shape is images.scaled_shape
+    assert photo.scaled_shape is images.scaled_shape
     shape = images.scaled_shape(image.shape[:2], 0.5)
-    small = inference.resize_map(image, shape)
+    small = images.resize_map(image, shape)
     for channel in range(3):
         np.testing.assert_array_equal(small[..., channel],
                                       images.resize_land(image[..., channel], shape))
@@ -348,9 +348,9 @@ def test_photo_is_shrunk_exactly_as_the_data_loader_does(image):
 def test_tta_runs_the_same_batches_as_plain_prediction(image, monkeypatch, tta):
     """With TTA a call cuts a quarter of the windows, so the stacked flips make a batch of
     the usual size (16 windows of 256 px, not 64), and the result is unchanged."""
-    monkeypatch.setattr(inference, "MIN_BATCH_PIXELS", 1)
+    monkeypatch.setattr(compiled, "MIN_BATCH_PIXELS", 1)
     model = pointwise_model()
-    real = inference.compiled_infer(model, (16, 16), tta=tta)
+    real = compiled.compiled_infer(model, (16, 16), tta=tta)
     calls = []
 
     def spy(model_, size, tta=False, output="raw", upright=False, grey=False):
@@ -359,10 +359,10 @@ def test_tta_runs_the_same_batches_as_plain_prediction(image, monkeypatch, tta):
             return real(windows)
         return run
 
-    monkeypatch.setattr(inference, "compiled_infer", spy)
-    stitched, info = inference.predict_scale(model, image, 16, batch_size=8, tta=tta)
+    monkeypatch.setattr(photo, "compiled_infer", spy)  # as predict_scale calls it
+    stitched, info = photo.predict_scale(model, image, 16, batch_size=8, tta=tta)
     assert max(calls) == (2 if tta else 8) and sum(calls) == info["windows"]
-    assert inference.windows_per_call(8, 16, tta) * (4 if tta else 1) == 8
+    assert compiled.windows_per_call(8, 16, tta) * (4 if tta else 1) == 8
     np.testing.assert_allclose(stitched, direct(model, image), atol=1e-5)
 
 
@@ -379,9 +379,9 @@ def row_reader():
 @pytest.mark.parametrize("tta", [False, True])
 def test_a_row_channel_model_is_given_each_pixel_s_row_in_the_photo(image, tta):
     model = row_reader()
-    assert inference.input_channels(model) == 4
-    assert inference.input_channels(pointwise_model()) == 3
-    got, _ = inference.predict_scale(model, image, 16, overlap=0.5, batch_size=4, tta=tta,
+    assert introspect.input_channels(model) == 4
+    assert introspect.input_channels(pointwise_model()) == 3
+    got, _ = photo.predict_scale(model, image, 16, overlap=0.5, batch_size=4, tta=tta,
                                      upright=True)
     expected = np.broadcast_to(np.linspace(0, 1, image.shape[0], dtype=np.float32)[:, None],
                                image.shape[:2])
@@ -389,7 +389,7 @@ def test_a_row_channel_model_is_given_each_pixel_s_row_in_the_photo(image, tta):
     # Through predict_land's rescaling too: the row of the scaled photo (a linear head of an
     # MSE model is read as it is, clipped to [0, 1]).
     cfg = cfg_with("data.scale=0.5", "data.upright=true", "train.loss=mse")
-    land = inference.predict_land({16: model}, image, cfg).land_prob
+    land = photo.predict_land({16: model}, image, cfg).land_prob
     assert land.shape == image.shape[:2]
     assert abs(land[0].mean()) < 0.05 and abs(land[-1].mean() - 1) < 0.05
     assert (np.diff(land.mean(axis=1)) >= -1e-6).all()
@@ -405,19 +405,19 @@ def test_upright_tta_averages_the_photo_and_its_left_right_mirror_only():
         return np.asarray(model(x, training=False))[..., 0]
 
     mirrored = (plain(windows) + plain(windows[:, :, ::-1])[:, :, ::-1]) / 2
-    upright = np.asarray(inference.compiled_infer(model, (16, 16), tta=True, upright=True)(windows))
+    upright = np.asarray(compiled.compiled_infer(model, (16, 16), tta=True, upright=True)(windows))
     np.testing.assert_allclose(upright, mirrored, atol=1e-5)
-    every_flip = np.asarray(inference.compiled_infer(model, (16, 16), tta=True)(windows))
+    every_flip = np.asarray(compiled.compiled_infer(model, (16, 16), tta=True)(windows))
     assert np.abs(every_flip - mirrored).max() > 1e-4
     # Half the passes: a call cuts twice the windows of four-pass TTA for the same batch.
-    assert (inference.windows_per_call(8, 16, tta=True, upright=True)
-            == 2 * inference.windows_per_call(8, 16, tta=True))
+    assert (compiled.windows_per_call(8, 16, tta=True, upright=True)
+            == 2 * compiled.windows_per_call(8, 16, tta=True))
     # predict_land reads data.upright from the (run's) config.
     image = rng.random((40, 40, 3), dtype=np.float32)
     plain_cfg = cfg_with("predict.tta=true")
     upright_cfg = cfg_with("predict.tta=true", "data.upright=true")
-    by_upright = inference.predict_land({16: model}, image, upright_cfg).land_prob
-    by_default = inference.predict_land({16: model}, image, plain_cfg).land_prob
+    by_upright = photo.predict_land({16: model}, image, upright_cfg).land_prob
+    by_default = photo.predict_land({16: model}, image, plain_cfg).land_prob
     assert np.abs(by_upright - by_default).max() > 1e-4
 
 
@@ -433,7 +433,7 @@ def test_grey_passes_average_the_photo_in_colour_and_in_grey():
         return np.asarray(model(x, training=False))[..., 0]
 
     def infer(**kwargs):
-        return np.asarray(inference.compiled_infer(model, (16, 16), **kwargs)(windows))
+        return np.asarray(compiled.compiled_infer(model, (16, 16), **kwargs)(windows))
 
     np.testing.assert_allclose(infer(grey=True), (plain(windows) + plain(grey)) / 2, atol=1e-5)
     mirrored_grey = plain(grey[:, :, ::-1])[:, :, ::-1]
@@ -445,9 +445,9 @@ def test_grey_passes_average_the_photo_in_colour_and_in_grey():
     # TTA's passes are shared out, so a call cuts as many windows as without grey passes;
     # without TTA the grey pass doubles the passes.
     for upright in (False, True):
-        assert (inference.windows_per_call(8, 16, tta=True, upright=upright, grey=True)
-                == inference.windows_per_call(8, 16, tta=True, upright=upright))
-    assert inference.windows_per_call(8, 16, grey=True) * 2 == inference.windows_per_call(8, 16)
+        assert (compiled.windows_per_call(8, 16, tta=True, upright=upright, grey=True)
+                == compiled.windows_per_call(8, 16, tta=True, upright=upright))
+    assert compiled.windows_per_call(8, 16, grey=True) * 2 == compiled.windows_per_call(8, 16)
 
 
 @pytest.mark.parametrize("upright", [False, True])
@@ -472,18 +472,18 @@ def test_auto_grey_weighs_the_grey_half_by_how_far_it_disagrees(upright):
     else:
         colour = (plain(windows) + plain(windows, up_down=True)) / 2
         grey_map = (plain(grey, left_right=True) + plain(grey, True, True)) / 2
-    low, high = inference.AUTO_GREY_RAMP
+    low, high = compiled.AUTO_GREY_RAMP
     apart = np.abs(colour - grey_map).mean(axis=(1, 2), keepdims=True)
     weight = 0.5 * np.clip((apart - low) / (high - low), 0, 1)
     expected = (1 - weight) * colour + weight * grey_map
-    got = np.asarray(inference.compiled_infer(model, (16, 16), tta=True, upright=upright,
+    got = np.asarray(compiled.compiled_infer(model, (16, 16), tta=True, upright=upright,
                                               grey="auto")(windows))
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    half = np.asarray(inference.compiled_infer(model, (16, 16), tta=True, upright=upright,
+    half = np.asarray(compiled.compiled_infer(model, (16, 16), tta=True, upright=upright,
                                                grey=True)(windows))
     np.testing.assert_allclose(half, (colour + grey_map) / 2, atol=1e-5)
     with pytest.raises(ValueError, match="grey must be"):
-        inference.compiled_infer(model, (16, 16), grey="sometimes")
+        compiled.compiled_infer(model, (16, 16), grey="sometimes")
 
 
 @pytest.mark.parametrize("tta,grey", [(False, "true"), (True, "true"), (True, "auto")])
@@ -496,13 +496,13 @@ def test_grey_passes_change_nothing_on_a_grey_photo_and_keep_the_row_channel(ima
     # (auto weighs its halves by how they differ, and its halves differ by their flips too.)
     if grey == "true":
         np.testing.assert_allclose(
-            inference.predict_land({16: model}, grey_photo, grey_cfg).land_prob,
-            inference.predict_land({16: model}, grey_photo, cfg).land_prob, atol=1e-5)
-        coloured = inference.predict_land({16: model}, image, grey_cfg).land_prob
-        plain = inference.predict_land({16: model}, image, cfg).land_prob
+            photo.predict_land({16: model}, grey_photo, grey_cfg).land_prob,
+            photo.predict_land({16: model}, grey_photo, cfg).land_prob, atol=1e-5)
+        coloured = photo.predict_land({16: model}, image, grey_cfg).land_prob
+        plain = photo.predict_land({16: model}, image, cfg).land_prob
         assert np.abs(coloured - plain).max() > 1e-4
     # The row channel is a position, not a colour: the grey passes leave it as it is.
-    got, _ = inference.predict_scale(row_reader(), image, 16, batch_size=4, tta=tta,
+    got, _ = photo.predict_scale(row_reader(), image, 16, batch_size=4, tta=tta,
                                      upright=True, grey=grey_cfg.predict.grey)
     expected = np.broadcast_to(np.linspace(0, 1, image.shape[0], dtype=np.float32)[:, None],
                                image.shape[:2])

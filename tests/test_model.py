@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from segmenter.config import ModelConfig
-from segmenter.losses import BCEDiceLoss, DiceLoss, get_loss, soft_dice
-from segmenter.model import build_model, check_width
+from segmenter.model.losses import BCEDiceLoss, DiceLoss, get_loss, soft_dice
+from segmenter.model.network import build_model, check_width
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_window_normalisation_ignores_a_photo_s_overall_colour_and_light(tmp_pat
 
 
 def test_window_normalisation_removes_a_per_channel_offset():
-    from segmenter.model import WindowStandardise
+    from segmenter.model.network import WindowStandardise
 
     rng = np.random.default_rng(1)
     base = rng.uniform(0.2, 0.6, (1, 8, 8, 3)).astype(np.float32)

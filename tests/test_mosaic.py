@@ -23,19 +23,19 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def loaded_run(run_dir: Path, overrides=()):
-    from segmenter import predictor
     from segmenter.config import load_config
+    from segmenter.predict import models
     from segmenter.runs import open_run
 
     run = open_run(run_dir)
     cfg = load_config(None, list(overrides), base=run.config)
-    return predictor.load_models(run, cfg), cfg
+    return models.load_models(run, cfg), cfg
 
 
 def whole_land(path: Path, loaded, cfg) -> np.ndarray:
-    """The raster predicted in one piece by inference.predict_land."""
+    """The raster predicted in one piece by photo.predict_land."""
     from segmenter.data.raster import Window, open_raster
-    from segmenter.inference import predict_land
+    from segmenter.predict.photo import predict_land
 
     with open_raster(str(path), cfg.data) as raster:
         image, _ = raster.read(Window(0, 0, raster.height, raster.width))
@@ -48,11 +48,11 @@ def whole_land(path: Path, loaded, cfg) -> np.ndarray:
                                           ("0.5", ("predict.adapt_norm=0.5",)),
                                           ("1.0", ("predict.adapt_norm=1", "predict.tta=true"))])
 def test_tiled_prediction_equals_one_piece(run_dir, tmp_path, scale, passes):
-    from segmenter import mosaic
+    from segmenter.predict import raster
 
     tif = rgb_raster(tmp_path / "m.tif", size=200)  # 150 x 200
     loaded, cfg = loaded_run(run_dir, [f"data.scale={scale}", *passes])
-    result = mosaic.predict_raster(str(tif), "m", loaded, cfg, tmp_path / "out", tile_size=64)
+    result = raster.predict_raster(str(tif), "m", loaded, cfg, tmp_path / "out", tile_size=64)
     assert result.tiles == 12
     with rasterio.open(result.files["water_prob"]) as src:
         tiled = 1.0 - src.read(1)
@@ -67,7 +67,7 @@ def test_tiled_prediction_equals_one_piece(run_dir, tmp_path, scale, passes):
 
 def test_naive_tiling_would_fail_the_comparison(run_dir, tmp_path):
     """Predicting each tile on its own (no halo, no global grid) is visibly different."""
-    from segmenter.inference import predict_land
+    from segmenter.predict.photo import predict_land
 
     tif = rgb_raster(tmp_path / "m.tif", size=200)
     loaded, cfg = loaded_run(run_dir)
@@ -187,9 +187,10 @@ def test_alpha_band_is_the_nodata_mask(tmp_path):
 def test_raster_statistics_leave_nodata_out(run_dir, tmp_path):
     """predict.adapt_norm on a raster with nodata: the statistics come from the windows of the
     whole raster's grid (spread as on a photo) that hold no nodata pixel, and only from them."""
-    from segmenter import inference, mosaic
-    from segmenter.data import patches
     from segmenter.data.raster import Window, open_raster
+    from segmenter.model import norm
+    from segmenter.predict import mosaic
+    from segmenter.predict import windows as patches
 
     loaded, cfg = loaded_run(run_dir, ["predict.adapt_norm=1", "data.scale=1.0"])
     tif, nodata = collar_raster(tmp_path / "collar.tif")
@@ -202,11 +203,10 @@ def test_raster_statistics_leave_nodata_out(run_dir, tmp_path):
         pad = patches.pad_width(width)
         padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
         ok = np.pad(valid, pad, mode="symmetric")
-        spread = inference.spread(patches.grid_windows(*ok.shape, width, 0.5),
-                                  inference.ADAPT_WINDOWS)
+        spread = norm.spread(patches.grid_windows(*ok.shape, width, 0.5), norm.ADAPT_WINDOWS)
         clean = [(t, c) for t, c in spread if ok[t : t + width, c : c + width].all()]
         assert 0 < len(clean) < len(spread)
-        expected = inference.adapted_statistics(
+        expected = norm.adapted_statistics(
             model, np.stack([padded[t : t + width, c : c + width] for t, c in clean]), 1.0)
         for (mean, var), (want_mean, want_var) in zip(found[width], expected, strict=True):
             np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-6)
@@ -300,7 +300,7 @@ def test_photos_and_a_raster_in_one_call_keep_their_order(runner, run_dir, tmp_p
 def test_a_dry_mosaic_the_models_are_sure_of_has_no_water():
     """The whole-raster GMM follows the photos' rule: sure land everywhere stays land."""
     from segmenter.config import PostprocessConfig
-    from segmenter.mosaic import fit_decision
+    from segmenter.predict.threshold import fit_decision
 
     rng = np.random.default_rng(5)
     land = np.clip(0.96 + rng.normal(0, 0.01, 4000), 0.001, 0.999).astype(np.float32)
@@ -317,17 +317,17 @@ def test_a_run_that_reads_rows_refuses_rasters(run_dir, tmp_path):
     predicted tile by tile gives them no such row, so it is refused, by name, before work."""
     from dataclasses import replace
 
-    from segmenter import mosaic
     from segmenter.config import ModelConfig
     from segmenter.errors import ConfigError
-    from segmenter.model import build_model
+    from segmenter.model.network import build_model
+    from segmenter.predict import raster
 
     tif = rgb_raster(tmp_path / "m.tif", size=64)
     loaded, cfg = loaded_run(run_dir)
     rows = {w: build_model(ModelConfig(depth=2, filters=4, row_channel=True))
             for w in loaded.models}
     with pytest.raises(ConfigError, match=r"m\.tif: this run's models read each pixel's row"):
-        mosaic.predict_raster(str(tif), "m", replace(loaded, models=rows), cfg,
+        raster.predict_raster(str(tif), "m", replace(loaded, models=rows), cfg,
                               tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -335,7 +335,7 @@ def test_a_run_that_reads_rows_refuses_rasters(run_dir, tmp_path):
 def test_the_whole_raster_rule_calls_mixed_components_pixel_by_pixel():
     """fit_decision follows postprocess.min_purity as a photo's GMM does."""
     from segmenter.config import PostprocessConfig
-    from segmenter.mosaic import fit_decision
+    from segmenter.predict.threshold import fit_decision
 
     rng = np.random.default_rng(2)
     water = rng.random(4000) < 0.4
@@ -360,7 +360,7 @@ def test_the_whole_raster_rule_votes_like_a_photo():
     """Several mixtures (n_components as a list): a raster's pixels are called by the same
     majority as a photo's, from the mixtures fitted on its subsample."""
     from segmenter.config import PostprocessConfig
-    from segmenter.mosaic import fit_decision
+    from segmenter.predict.threshold import fit_decision
 
     rng = np.random.default_rng(2)
     water = rng.random(4000) < 0.4

@@ -12,7 +12,8 @@ from segmenter.cli.options import resolve_config
 from segmenter.config import load_config
 from segmenter.data.orientation import MIN_PHOTOS, detect_upright, with_row_channel
 from segmenter.errors import ConfigError, RunError
-from segmenter.inference import input_channels, predict_land
+from segmenter.model.introspect import input_channels
+from segmenter.predict.photo import predict_land
 from segmenter.runs import open_run
 from segmenter.training import train
 

@@ -71,7 +71,7 @@ def test_every_imported_module_is_declared():
 
 
 def test_keras_upper_bound_is_the_tested_release():
-    from segmenter.distribute import KERAS_TESTED
+    from segmenter.training.distribute import KERAS_TESTED
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     keras = [item for item in project["dependencies"] if item.startswith("keras")][0]
@@ -82,7 +82,7 @@ def test_keras_upper_bound_is_the_tested_release():
 def test_untested_keras_is_a_warning(monkeypatch, caplog):
     import keras
 
-    from segmenter.distribute import require_keras_private
+    from segmenter.training.distribute import require_keras_private
 
     monkeypatch.setattr(keras, "__version__", "3.99.0")
     caplog.set_level("WARNING", logger="segmenter")

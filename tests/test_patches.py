@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segmenter.data import patches
+from segmenter.predict import windows as patches
 
 
 @pytest.mark.parametrize("length,window,overlap", [(100, 32, 0.5), (32, 32, 0.5), (97, 16, 0.0),

@@ -9,13 +9,13 @@ import pytest
 from tiny_data import Item, scene
 
 from segmenter.config import AugmentConfig
-from segmenter.data.pipeline import (
+from segmenter.errors import DataError
+from segmenter.training.pipeline import (
     PatchSource,
     eligible_images,
     training_dataset,
     validation_patches,
 )
-from segmenter.errors import DataError
 
 NO_AUGMENT = AugmentConfig(flip=False, rotate90=False, brightness=0.0, contrast=0.0)
 
@@ -291,7 +291,8 @@ def test_colour_augmentation_changes_colours_not_labels_and_is_reproducible():
 def test_greyscale_and_blur_do_what_they_say():
     import tensorflow as tf
 
-    from segmenter.data.pipeline import _blur, _colour_matrices
+    from segmenter.training.augment import blur as _blur
+    from segmenter.training.augment import colour_matrices as _colour_matrices
 
     grey = _colour_matrices(4, AugmentConfig(greyscale=1.0), tf.constant([3, 4], tf.int64))
     rgb = np.random.default_rng(0).random((4, 6, 6, 3)).astype(np.float32)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from segmenter.config import PostprocessConfig
-from segmenter.postprocess import decide_threshold, water_mask
+from segmenter.predict.components import decide_threshold
+from segmenter.predict.threshold import water_mask
 
 
 def two_populations(size: int = 120, water_prob: float = 0.1, land_prob: float = 0.9,
@@ -35,7 +36,7 @@ def test_revision_rule_fires_when_all_medians_on_one_side(caplog):
     prob, image, truth = two_populations(water_prob=0.6, land_prob=0.95)
     cfg = PostprocessConfig(n_components=2, subsample=5000)
     # debug here: predict and evaluate log it at info, naming the photo
-    with caplog.at_level("DEBUG", logger="segmenter.postprocess"):
+    with caplog.at_level("DEBUG", logger="segmenter.predict"):
         mask, info = water_mask(prob, image, cfg)
     assert info["revised"] is True
     assert 0.6 < info["threshold"] < 0.95
@@ -83,15 +84,11 @@ def test_bad_shapes_are_refused():
 def test_fast_assignment_and_medians_match_scikit_learn_and_numpy(monkeypatch):
     from sklearn.mixture import GaussianMixture
 
-    from segmenter import postprocess
-    from segmenter.postprocess import (
-        assign_components,
-        component_histogram,
-        gmm_features,
-        medians_from_histogram,
-    )
+    from segmenter.predict import gmm as gmm_module
+    from segmenter.predict.components import component_histogram, medians_from_histogram
+    from segmenter.predict.gmm import assign_components, gmm_features
 
-    monkeypatch.setattr(postprocess, "CHUNK_PIXELS", 1000)  # 20 chunks over the thread pool
+    monkeypatch.setattr(gmm_module, "CHUNK_PIXELS", 1000)  # 20 chunks over the thread pool
 
     rng = np.random.default_rng(5)
     prob = np.clip(rng.random(20000), 1e-3, 1 - 1e-3).astype(np.float32)
@@ -146,7 +143,7 @@ def test_gmm_not_worse_than_global_on_saturated_map(seed):
 
 
 def test_component_purity():
-    from segmenter.postprocess import component_histogram, purity_from_histogram
+    from segmenter.predict.components import component_histogram, purity_from_histogram
 
     labels = np.array([0, 0, 0, 0, 1, 1], np.int16)
     prob = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.6], np.float32)
@@ -156,7 +153,7 @@ def test_component_purity():
 
 
 def test_mask_clean_up_fills_glints_and_drops_specks():
-    from segmenter.postprocess import clean_mask
+    from segmenter.predict.threshold import clean_mask
 
     prob = np.ones((100, 100), np.float32)  # land
     prob[10:60, 10:60] = 0.0  # a pond ...
@@ -179,7 +176,7 @@ def test_mask_clean_up_fills_glints_and_drops_specks():
 
 
 def test_gmm_subsample_follows_the_photo_size():
-    from segmenter.postprocess import subsample_size
+    from segmenter.predict.gmm import subsample_size
 
     cfg = PostprocessConfig()  # share 0.05, at least 20 000, at most 200 000
     assert subsample_size(560_000, cfg) == 28_000
@@ -305,7 +302,7 @@ def test_a_mixture_capped_by_max_iter_is_used_without_a_warning(caplog):
 
     prob, image, truth = night_scene()
     with warnings.catch_warnings(record=True) as caught, \
-            caplog.at_level(logging.DEBUG, logger="segmenter.postprocess"):
+            caplog.at_level(logging.DEBUG, logger="segmenter.predict"):
         warnings.simplefilter("always")
         mask, info = water_mask(prob, image, PostprocessConfig(n_components=[2, 3], max_iter=1))
     assert [str(w.message) for w in caught if "converge" in str(w.message)] == []
@@ -314,7 +311,7 @@ def test_a_mixture_capped_by_max_iter_is_used_without_a_warning(caplog):
 
 
 def test_majority_vote_breaks_ties_by_the_pixels_own_probability():
-    from segmenter.postprocess import majority_water
+    from segmenter.predict.gmm import majority_water
 
     votes = np.array([0, 1, 2, 3], np.uint8)
     prob = np.array([0.1, 0.3, 0.7, 0.9], np.float32)
@@ -361,7 +358,7 @@ def test_purity_ramp_keeps_sure_pixels_of_a_nearly_mixed_component():
 
 
 def test_pixel_weights_run_from_per_pixel_to_whole_across_the_ramp():
-    from segmenter.postprocess import pixel_weights
+    from segmenter.predict.components import pixel_weights
 
     purities = [0.5, 0.7, 0.75, 0.8, 0.95, None]
     np.testing.assert_allclose(pixel_weights(purities, 0.7, 0.1), [1, 1, 0.5, 0, 0, 0],

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from segmenter.config import load_config
-from segmenter.model import build_model
-from segmenter.outputs import assign_stems, safe_stem
-from segmenter.runs import RunPlan, prepare_run
+from segmenter.model.network import build_model
+from segmenter.outputs.names import assign_stems, safe_stem
+from segmenter.training.plan import RunPlan, prepare_run
 
 TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16: 4, 32: 2}"]
 
@@ -162,7 +162,7 @@ def test_output_names_stay_inside_out():
                                   "shore_water_prob_pw32.png", "shore_water_prob_pw32.npy"])
 def test_check_overwrite_sees_every_file_a_prediction_writes(tmp_path, name):
     from segmenter.errors import RunError
-    from segmenter.predictor import check_overwrite
+    from segmenter.predict.jobs import check_overwrite
 
     (tmp_path / name).write_bytes(b"earlier")
     if name.startswith("shore"):

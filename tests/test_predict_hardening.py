@@ -132,9 +132,9 @@ def test_revised_threshold_line_names_the_photo(runner, run_dir, tmp_path):
 
 @pytest.mark.parametrize(("kind", "invented"), [("land", "water"), ("water", "land")])
 def test_a_photo_kept_one_class_is_named_with_what_was_not_invented(caplog, kind, invented):
-    from segmenter.predictor import log_threshold_decision
+    from segmenter.predict.threshold import log_threshold_decision
 
-    with caplog.at_level("INFO", logger="segmenter.predictor"):
+    with caplog.at_level("INFO", logger="segmenter.predict"):
         log_threshold_decision("dune", {"one_class": kind, "revised": False, "threshold": 0.5})
     assert caplog.messages == [
         f"dune: all {kind}: every GMM component's median probability of land was beyond the "
@@ -144,7 +144,7 @@ def test_a_photo_kept_one_class_is_named_with_what_was_not_invented(caplog, kind
 def test_an_earlier_summary_is_read_as_typed_records(tmp_path):
     """Merging with another predict's summary: its records are validated; one that is not
     a prediction record (hand-edited) is dropped rather than written back as is."""
-    from segmenter.outputs_fs import open_output
+    from segmenter.outputs.store import open_output
 
     (tmp_path / "predictions.json").write_text(json.dumps({"images": [
         {"input": "a.png", "stem": "a", "status": "ok", "size": [2, 3], "tiles": 4},
@@ -265,7 +265,7 @@ def test_a_run_at_a_url_is_fetched_again_when_its_files_change(s3, tmp_path):
     """--run s3://... was cached by file size: a run retrained and uploaded over the same keys
     (same sizes) was never fetched again, and predictions came from the old models."""
     from segmenter.config import DataConfig
-    from segmenter.outputs_fs import fetch_run
+    from segmenter.data.remote import fetch_run
 
     client = s3.client()
     prefix = "runs/retrained"

@@ -222,8 +222,8 @@ class Ref:
 
 def committed(plan, index: int) -> None:
     """What an engine does once an input's files are in place."""
-    from segmenter import jobs
-    from segmenter.outputs import output_paths
+    from segmenter.outputs.names import output_paths
+    from segmenter.predict import jobs
 
     stem = plan.stems[index]
     for path in output_paths(plan.output.local, stem).values():
@@ -235,9 +235,9 @@ def committed(plan, index: int) -> None:
 
 @pytest.fixture
 def planner(tmp_path):
-    from segmenter import jobs
     from segmenter.config import load_config
-    from segmenter.outputs_fs import open_output
+    from segmenter.outputs.store import open_output
+    from segmenter.predict import jobs
 
     cfg = load_config(None, [])
 
@@ -260,7 +260,7 @@ def test_an_input_named_twice_is_one_input_and_never_vouches_for_another(planner
 def test_an_interrupted_overwrite_is_not_taken_for_finished(planner, tmp_path):
     """--overwrite claims the input before rewriting its files: killed midway, the earlier
     record (still in predictions.json) must not vouch for half-old, half-new files."""
-    from segmenter import jobs
+    from segmenter.predict import jobs
 
     a = tmp_path / "a" / "x.jpg"
     first = planner(a)

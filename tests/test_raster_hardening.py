@@ -36,14 +36,14 @@ def read_band(path) -> np.ndarray:
 def test_the_mask_does_not_depend_on_the_tile_size(run_dir, tmp_path):
     """predict.tile_size is a memory setting: small tiles, other tiles and one piece give the
     same mask byte for byte (the GMM subsample is drawn on the raster's global pixel grid)."""
-    from segmenter import mosaic
+    from segmenter.predict import raster
 
     tif = rgb_raster(tmp_path / "m.tif", size=200)  # 150 x 200
     # 2000 of 30 000 pixels: the subsample is a real draw (all pixels would hide the bug)
     loaded, cfg = loaded_run(run_dir, ["postprocess.subsample=2000"])
     masks, infos = {}, {}
     for tile_size in (64, 100, 4096):
-        result = mosaic.predict_raster(str(tif), "m", loaded, cfg, tmp_path / f"t{tile_size}",
+        result = raster.predict_raster(str(tif), "m", loaded, cfg, tmp_path / f"t{tile_size}",
                                        tile_size=tile_size)
         masks[tile_size] = read_band(result.files["water_mask"])
         infos[tile_size] = result.threshold
@@ -62,9 +62,10 @@ def test_each_tile_draws_its_part_of_one_global_sample(run_dir, tmp_path):
     is cut in 12 tiles or predicted in one piece, and change with postprocess.seed."""
     import dataclasses
 
-    from segmenter import mosaic
     from segmenter.data.raster import open_raster
-    from segmenter.inference import _merge_weights, select_models
+    from segmenter.predict import mosaic
+    from segmenter.predict.models import select_models
+    from segmenter.predict.stitch import merge_weights as _merge_weights
 
     tif = rgb_raster(tmp_path / "m.tif", size=200)
     loaded, cfg = loaded_run(run_dir, ["postprocess.subsample=2000"])
@@ -103,13 +104,13 @@ def test_each_tile_draws_its_part_of_one_global_sample(run_dir, tmp_path):
 
 @pytest.mark.parametrize("shape", [(1, 1), (2, 2), (1, 3), (5, 4)])
 def test_tiny_rasters_are_predicted(run_dir, tmp_path, shape):
-    from segmenter import mosaic
+    from segmenter.predict import raster
 
     rng = np.random.default_rng(sum(shape))
     bands = (rng.random((3, *shape)) * 255).astype(np.uint8)
     tif = write_raster(tmp_path / "tiny.tif", bands)
     loaded, cfg = loaded_run(run_dir)
-    result = mosaic.predict_raster(str(tif), "tiny", loaded, cfg, tmp_path / "out",
+    result = raster.predict_raster(str(tif), "tiny", loaded, cfg, tmp_path / "out",
                                    vector=True)
     mask = read_band(result.files["water_mask"])
     prob = read_band(result.files["water_prob"])
@@ -124,13 +125,13 @@ def test_tiny_rasters_are_predicted(run_dir, tmp_path, shape):
 
 
 def test_a_raster_with_one_valid_pixel_is_predicted(run_dir, tmp_path):
-    from segmenter import mosaic
+    from segmenter.predict import raster
 
     bands = np.zeros((3, 30, 40), np.uint8)
     bands[:, 12, 7] = (40, 90, 160)
     tif = write_raster(tmp_path / "one.tif", bands, nodata=0)
     loaded, cfg = loaded_run(run_dir)
-    result = mosaic.predict_raster(str(tif), "one", loaded, cfg, tmp_path / "out")
+    result = raster.predict_raster(str(tif), "one", loaded, cfg, tmp_path / "out")
     mask = read_band(result.files["water_mask"])
     assert mask[12, 7] in (1, 2) and (np.delete(mask.ravel(), 12 * 40 + 7) == 0).all()
     assert result.threshold["method"] == "global"
@@ -141,7 +142,7 @@ def test_a_raster_with_one_valid_pixel_is_predicted(run_dir, tmp_path):
 def test_the_whole_raster_rule_with_too_few_samples_is_the_threshold(size):
     """As a photo of one pixel: no mixture, the plain threshold, and a note that says so."""
     from segmenter.config import PostprocessConfig
-    from segmenter.mosaic import fit_decision
+    from segmenter.predict.threshold import fit_decision
 
     land = np.full(size, 0.3, np.float32)
     rgb = np.full((size, 3), 0.2, np.float32)
@@ -164,16 +165,16 @@ def row_run(tmp_path_factory) -> Path:
 def test_a_run_that_reads_rows_refuses_rasters_on_every_path(runner, row_run, tmp_path):
     """The refusal is in RasterJob, which the one-process path and the Dask / --skip-existing
     path both use: one line naming the raster, before any work."""
-    from segmenter import mosaic
     from segmenter.config import load_config
     from segmenter.errors import ConfigError
+    from segmenter.predict import raster
     from segmenter.runs import open_run
 
     tif = rgb_raster(tmp_path / "m.tif", size=64)
     cfg = load_config(None, [], base=open_run(row_run).config)
     assert cfg.model.row_channel is True
     with pytest.raises(ConfigError, match=r"m\.tif: this run's models read each pixel's row"):
-        mosaic.RasterJob(str(tif), "m", [16, 32], cfg, tmp_path / "direct")
+        raster.RasterJob(str(tif), "m", [16, 32], cfg, tmp_path / "direct")
     out = tmp_path / "out"
     result = runner("predict", "--run", row_run, tif, "--out", out, "--skip-existing")
     assert result.exit_code == 1
@@ -197,11 +198,11 @@ def plain_tiff(path: Path, size: int = 120) -> Path:
 def test_a_plain_tiff_gets_one_note_and_no_raw_warning(runner, run_dir, tmp_path, recwarn):
     from rasterio.errors import NotGeoreferencedWarning
 
-    from segmenter import mosaic
+    from segmenter.predict import raster
 
     tif = plain_tiff(tmp_path / "plain.tif")
     loaded, cfg = loaded_run(run_dir)
-    result = mosaic.predict_raster(str(tif), "plain", loaded, cfg, tmp_path / "direct",
+    result = raster.predict_raster(str(tif), "plain", loaded, cfg, tmp_path / "direct",
                                    vector=True)
     assert sum("no coordinate" in note for note in result.notes) == 1
     out = tmp_path / "out"
@@ -229,7 +230,8 @@ def test_water_polygons_keep_their_area(tmp_path, tolerance):
     from raster_data import transform
     from shapely import geometry
 
-    from segmenter.geooutputs import raster_output_paths, write_vectors
+    from segmenter.outputs.geo import write_vectors
+    from segmenter.outputs.names import raster_output_paths
 
     water = np.zeros((60, 60), bool)
     water[2, 2] = True  # one pixel
@@ -269,18 +271,18 @@ def _dead_pid() -> int:
 def test_scratch_files_of_a_killed_run_are_removed_by_the_next(run_dir, tmp_path):
     """kill -9 during a raster leaves its scratch GeoTIFFs; the next raster job in that folder
     removes those whose process is gone, and leaves a live process's alone."""
-    from segmenter import mosaic
-    from segmenter.geooutputs import scratch_owner
+    from segmenter.outputs.geo import scratch_owner
+    from segmenter.predict import raster
 
     tif = rgb_raster(tmp_path / "m.tif", size=120)
     out = tmp_path / "out"
     code = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from segmenter import mosaic\n"
+        "from segmenter.predict import raster\n"
         "from segmenter.config import load_config\n"
         "cfg = load_config(None, [])\n"
-        "with mosaic.RasterJob(sys.argv[1], 'm', [16], cfg, Path(sys.argv[2])):\n"
+        "with raster.RasterJob(sys.argv[1], 'm', [16], cfg, Path(sys.argv[2])):\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     killed = subprocess.run([sys.executable, "-c", code, str(tif), str(out)],
@@ -299,7 +301,7 @@ def test_scratch_files_of_a_killed_run_are_removed_by_the_next(run_dir, tmp_path
         remote.write_bytes(b"another machine's")  # its pid means nothing here
 
         loaded, cfg = loaded_run(run_dir)
-        mosaic.predict_raster(str(tif), "n", loaded, cfg, out)
+        raster.predict_raster(str(tif), "n", loaded, cfg, out)
         names = {p.name for p in out.iterdir()}
     finally:
         writer.kill()

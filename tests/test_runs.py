@@ -8,7 +8,8 @@ import pytest
 
 from segmenter.config import load_config
 from segmenter.errors import RunError
-from segmenter.runs import RunPlan, config_differences, open_run, prepare_run
+from segmenter.runs import config_differences, open_run
+from segmenter.training.plan import RunPlan, prepare_run
 
 
 def test_new_run_writes_config_and_existing_run_is_refused(tmp_path):

@@ -146,8 +146,8 @@ def test_validation_iou_uses_the_metrics_convention_and_reads_logits():
 def _validation_scores(model, cfg) -> tuple[float, np.ndarray]:
     """A saved model's water IoU on the fixed validation patches, as training scores it, and
     its probabilities there."""
-    from segmenter.data.pipeline import validation_patches
     from segmenter.metrics import confusion, water_from_land, water_from_prob
+    from segmenter.training.pipeline import validation_patches
 
     batches = validation_patches(tiny_dataset().test, 16, 4, 1, seed=cfg.train.seed)
     images = np.concatenate([b[0] for b in batches])
@@ -157,7 +157,7 @@ def _validation_scores(model, cfg) -> tuple[float, np.ndarray]:
 
 
 def test_linear_model_with_logit_loss_is_saved_with_a_sigmoid_head(tmp_path):
-    from segmenter.inference import head_activation
+    from segmenter.model.introspect import head_activation
 
     cfg = load_config(None, [*TINY_SETTINGS, "model.activation=linear", "train.loss=bce"])
     results = train(cfg, tmp_path, dataset=tiny_dataset())
@@ -196,9 +196,9 @@ def test_ema_average_gets_batchnorm_statistics_of_its_own(tmp_path):
     """The average of the weights never ran forward in training: the statistics training kept
     are the raw weights'. The saved average holds its own, those of one training-mode pass of
     its weights over the training patches drawn for it, not the raw run's."""
-    from segmenter.data.pipeline import PatchSource, eligible_images
-    from segmenter.inference import adapted_statistics, current_statistics
+    from segmenter.model.norm import adapted_statistics, current_statistics
     from segmenter.training.loop import averaging_windows
+    from segmenter.training.pipeline import PatchSource, eligible_images
 
     settings = [*TINY_SETTINGS, "train.steps=7", "train.learning_rate=0.01"]
     averaged = load_config(None, [*settings, "train.ema=0.5"])

@@ -64,16 +64,16 @@ def evaluate(
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": source})})
     out_dir = out_dir or run.path / "evaluation"
 
-    from segmenter import evaluation, predictor
+    from segmenter.predict import evaluation, jobs, models
     from segmenter.tfenv import start_tensorflow
 
-    predictor.check_overwrite(
+    jobs.check_overwrite(
         out_dir, [], overwrite, names=(evaluation.EVALUATION_JSON, evaluation.EVALUATION_CSV),
         what="an evaluation",
     )
-    predictor.check_writable(out_dir)
+    jobs.check_writable(out_dir)
     start_tensorflow()
-    loaded = predictor.load_models(run, cfg)
+    loaded = models.load_models(run, cfg)
     need = {"test": ("test",), "train": ("train", "test"), "all": ("all",)}[split]
     dataset = load_dataset(cfg.data, scale=1.0, need=need)
     items = {"test": dataset.test, "train": dataset.train,

@@ -59,10 +59,11 @@ def predict(
     exit code is then 1. With --scheduler (or predict.scheduler) the photos and raster tiles
     are predicted by the workers of a Dask cluster.
     """
-    from segmenter import jobs, predictor
     from segmenter.data.inputs import expand_inputs
+    from segmenter.data.remote import fetch_run, is_url
     from segmenter.errors import ConfigError
-    from segmenter.outputs_fs import fetch_run, is_url, open_output
+    from segmenter.outputs.store import open_output
+    from segmenter.predict import jobs, models
     from segmenter.runs import open_run
 
     if overwrite and skip_existing:
@@ -78,13 +79,13 @@ def predict(
         cfg = cfg.model_copy(update={"predict": cfg.predict.model_copy(
             update={"scheduler": scheduler or None})})
     if cfg.predict.scheduler:
-        from segmenter.cluster import parse_scheduler
+        from segmenter.predict.cluster import parse_scheduler
 
         parse_scheduler(cfg.predict.scheduler)  # a malformed address: one line, before any work
     default_out = f"{run_dir.rstrip('/')}/predictions" if remote_run else run.path / "predictions"
     output = open_output(str(default_out) if out_dir is None else out_dir, cfg.data)
     refs = expand_inputs(list(inputs), cfg.data)
-    widths = predictor.run_widths(run, cfg, run_dir if remote_run else None)
+    widths = models.run_widths(run, cfg, run_dir if remote_run else None)
     # Workers may run elsewhere: they get an absolute path (a shared file system) or the URL.
     run_location = run_dir if remote_run else os.path.abspath(run.path)
     try:
@@ -105,7 +106,7 @@ def predict(
 
 
 def _predict(plan, run, cfg, run_location, widths, vector) -> None:
-    from segmenter import predictor
+    from segmenter.predict import jobs, local, models
 
     if cfg.predict.scheduler:
         _predict_on_cluster(plan, cfg, run_location, widths, vector)
@@ -114,20 +115,20 @@ def _predict(plan, run, cfg, run_location, widths, vector) -> None:
     from segmenter.tfenv import start_tensorflow
 
     start_tensorflow()
-    loaded = predictor.load_models(run, cfg)
+    loaded = models.load_models(run, cfg)
     log.info(
         "predicting %d input(s) with widths %s -> %s",
         len(plan.todo), ", ".join(map(str, sorted(loaded.models))), plan.output,
     )
 
     started = time.perf_counter()
-    records, failures = predictor.predict_inputs(
+    records, failures = local.predict_inputs(
         plan, loaded, cfg, run_path=run_location, report=click.echo,
         progress=functools.partial(progress, label="photos"), vector=vector,
     )
     wall = time.perf_counter() - started
     ok = [r for r in records if r.get("status") == "ok"]
-    click.echo(predictor.seconds_summary([r["seconds"] for r in ok],
+    click.echo(jobs.seconds_summary([r["seconds"] for r in ok],
                                          [r.get("gmm_seconds", 0.0) for r in ok], wall))
     _closing(len(ok), len(plan.refs), plan.output, len(plan.done), failures)
 
@@ -143,8 +144,9 @@ def _closing(predicted: int, total: int, output, skipped: int, failures: list[st
 
 
 def _predict_on_cluster(plan, cfg, run_location, widths, vector) -> None:
-    """Predict on the Dask cluster of ``predict.scheduler``: :func:`segmenter.cluster.run_job`."""
-    from segmenter import cluster
+    """Predict on the Dask cluster of ``predict.scheduler``
+    (:func:`segmenter.predict.cluster.run_job`)."""
+    from segmenter.predict import cluster
 
     log.info("predicting %d input(s) with widths %s on %s -> %s", len(plan.todo),
              ", ".join(map(str, widths)), cfg.predict.scheduler, plan.output)

@@ -49,7 +49,7 @@ def train(
         out = Path("runs") / (config_path.stem if config_path is not None else "default")
     base = None
     if resume and not (out / "config.yaml").is_file():
-        from segmenter.runs import RunPlan
+        from segmenter.training.plan import RunPlan
 
         # Refuses (nothing to resume) before TensorFlow starts; changes nothing on disk.
         RunPlan(out, resolve_config(config_path, overrides), resume=True).check()

@@ -1,8 +1,8 @@
 """Warnings about training data too small or too uniform to generalise.
 
 A model trained on one photo, or on photos whose water all has one colour, scores well on its
-own validation pixels and then fails on the next flight (issue 8: grey-brown training ponds,
-dark navy ponds in the new photo, water IoU 0.17). These checks cannot prove data good enough;
+own validation pixels and then fails on the next flight (grey-brown training ponds, dark navy
+ponds in the new photo; docs/quality.md). These checks cannot prove data good enough;
 they name the two cheap-to-detect ways it is not, so a user knows before the minutes of training
 are spent.
 """

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -375,3 +376,52 @@ def _reason(exc: BaseException) -> str:
         return f"over the {limit:,} pixel limit for one image"
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) float32 array: area averaging down, bilinear up.
+
+    Shrinking goes through :func:`segmenter.data.images.resize_land` (area averaging, one
+    float channel at a time), exactly what the data loader applies to training photos and
+    labels, so the models see photos prepared the same way at prediction. Enlarging (the
+    merged map back to the photo's size) is bilinear, a smooth map without blocks; Pillow
+    works without TensorFlow's allocator, which keeps the peak memory of a large photo low.
+    """
+    height, width = values.shape[:2]
+    shape = (int(shape[0]), int(shape[1]))
+    if (height, width) == shape:
+        return values.astype(np.float32, copy=False)
+    shrink = shape[0] <= height and shape[1] <= width
+
+    def one(channel: np.ndarray) -> np.ndarray:
+        if shrink:
+            return resize_land(channel, shape)
+        pil = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), mode="F")
+        return np.asarray(pil.resize((shape[1], shape[0]), Image.Resampling.BILINEAR),
+                          dtype=np.float32)
+
+    return _per_channel(values, shape, one)
+
+
+def resize_box(values: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float],
+               resample: str) -> np.ndarray:
+    """Pillow resize of a float (h, w) or (h, w, C) array's ``box`` (left, top, right, bottom,
+    in pixels of ``values``) to ``size`` (rows, cols): ``box`` area averaging or ``bilinear``.
+    A raster tile resized this way equals its part of the whole raster resized in one piece."""
+    method = Image.Resampling.BOX if resample == "box" else Image.Resampling.BILINEAR
+
+    def one(channel: np.ndarray) -> np.ndarray:
+        pil = Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32))
+        return np.asarray(pil.resize((size[1], size[0]), method, box=box), dtype=np.float32)
+
+    return _per_channel(values, size, one)
+
+
+def _per_channel(values: np.ndarray, shape: tuple[int, int],
+                 one: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    if values.ndim == 2:
+        return np.array(one(values))  # writable (Pillow's buffer is read-only)
+    out = np.empty((shape[0], shape[1], values.shape[2]), np.float32)
+    for channel in range(values.shape[2]):
+        out[..., channel] = one(values[..., channel])
+    return out

@@ -3,8 +3,8 @@
 Aerial photos have no up or down, so training turns patches every way and flip TTA averages all
 four flips. Oblique photos (from ships, shores, drones) have a horizon: sky above, water below.
 Turned upside down they teach the models that water may hang above the sky, which is how night
-skies and haze end up marked as water. On the OASIs ship photos (112 trained, 60 others scored,
-``configs/photo.yaml``) keeping them upright raised water IoU from 0.844 to 0.87.
+skies and haze end up marked as water; keeping them upright helps on oblique photos
+(docs/quality.md).
 
 ``auto`` decides from the training labels. In oblique photos the top rows are sky (or far
 shore) far more than the rest of the photo; in aerial photos water is as likely at the top as

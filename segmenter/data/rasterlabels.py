@@ -47,7 +47,7 @@ def load_raster_pair(storage: Any, photo: str, label: str, data_cfg: Any,
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import from_bounds
 
-    from segmenter.mosaic import _resize
+    from segmenter.data.images import resize_box as _resize
 
     photo_name, label_name = storage.display(photo), storage.display(label)
     label_cfg = data_cfg.model_copy(update={"bands": [1, 1, 1], "nodata": None,

@@ -248,19 +248,16 @@ def open_storage(source: str, data_cfg: DataConfig, refresh: bool = False) -> St
     return Storage(url=str(path), root=root, fs=LocalFileSystem())
 
 
-def _open_s3(source: str, data_cfg: DataConfig, refresh: bool) -> Storage:
+def s3_filesystem(data_cfg: DataConfig) -> Any:
+    """An ``s3fs.S3FileSystem`` with the data section's access settings (``data.anon``,
+    ``data.endpoint_url``) and short timeouts, so an unreachable endpoint fails in seconds.
+    The one S3 set-up for reading data and runs and for writing outputs."""
     import s3fs
-    from fsspec.implementations.cached import WholeFileCacheFileSystem
 
-    root = source.split("://", 1)[1].strip("/")
-    bucket = root.split("/", 1)[0]
-    if not bucket:
-        raise DataError(f"{source}: no bucket in the S3 URL (expected s3://bucket/prefix)")
     endpoint = data_cfg.endpoint_url or None
-    client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
     remote = s3fs.S3FileSystem(
         anon=data_cfg.anon,
-        client_kwargs=client_kwargs,
+        client_kwargs={"endpoint_url": endpoint} if endpoint else {},
         config_kwargs={
             "connect_timeout": CONNECT_TIMEOUT_S,
             "read_timeout": READ_TIMEOUT_S,
@@ -269,6 +266,18 @@ def _open_s3(source: str, data_cfg: DataConfig, refresh: bool) -> Storage:
         skip_instance_cache=True,
     )
     remote.retries = S3FS_RETRIES
+    return remote
+
+
+def _open_s3(source: str, data_cfg: DataConfig, refresh: bool) -> Storage:
+    from fsspec.implementations.cached import WholeFileCacheFileSystem
+
+    root = source.split("://", 1)[1].strip("/")
+    bucket = root.split("/", 1)[0]
+    if not bucket:
+        raise DataError(f"{source}: no bucket in the S3 URL (expected s3://bucket/prefix)")
+    endpoint = data_cfg.endpoint_url or None
+    remote = s3_filesystem(data_cfg)
     # One cache per server: the same bucket name on another endpoint is another bucket.
     key = hashlib.sha256((endpoint or "aws").encode()).hexdigest()[:12]
     base = cache_root(data_cfg) / "remote" / key

@@ -44,13 +44,13 @@ def validation_scores(lands: np.ndarray, raw: np.ndarray, cfg: Config) -> float:
     """Water IoU of a model's raw validation output against land labels.
 
     The raw output is read as a probability the way the saved model's output is
-    (:func:`segmenter.losses.uses_logits`: the sigmoid of logits; an MSE-trained linear output
+    (:func:`segmenter.model.losses.uses_logits`: the sigmoid of logits; an MSE-trained linear output
     as is, which thresholds like its clipped value), then water is ``prob <= 0.5`` and the
     label's water ``land < 0.5``: the same masks and scores :mod:`segmenter.metrics` gives
     ``evaluate`` (1.0 when neither side has any water).
     """
     from segmenter import metrics
-    from segmenter.losses import uses_logits
+    from segmenter.model.losses import uses_logits
 
     raw = np.asarray(raw, np.float32)
     prob = 1.0 / (1.0 + np.exp(-raw)) if uses_logits(cfg.model.activation, cfg.train.loss) else raw
@@ -85,13 +85,13 @@ def averaged_weights(model: Any, ema: bool,
     it, since it is what the run will save, and the raw weights training goes on from (given
     to the block as a copy) are put back after it. With ``windows`` (training patches) the
     BatchNorm layers hold the average's own statistics in the block, measured on them
-    (:func:`~segmenter.inference.recalibrate_norm`), and training's are back after it. Without
+    (:func:`~segmenter.model.norm.recalibrate_norm`), and training's are back after it. Without
     ``ema`` the block changes nothing and is given None.
     """
     if not ema:
         yield None
         return
-    from segmenter.inference import current_statistics, norm_statistics, recalibrate_norm
+    from segmenter.model.norm import current_statistics, norm_statistics, recalibrate_norm
 
     raw = trainable_values(model)
     model.optimizer.finalize_variable_values(model.trainable_variables)
@@ -193,7 +193,7 @@ class WidthCallback(keras.callbacks.Callback):
     def _validate(self) -> tuple[float | None, float | None]:
         if not self.val_batches:
             return None, None
-        from segmenter.inference import compiled_infer
+        from segmenter.model.compiled import compiled_infer
 
         # The raw output (logits of a linear model): what the loss compares during training.
         infer = compiled_infer(self.net, (self.width, self.width))

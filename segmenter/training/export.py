@@ -9,9 +9,9 @@ import numpy as np
 
 from segmenter.config import Config
 from segmenter.fileio import atomic_path
-from segmenter.plots import plot_history
 from segmenter.runs import Run
 from segmenter.training.callback import Progress, width_status
+from segmenter.training.plots import plot_history
 from segmenter.training.result import WidthResult
 
 
@@ -23,13 +23,13 @@ def finish(run: Run, cfg: Config, width: int, batch_size: int, model: Any, track
     with a sigmoid head (the activation has no weights), so every saved model outputs the
     probability of land; an MSE-trained linear model keeps its raw output, as the notebook's.
     """
-    from segmenter.losses import uses_logits
-    from segmenter.model import build_model
+    from segmenter.model.losses import uses_logits
+    from segmenter.model.network import build_model
 
     if cfg.train.ema:  # the saved model is the moving average of the weights
         model.optimizer.finalize_variable_values(model.trainable_variables)
         if norm_windows is not None:  # through the pass validation compiled, as it measured
-            from segmenter.inference import recalibrate_norm
+            from segmenter.model.norm import recalibrate_norm
 
             recalibrate_norm(model, norm_windows)
     result = WidthResult(width, "finished", tracker.step, cfg.train.steps)

@@ -1,7 +1,7 @@
 """Training: one model per patch width, with validation, checkpoints, resume and history.
 
 :func:`train` is what ``segmenter train`` calls. For each patch width it builds the residual
-encoder-decoder, trains it for ``train.steps`` batches of random patches (``data/pipeline.py``)
+encoder-decoder, trains it for ``train.steps`` batches of random patches (``training/pipeline.py``)
 with Keras' ``fit`` under the chosen ``tf.distribute`` strategy, and every ``validate_every``
 steps:
 
@@ -33,19 +33,20 @@ import keras
 import numpy as np
 
 from segmenter.config import Config
-from segmenter.data.pipeline import (
-    PatchSource,
-    eligible_images,
-    training_dataset,
-    validation_patches,
-)
 from segmenter.errors import ConfigError, DataError, Interrupted, RunError
-from segmenter.runs import Run, RunPlan, remove_stale_temporaries
+from segmenter.runs import Run
 from segmenter.runstate import CheckpointState, WidthStatus
 from segmenter.training import ctrlc
 from segmenter.training.callback import Progress, WidthCallback, width_status
 from segmenter.training.ctrlc import stop_requested
 from segmenter.training.export import finish
+from segmenter.training.pipeline import (
+    PatchSource,
+    eligible_images,
+    training_dataset,
+    validation_patches,
+)
+from segmenter.training.plan import RunPlan, remove_stale_temporaries
 from segmenter.training.result import WidthResult
 
 log = logging.getLogger("segmenter.training")
@@ -83,8 +84,8 @@ def train(
     Raises:
         SegmenterError: bad widths, no training pairs, an unusable run directory.
     """
-    from segmenter.distribute import describe, is_chief, select_strategy
     from segmenter.tfenv import start_tensorflow
+    from segmenter.training.distribute import describe, is_chief, select_strategy
 
     start_tensorflow()
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any operation.
@@ -306,7 +307,7 @@ def _oom_message(width: int, batch_size: int) -> str:
 def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, chief: bool,
                progress: bool, train_items: list, val_batches: list,
                state: CheckpointState | None, tracker: Progress) -> WidthResult:
-    from segmenter.distribute import avoid_multiworker_build_reduce, precision
+    from segmenter.training.distribute import avoid_multiworker_build_reduce, precision
 
     steps, every = cfg.train.steps, cfg.train.validate_every
     batch_size = cfg.train.widths[width]
@@ -389,14 +390,14 @@ def _segments(start: int, steps: int, every: int) -> list[tuple[int, int, int]]:
 
 
 def loss_function(cfg: Config):
-    from segmenter.losses import get_loss, uses_logits
+    from segmenter.model.losses import get_loss, uses_logits
 
     return get_loss(cfg.train.loss, from_logits=uses_logits(cfg.model.activation, cfg.train.loss))
 
 
 def _compiled_model(cfg: Config, state: CheckpointState | None):
     """Build and compile the model; restore weights and optimiser state from a checkpoint."""
-    from segmenter.model import build_model
+    from segmenter.model.network import build_model
 
     model = build_model(cfg.model)
     rate: Any = cfg.train.learning_rate

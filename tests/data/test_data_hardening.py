@@ -65,7 +65,7 @@ def test_earlier_predictions_in_an_input_folder_are_not_photos(tmp_path, caplog)
     pixels = np.zeros((8, 8, 3), np.uint8)
     for name in ("shore.png", "shore_water_prob.png", "shore_water_mask.png",
                  "shore_overlay.png", "shore_water_prob_pw32.png",
-                 # a GeoTIFF input's outputs (segmenter.geooutputs)
+                 # a GeoTIFF input's outputs (segmenter.outputs.geo)
                  "shore_water_prob.tif", "shore_water_mask.tif"):
         Image.fromarray(pixels).save(folder / name)
     caplog.set_level("INFO", logger="segmenter")

@@ -1,7 +1,7 @@
 """The residual encoder-decoder of the reference method (SPEC.md, "The network").
 
 ``model.skips: true`` adds U-Net-style skip connections (each decoder level concatenates the
-encoder's map of its size); off by default and in the shipped configs (README, "Quality").
+encoder's map of its size); off by default and in the shipped configs (docs/quality.md).
 ``model.filter_growth`` widens each coarser level (a 1x1 projection where the width changes),
 as segmentation networks double their kernels when the resolution halves; 1 (the default)
 builds the notebook's network, 16 kernels at every level, layer for layer.

@@ -1,4 +1,7 @@
-"""Where prediction windows go: a regular grid that covers every pixel, or random positions.
+"""Where prediction windows go and how much each of their pixels counts.
+
+One geometry for photos and raster tiles: a regular grid that covers every pixel (or random
+positions), on the image padded by :func:`padding`, and the centre-heavy weight of a window.
 
 Window placement lives apart from the models and from the stitching (as torchgeo keeps its
 samplers apart from its datasets), so it can be tested on plain integers. Positions are the
@@ -13,9 +16,17 @@ outermost pixels at the centre of the first window instead of at its edge.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
+
+#: smoothstep edges of the centre weight (SPEC.md): full weight inside r = 0.3, none beyond 1.3.
+WEIGHT_EDGE0 = 1.3
+WEIGHT_EDGE1 = 0.3
+#: every pixel of a window keeps at least this weight, so corners of the padded image and pixels
+#: seen only by window borders still get a value instead of 0 / 0.
+MIN_WEIGHT = 1e-3
 
 
 def pad_width(window: int) -> int:
@@ -25,6 +36,22 @@ def pad_width(window: int) -> int:
     and never more than one window per side (the notebook padded by a whole image per side).
     """
     return window // 2
+
+
+def padding(window: int, height: int, width: int) -> tuple[int, int]:
+    """Reflection padding (rows, columns) per side of a ``height x width`` image for windows of
+    ``window`` pixels: :func:`pad_width`, more for an image smaller than a window (still at most
+    one window per side) so that one window fits."""
+    pad = pad_width(window)
+    return (max(pad, int(math.ceil((window - height) / 2))),
+            max(pad, int(math.ceil((window - width) / 2))))
+
+
+def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
+    """Indices into an axis of ``length`` as ``np.pad(mode="symmetric")`` maps padded ones."""
+    period = 2 * length
+    wrapped = np.mod(index, period)
+    return np.where(wrapped >= length, period - 1 - wrapped, wrapped)
 
 
 def grid_stride(window: int, overlap: float) -> int:
@@ -90,3 +117,22 @@ def coverage_factor(
 ) -> float:
     """Window pixels computed per pixel of a ``height x width`` image (a cost measure)."""
     return len(positions) * window * window / float(height * width)
+
+
+def smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    """``t^2 (3 - 2t)`` with ``t = clip((x - edge0) / (edge1 - edge0), 0, 1)`` (as in GLSL)."""
+    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def window_weight(window: int) -> np.ndarray:
+    """The centre-heavy weight of a ``window x window`` prediction, float32 in (0, 1].
+
+    ``r`` is the Euclidean distance from the window centre on a [-1, 1] grid; the weight is
+    ``smoothstep(1.3, 0.3, r)`` clamped below at :data:`MIN_WEIGHT`, so borders count little
+    but never nothing.
+    """
+    axis = np.linspace(-1.0, 1.0, window, dtype=np.float64)
+    radius = np.hypot(axis[:, None], axis[None, :])
+    weight = smoothstep(WEIGHT_EDGE0, WEIGHT_EDGE1, radius)
+    return np.maximum(weight, MIN_WEIGHT).astype(np.float32)

@@ -35,13 +35,14 @@ import numpy as np
 
 from segmenter.config import AugmentConfig
 from segmenter.errors import DataError
+from segmenter.model.introspect import row_position
+from segmenter.training.augment import draw_geometry, photometric
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "PatchSource",
     "eligible_images",
-    "row_position",
     "training_dataset",
     "validation_patches",
 ]
@@ -73,25 +74,14 @@ def eligible_images(items: Sequence[Any], width: int, split: str = "train") -> l
     return kept
 
 
-def row_position(height: int, width: int, top: int = 0, rows: int | None = None) -> np.ndarray:
-    """The row channel of ``model.row_channel``: float32 ``(rows, width, 1)``, each pixel's row
-    in a photo ``height`` rows tall as a fraction, 0 at the top row and 1 at the bottom one.
-
-    ``top`` and ``rows`` cut a band (``rows`` defaults to the whole photo); rows outside the
-    photo (padding) get values below 0 or above 1.
-    """
-    rows = height - top if rows is None else rows
-    fraction = (top + np.arange(rows, dtype=np.float32)) / np.float32(max(height - 1, 1))
-    return np.broadcast_to(fraction[:, None, None], (rows, width, 1))
-
-
 @dataclass
 class PatchSource:
     """Eligible images packed into one flat ``(pixels, 4)`` float32 array with offsets.
 
     Attributes:
         pixels: RGB in channels 0-2, land fraction in channel 3 (and the row position of
-            :func:`row_position` in channel 4 with ``row_channel``), images one after another.
+            :func:`segmenter.model.introspect.row_position` in channel 4 with
+            ``row_channel``), images one after another.
         offsets: index of each image's first pixel in ``pixels``.
         heights, widths: each image's size.
     """
@@ -148,33 +138,6 @@ def _step_seed(seed: int, width: int, step):
     return tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int64))
 
 
-def _draw_geometry(batch_size: int, augment: AugmentConfig, seed_pair, upright: bool = False):
-    """Per patch: transpose, left-right and up-down flags that together give the flips/rotations.
-
-    A rotation by k quarter turns is k=1 transpose + up-down, k=2 left-right + up-down, k=3
-    transpose + left-right; random flips are XOR-ed on top, which yields all 8 symmetries of the
-    square when both are on. ``upright`` photos (``data.upright``) keep their up: only the
-    left-right flip is drawn.
-    """
-    import tensorflow as tf
-
-    seeds = tf.random.experimental.stateless_split(seed_pair, num=2)
-    transpose = tf.zeros([batch_size], tf.bool)
-    flip_lr = tf.zeros([batch_size], tf.bool)
-    flip_ud = tf.zeros([batch_size], tf.bool)
-    if augment.rotate90 and not upright:
-        quarter = tf.random.stateless_uniform([batch_size], seeds[0], 0, 4, dtype=tf.int32)
-        transpose = tf.logical_or(tf.equal(quarter, 1), tf.equal(quarter, 3))
-        flip_lr = tf.logical_or(tf.equal(quarter, 2), tf.equal(quarter, 3))
-        flip_ud = tf.logical_or(tf.equal(quarter, 1), tf.equal(quarter, 2))
-    if augment.flip:
-        coins = tf.random.stateless_uniform([2, batch_size], seeds[1]) < 0.5
-        flip_lr = tf.math.logical_xor(flip_lr, coins[0])
-        if not upright:
-            flip_ud = tf.math.logical_xor(flip_ud, coins[1])
-    return transpose, flip_lr, flip_ud
-
-
 def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentConfig, seed_pair,
                   upright: bool = False):
     """Cut ``batch_size`` random patches: a random image each, then a random corner in it.
@@ -201,7 +164,7 @@ def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentC
     down = tf.broadcast_to(span[None, :, None], [batch_size, width, width])  # output row
     across = tf.broadcast_to(span[None, None, :], [batch_size, width, width])  # output column
     if augment.flip or augment.rotate90:
-        transpose, flip_lr, flip_ud = _draw_geometry(batch_size, augment, seeds[2], upright)
+        transpose, flip_lr, flip_ud = draw_geometry(batch_size, augment, seeds[2], upright)
         last = width - 1
         down = tf.where(flip_ud[:, None, None], last - down, down)
         across = tf.where(flip_lr[:, None, None], last - across, across)
@@ -304,118 +267,6 @@ def _resampled_gather(pixels, offsets, heights, widths, unit, down, across, widt
     return patches
 
 
-# RGB <-> YIQ (NTSC): Y is brightness, I and Q the two chroma axes. A hue change is a rotation
-# in the (I, Q) plane and a saturation change a scaling of it, so both become one 3x3 matrix.
-_RGB_TO_YIQ = np.array(
-    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
-    np.float32,
-)
-_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
-
-
-def _colour_matrices(batch, augment: AugmentConfig, seed_pair):
-    """Per-patch 3x3 colour matrices ``(B, 3, 3)``: channel gains, then hue, saturation, grey.
-
-    ``rgb' = rgb @ M``. Identity when every colour key is 0.
-    """
-    import tensorflow as tf
-
-    seeds = tf.random.experimental.stateless_split(seed_pair, num=4)
-    yiq, rgb = tf.constant(_RGB_TO_YIQ.T), tf.constant(_YIQ_TO_RGB.T)
-    gains = tf.random.stateless_uniform(
-        [batch, 3], seeds[0], 1.0 - augment.gain, 1.0 + augment.gain
-    )
-    angle = tf.random.stateless_uniform(
-        [batch], seeds[1], -augment.hue, augment.hue
-    ) * (np.pi / 180.0)
-    sat = tf.random.stateless_uniform(
-        [batch], seeds[2], 1.0 - augment.saturation, 1.0 + augment.saturation
-    )
-    grey = tf.random.stateless_uniform([batch], seeds[3]) < augment.greyscale
-    sat = tf.where(grey, tf.zeros_like(sat), sat)
-    cos, sin = tf.cos(angle) * sat, tf.sin(angle) * sat
-    one, zero = tf.ones_like(cos), tf.zeros_like(cos)
-    # Row-vector convention: chroma (i, q) -> (i cos - q sin, i sin + q cos), scaled by sat.
-    chroma = tf.stack(
-        [
-            tf.stack([one, zero, zero], -1),
-            tf.stack([zero, cos, sin], -1),
-            tf.stack([zero, -sin, cos], -1),
-        ],
-        axis=1,
-    )  # (B, 3, 3)
-    return tf.linalg.diag(gains) @ yiq[None] @ chroma @ rgb[None]
-
-
-def _blur(image, augment: AugmentConfig, seed_pair):
-    """Gaussian blur with a random sigma in ``[0, augment.blur]`` per patch (one depthwise conv).
-
-    The batch is folded into the channels so every patch gets its own kernel in one call.
-    """
-    import tensorflow as tf
-
-    batch = tf.shape(image)[0]
-    radius = int(np.ceil(2.0 * augment.blur))
-    sigma = tf.random.stateless_uniform([batch], seed_pair, 0.0, augment.blur)
-    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
-    kernel = tf.exp(-0.5 * (taps[None, :] / tf.maximum(sigma[:, None], 1e-3)) ** 2)
-    kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)  # (B, k); sigma 0 -> delta
-    kernel = tf.repeat(kernel, 3, axis=0)  # (3B, k): one kernel per (patch, channel)
-    height, width = tf.shape(image)[1], tf.shape(image)[2]
-    folded = tf.reshape(tf.transpose(image, [1, 2, 0, 3]), [1, height, width, batch * 3])
-    folded = tf.pad(folded, [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
-    across = tf.transpose(kernel)[None, :, :, None]  # (1, k, 3B, 1)
-    down = tf.transpose(kernel)[:, None, :, None]  # (k, 1, 3B, 1)
-    folded = tf.nn.depthwise_conv2d(folded, across, [1, 1, 1, 1], "VALID")
-    folded = tf.nn.depthwise_conv2d(folded, down, [1, 1, 1, 1], "VALID")
-    return tf.transpose(tf.reshape(folded, [height, width, batch, 3]), [2, 0, 1, 3])
-
-
-def _photometric(image, augment: AugmentConfig, seed_pair):
-    """Random changes of colour and light per patch, so a model learns water by more than colour.
-
-    In order: channel gains, hue and saturation (and greyscale) as one 3x3 colour matrix;
-    gamma; contrast and brightness as one multiply-add; Gaussian blur; Gaussian noise; a clip to
-    ``[0, 1]``. Each step is skipped when its key is 0, so the default (brightness and contrast
-    only) costs what it always did.
-    """
-    import tensorflow as tf
-
-    colour = augment.gain > 0 or augment.hue > 0 or augment.saturation > 0 or augment.greyscale > 0
-    if not (colour or augment.gamma > 0 or augment.contrast > 0 or augment.brightness > 0
-            or augment.blur > 0 or augment.noise > 0):
-        return image
-    batch = tf.shape(image)[0]
-    seeds = tf.random.experimental.stateless_split(seed_pair, num=7)
-    if colour:
-        matrices = _colour_matrices(batch, augment, seeds[2])
-        image = tf.clip_by_value(tf.einsum("bhwc,bcd->bhwd", image, matrices), 0.0, 1.0)
-    if augment.gamma > 0:
-        log_gamma = tf.random.stateless_uniform(
-            [batch, 1, 1, 1], seeds[3], -np.log1p(augment.gamma), np.log1p(augment.gamma)
-        )
-        image = tf.pow(tf.maximum(image, 1e-6), tf.exp(log_gamma))
-    if augment.contrast > 0 or augment.brightness > 0:
-        factor = tf.random.stateless_uniform(
-            [batch, 1, 1, 1], seeds[0], 1.0 - augment.contrast, 1.0 + augment.contrast
-        )
-        delta = tf.random.stateless_uniform(
-            [batch, 1, 1, 1], seeds[1], -augment.brightness, augment.brightness
-        )
-        if augment.contrast > 0:
-            mean = tf.reduce_mean(image, axis=[1, 2], keepdims=True)
-            shift = mean * (1.0 - factor) + delta
-        else:
-            factor, shift = tf.ones_like(factor), delta
-        image = image * factor + shift
-    if augment.blur > 0:
-        image = _blur(image, augment, seeds[4])
-    if augment.noise > 0:
-        std = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[5], 0.0, augment.noise)
-        image = image + std * tf.random.stateless_normal(tf.shape(image), seeds[6])
-    return tf.clip_by_value(image, 0.0, 1.0)
-
-
 def training_dataset(
     items: Sequence[Any] | PatchSource,
     width: int,
@@ -430,8 +281,8 @@ def training_dataset(
     """Batches ``(image (B, w, w, 3), land (B, w, w, 1))`` for steps ``start_step .. steps - 1``.
 
     The image has a fourth channel, each pixel's row position in its photo
-    (:func:`row_position`; untouched by the photometric augmentation), when the source was
-    packed with ``row_channel``.
+    (:func:`segmenter.model.introspect.row_position`; untouched by the photometric
+    augmentation), when the source was packed with ``row_channel``.
 
     Args:
         items: eligible training images (see :func:`eligible_images`) or a packed source.
@@ -471,7 +322,7 @@ def training_dataset(
     def make_batch(step):
         seeds = tf.random.experimental.stateless_split(_step_seed(seed, width, step), num=2)
         patches = _sample_batch(tensors, width, batch_size, augment, seeds[0], upright)
-        image = _photometric(patches[..., :3], augment, seeds[1])
+        image = photometric(patches[..., :3], augment, seeds[1])
         land = patches[..., 3:4]
         if source.row_channel:
             image = tf.concat([image, patches[..., 4:]], axis=-1)
@@ -482,7 +333,7 @@ def training_dataset(
     # The pipeline gets its own threads, half the cores (at least one): a batch costs a few
     # milliseconds against tens to hundreds for a training step, and on a small CPU tf.data's
     # autotuner otherwise spreads work over every core and slows the step it should feed
-    # (measured on 2 cores: 0.55 of the in-memory rate with AUTOTUNE, ~1.0 with this).
+    # (scripts/bench_train.py measures it).
     workers = max(1, (os.cpu_count() or 2) // 2)
     dataset = tf.data.Dataset.range(start_step, steps)
     dataset = dataset.map(make_batch, num_parallel_calls=workers, deterministic=True)

@@ -1,4 +1,4 @@
-"""What ``segmenter predict`` writes: masks, probability maps, overlays and a summary.
+"""A photo's outputs: probability map, mask and overlay PNGs (and per-width maps).
 
 Every file is written atomically (:mod:`segmenter.fileio`), so an interrupted run never leaves
 a half-written PNG that looks finished. File names derive from the input's stem only, cleaned to
@@ -11,104 +11,19 @@ Every user-facing output names its class: ``water_prob`` is the probability of *
 
 from __future__ import annotations
 
-import csv
 import io
-import os
-import re
-from collections.abc import Mapping
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
-from segmenter.fileio import atomic_path, write_bytes, write_json, write_text
+from segmenter.fileio import atomic_path, write_bytes
+from segmenter.outputs.names import output_paths
 
 #: colour of the water tint (RGB, 0-255) and of the mask edge in overlays.
 WATER_TINT = np.array([20, 90, 255], np.float32)
 EDGE_COLOUR = np.array([255, 220, 0], np.uint8)
 #: the tint's opacity at water probability 1.
 MAX_TINT = 0.6
-#: summary file names inside the output folder.
-SUMMARY_JSON = "predictions.json"
-SUMMARY_CSV = "predictions.csv"
-CSV_FIELDS = (
-    "input", "stem", "status", "height", "width", "water_fraction", "method", "threshold",
-    "seconds", "error",
-)
-
-
-# --------------------------------------------------------------------------------------------
-# Names
-
-
-def safe_stem(name: str) -> str:
-    """A file-name stem from an input's file name: last path component, its one extension
-    dropped, safe characters only (``flight.01.JPG`` -> ``flight.01``).
-
-    Both ``/`` and ``\\`` count as separators, characters outside ``[A-Za-z0-9._-]`` become
-    ``_`` and leading dots are dropped, so the result is never ``..``, hidden or a path.
-    """
-    base = PureWindowsPath(PurePosixPath(str(name)).name).name
-    stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")
-    return stem[:150] or "image"
-
-
-def input_source(location: str) -> str:
-    """Where an input is, as one string that does not depend on the working directory: the
-    URL of a remote input, the absolute path of a local one. An input keeps its stem in an
-    output folder by this key (:func:`assign_stems`)."""
-    text = str(location)
-    if "://" in text and not text.lower().startswith("file://"):
-        return text
-    return os.path.abspath(os.path.expanduser(text.removeprefix("file://")))
-
-
-def record_source(record: Mapping[str, Any]) -> str:
-    """Where a recorded input was: its ``source``, or (older records) its path as given."""
-    return str(record.get("source") or input_source(str(record.get("input", ""))))
-
-
-def assign_stems(locations: list[str], known: Mapping[str, str] | None = None,
-                 taken: set[str] | None = None) -> list[str]:
-    """The output stem of each input, unique in the output folder, in input order.
-
-    Args:
-        locations: each input's path or URL (its file name gives the stem).
-        known: :func:`input_source` (or, for records older than it, the path as given) ->
-            stem of the inputs already in the output folder (its records). An input found
-            there keeps its stem, so ``--overwrite`` and ``--skip-existing`` mean its own
-            files; any other input gets :func:`safe_stem` of its name, made unique with
-            ``-2``, ``-3``... against every stem of the folder and of this call
-            (case-insensitively: some file systems are), so it never takes over another
-            input's files.
-        taken: every stem the folder holds (default: those of ``known``).
-    """
-    known = dict(known or {})
-    taken = {stem.lower() for stem in (known.values() if taken is None else taken)}
-    used: set[str] = set()
-    out = []
-    for location in locations:
-        stem = known.get(input_source(location), known.get(str(location)))
-        if stem is None or stem.lower() in used:
-            base = safe_stem(location)
-            stem, count = base, 1
-            while stem.lower() in used or stem.lower() in taken:
-                count += 1
-                stem = f"{base}-{count}"
-        used.add(stem.lower())
-        out.append(stem)
-    return out
-
-
-def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """The three files every prediction writes (extra maps are named beside them)."""
-    out = Path(out_dir)
-    return {
-        "water_prob": out / f"{stem}_water_prob.png",
-        "water_mask": out / f"{stem}_water_mask.png",
-        "overlay": out / f"{stem}_overlay.png",
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,20 +182,3 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
         np.save(handle, array, allow_pickle=False)
 
 
-def write_summary(out_dir: str | Path, records: list[dict[str, Any]], extra: dict[str, Any]
-                  ) -> tuple[Path, Path]:
-    """Write ``predictions.json`` (``extra`` + every record) and ``predictions.csv``."""
-    out = Path(out_dir)
-    json_path, csv_path = out / SUMMARY_JSON, out / SUMMARY_CSV
-    write_json(json_path, {**extra, "images": records})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n",
-                            extrasaction="ignore")
-    writer.writeheader()
-    for record in records:
-        row = dict(record)
-        if "size" in row:
-            row["height"], row["width"] = row["size"]
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in CSV_FIELDS})
-    write_text(csv_path, buffer.getvalue())
-    return json_path, csv_path

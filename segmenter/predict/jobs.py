@@ -1,7 +1,7 @@
 """One ``segmenter predict`` call over a list of inputs, whichever engine computes it.
 
-The plain loop (:func:`segmenter.predictor.predict_inputs`, one process, any ``--out``) and the
-Dask job (:func:`segmenter.cluster.run_job`) differ only in where the pixels are computed.
+The plain loop (:func:`segmenter.predict.local.predict_inputs`, one process, any ``--out``) and the
+Dask job (:func:`segmenter.predict.cluster.run_job`) differ only in where the pixels are computed.
 Everything a user sees of the folder goes through here, once:
 
 * :func:`plan_job`: each input's stem (kept for an input the folder already holds, never
@@ -25,9 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from segmenter.config import Config
 from segmenter.errors import RunError, SegmenterError
-from segmenter.outputs_fs import Output, owned_files
+from segmenter.outputs.names import owned_files
+from segmenter.outputs.store import Output
+from segmenter.outputs.summary import SUMMARY_CSV, SUMMARY_JSON
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ def plan_job(output: Output, refs: list[Any], cfg: Config, *, widths: list[int],
             the first file that would be replaced).
         SegmenterError: the folder cannot be read or written.
     """
-    from segmenter.outputs import assign_stems, input_source, record_source
+    from segmenter.outputs.names import assign_stems, input_source, record_source
 
     if overwrite and skip_existing:
         from segmenter.errors import ConfigError
@@ -135,7 +139,7 @@ def plan_job(output: Output, refs: list[Any], cfg: Config, *, widths: list[int],
 def _unique(refs: list[Any]) -> list[Any]:
     """The inputs, each once (a file named twice, or by a folder and by name, is predicted
     once under one stem)."""
-    from segmenter.outputs import input_source
+    from segmenter.outputs.names import input_source
 
     seen: set[str] = set()
     kept = []
@@ -151,7 +155,7 @@ def _unique(refs: list[Any]) -> list[Any]:
 
 def base_record(ref: Any, stem: str) -> dict[str, Any]:
     """The fields every row has: the input as given, where it is, its stem."""
-    from segmenter.outputs import input_source
+    from segmenter.outputs.names import input_source
 
     return {"input": str(ref.path), "source": input_source(str(ref.path)), "stem": stem}
 
@@ -252,7 +256,7 @@ def write_summary(plan: JobPlan, records: list[dict[str, Any]], extra: dict[str,
     Returns:
         The rows written.
     """
-    from segmenter import outputs
+    from segmenter.outputs import summary
 
     output = plan.output
     with output.lock():
@@ -266,6 +270,72 @@ def write_summary(plan: JobPlan, records: list[dict[str, Any]], extra: dict[str,
         rows += list(mine.values())
         rows = [r for r in rows if r.get("status") != "pending"]  # claimed, never finished
         with output.staging() as folder:
-            outputs.write_summary(folder, rows, extra)
-            output.publish(folder, [outputs.SUMMARY_JSON, outputs.SUMMARY_CSV])
+            summary.write_summary(folder, rows, extra)
+            output.publish(folder, [summary.SUMMARY_JSON, summary.SUMMARY_CSV])
     return rows
+
+
+def seconds_summary(seconds: list[float], gmm_seconds: list[float], wall: float,
+                    noun: str = "photo") -> str:
+    """One line on where a command's time went, per photo.
+
+    Args:
+        seconds: each photo's prediction seconds (probability map and mask).
+        gmm_seconds: each photo's seconds in the mask step (the GMM) within ``seconds``.
+        wall: seconds of the whole loop (reading, tracing the models on the first photo,
+            predicting, writing); the per-photo figure is ``wall`` over the photo count.
+        noun: what is counted ("photo", "image").
+    """
+    count = len(seconds)
+    if not count:
+        return f"no {noun}s predicted ({wall:.1f} s)"
+    per = wall / count
+    return (
+        f"{count} {noun}(s) in {wall:.1f} s: {per:.2f} s per {noun} "
+        f"(prediction median {float(np.median(seconds)):.2f} s, slowest {max(seconds):.2f} s; "
+        f"mask step {float(np.mean(gmm_seconds)):.2f} s per {noun})"
+    )
+
+
+def check_overwrite(out_dir: Path, stems: list[str], overwrite: bool,
+                    names: tuple[str, ...] = (SUMMARY_JSON, SUMMARY_CSV),
+                    what: str = "predictions") -> None:
+    """Refuse to replace earlier results in ``out_dir`` unless ``overwrite``.
+
+    Args:
+        out_dir: the output folder.
+        stems: stems that will be written (every file a stem owns counts,
+            :func:`segmenter.outputs.names.owned_by`).
+        overwrite: the ``--overwrite`` flag.
+        names: whole-folder files that will be written (``evaluate`` passes its report's).
+        what: the kind of results, for the message.
+
+    Raises:
+        RunError: naming the folder and the first file that would be replaced.
+    """
+    if overwrite:
+        return
+    existing = Output(str(out_dir), None).existing(stems, names)
+    if existing:
+        raise RunError(
+            f"{out_dir}: already holds {what} ({existing[0]}); pass --overwrite to "
+            f"replace them or choose another --out"
+        )
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work when ``out_dir`` cannot be created or written.
+
+    Raises:
+        SegmenterError: naming the folder.
+    """
+    from segmenter.fileio import write_text
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SegmenterError(f"{out_dir}: cannot write ({exc.strerror or exc})") from None
+    probe = out_dir / ".write-test"
+    write_text(probe, "ok\n")
+    probe.unlink(missing_ok=True)

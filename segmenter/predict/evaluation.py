@@ -1,7 +1,7 @@
 """Scoring a run on labelled images: the library behind ``segmenter evaluate``.
 
 Each labelled photo is predicted at its own resolution through exactly the code ``predict``
-uses (:func:`segmenter.predictor.predict_photo`), then its water mask is scored against the
+uses (:func:`segmenter.predict.photo.predict_photo`), then its water mask is scored against the
 label twice: the configured mask (GMM by default) and the plain 0.5 threshold on the same
 probability map, so the value of the thresholding step is visible. ``overall`` pools the pixel
 counts of all images (every pixel counts equally); the per-image mean is reported beside it.
@@ -22,7 +22,9 @@ import numpy as np
 from segmenter import metrics
 from segmenter.config import Config
 from segmenter.fileio import write_json, write_text
-from segmenter.predictor import LoadedModels, log_threshold_decision, predict_photo
+from segmenter.predict.models import LoadedModels
+from segmenter.predict.photo import predict_photo
+from segmenter.predict.threshold import log_threshold_decision
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def evaluate_images(
 
 def seconds_line(report: dict[str, Any]) -> str:
     """The per-image seconds summary of an evaluation report (as ``predict`` prints)."""
-    from segmenter.predictor import seconds_summary
+    from segmenter.predict.jobs import seconds_summary
 
     rows = report["images"]
     return seconds_summary([r["seconds"] for r in rows], [r.get("gmm_seconds", 0.0) for r in rows],

@@ -36,11 +36,11 @@ import numpy as np
 from segmenter.data.raster import Raster, gdal_env, no_georeference_warning
 from segmenter.errors import SegmenterError
 from segmenter.fileio import atomic_path, write_text
+from segmenter.outputs.names import MASK_LAND, MASK_WATER
 
 log = logging.getLogger(__name__)
 
 BLOCK = 512
-MASK_LAND, MASK_WATER = 1, 2
 #: longest side of the mask grid that vectors are traced on (memory of the polygonisation).
 VECTOR_MAX_SIDE = 8192
 #: most a water polygon's area may change by its simplification (share of its area); a polygon
@@ -50,18 +50,6 @@ SIMPLIFY_AREA_CHANGE = 0.05
 #: end of every scratch GeoTIFF's name: ``.<stem>.<random>.pid<N>@<machine>.scratch.tif``.
 SCRATCH_SUFFIX = ".scratch.tif"
 _SCRATCH_NAME = re.compile(r"\.pid(?P<pid>\d+)@(?P<machine>[A-Za-z0-9-]+)\.scratch\.tif$")
-
-
-def raster_output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """Every file a raster prediction may write (vectors only with ``--vector``)."""
-    out = Path(out_dir)
-    return {
-        "water_prob": out / f"{stem}_water_prob.tif",
-        "water_mask": out / f"{stem}_water_mask.tif",
-        "overlay": out / f"{stem}_overlay.png",
-        "water_vector": out / f"{stem}_water.geojson",
-        "shoreline_vector": out / f"{stem}_shoreline.geojson",
-    }
 
 
 def prob_nodata(raster: Raster) -> float | None:

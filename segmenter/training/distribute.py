@@ -72,7 +72,7 @@ def select_strategy(train_cfg: TrainConfig):
         if workers < 1:
             raise ConfigError(
                 "train.strategy: multiworker needs the cluster in the TF_CONFIG environment "
-                "variable (see README, 'Several machines')"
+                "variable (see docs/gpus.md, 'Several machines')"
             )
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         _patch_keras_multiworker_reduce()
@@ -213,7 +213,7 @@ def avoid_multiworker_build_reduce(model: Any, strategy: Any, width: int,
                           "multi-worker model build")
     import numpy as np
 
-    from segmenter.inference import input_channels
+    from segmenter.model.introspect import input_channels
 
     channels = input_channels(model)  # 3, or 4 with the row channel
     example = (np.zeros((batch_size, width, width, channels), np.float32),

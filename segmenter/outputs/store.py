@@ -1,4 +1,4 @@
-"""Where ``segmenter predict`` writes, and run directories read from URLs, through fsspec.
+"""Where ``segmenter predict`` writes: a local folder or an fsspec URL, published atomically.
 
 ``--out`` is a local folder or any fsspec URL (``s3://bucket/prefix``, ``gs://``, ...). Every
 file is published atomically, so a crash never leaves a half-written output that a rerun with
@@ -15,20 +15,16 @@ gets in ``predictions.csv``) last: the record is the commit mark that ``--skip-e
 trusts. S3 access follows the data section: ``data.anon`` (false for a private bucket, with the
 usual AWS credential chain) and ``data.endpoint_url``.
 
-A run directory given as a URL (``--run s3://bucket/runs/r1``) is copied once into the local
-cache (``<cache>/runs/<hash>``): its config, status files and finished models, nothing else.
-Each Dask worker does the same on its own machine.
+Which files an input owns is :mod:`segmenter.outputs.names`'s to say.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -36,7 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from segmenter.errors import DataError, RunError
+from segmenter.data.remote import failure_reason, filesystem, is_url
+from segmenter.errors import DataError
+from segmenter.outputs.names import owned_files
 
 log = logging.getLogger(__name__)
 
@@ -48,99 +46,6 @@ OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl
 TRANSIENT = frozenset({"memory"})
 #: the lock file held while the summary is read and rewritten (local folders).
 LOCK_NAME = ".predictions.lock"
-#: suffixes of the files one input may own (see :func:`owned_by`).
-OWNED_SUFFIXES = (
-    "_water_prob.png", "_water_mask.png", "_overlay.png", "_water_prob.npy",
-    "_water_prob.tif", "_water_mask.tif", "_water.geojson", "_shoreline.geojson",
-)
-
-
-def is_url(location: str | os.PathLike) -> bool:
-    """Whether ``location`` is an fsspec URL other than a plain local path (``file://``)."""
-    text = str(location)
-    return "://" in text and not text.lower().startswith("file://")
-
-
-_PER_WIDTH = re.compile(r"(.+)_water_prob_pw\d+\.(png|npy)")
-
-
-def owner_of(name: str) -> str | None:
-    """The stem whose prediction writes (or may replace) the file ``name``, if any."""
-    for suffix in OWNED_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    match = _PER_WIDTH.fullmatch(name)
-    return match.group(1) if match else None
-
-
-def owned_by(name: str, stem: str) -> bool:
-    """Whether the file ``name`` is one that predicting ``stem`` writes (or may replace)."""
-    return owner_of(name) == stem
-
-
-def owned_files(present: set[str], stems: list[str]) -> dict[str, list[str]]:
-    """stem -> the files of ``present`` it owns (sorted), for the ``stems`` that own any:
-    one pass over the folder's names, however many stems."""
-    wanted = set(stems)
-    found: dict[str, list[str]] = {}
-    for name in sorted(present):
-        owner = owner_of(name)
-        if owner in wanted:
-            found.setdefault(owner, []).append(name)
-    return found
-
-
-def filesystem(url: str, data_cfg: Any) -> tuple[Any, str]:
-    """The fsspec file system of ``url`` and the path inside it (no trailing slash).
-
-    S3 uses the data section's access settings and the same short timeouts as the data layer,
-    so an unreachable endpoint fails in seconds.
-    """
-    import fsspec
-
-    protocol = url.split("://", 1)[0].lower()
-    if protocol in ("s3", "s3a"):
-        import s3fs
-
-        from segmenter.data import storage
-
-        endpoint = data_cfg.endpoint_url or None
-        fs = s3fs.S3FileSystem(
-            anon=data_cfg.anon,
-            client_kwargs={"endpoint_url": endpoint} if endpoint else {},
-            config_kwargs={
-                "connect_timeout": storage.CONNECT_TIMEOUT_S,
-                "read_timeout": storage.READ_TIMEOUT_S,
-                "retries": {"max_attempts": storage.MAX_ATTEMPTS, "mode": "standard"},
-            },
-            skip_instance_cache=True,
-        )
-        fs.retries = storage.S3FS_RETRIES
-        root = url.split("://", 1)[1].strip("/")
-        if not root:
-            raise DataError(f"{url}: no bucket in the S3 URL (expected s3://bucket/prefix)")
-        return fs, root
-    try:
-        fs, root = fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as exc:
-        raise DataError(f"{url}: cannot open this URL ({exc})") from None
-    return fs, root.rstrip("/")
-
-
-def _reason(exc: BaseException, data_cfg: Any) -> str:
-    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
-    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
-        hint = ("; for a private bucket set data.anon=false and provide AWS credentials"
-                if getattr(data_cfg, "anon", False) else "")
-        return f"access denied{hint}"
-    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
-    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
-                "ConnectionRefusedError", "FSTimeoutError", "TimeoutError"}:
-        endpoint = getattr(data_cfg, "endpoint_url", None) or "the storage server"
-        return f"cannot reach {endpoint}"
-    first = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
-
 
 class Output:
     """An output folder: local, or on any fsspec file system.
@@ -201,8 +106,8 @@ class Output:
         except FileNotFoundError:
             return set()
         except Exception as exc:
-            raise DataError(f"{self.display(sub)}: cannot list ({_reason(exc, self.data_cfg)})"
-                            ) from None
+            raise DataError(f"{self.display(sub)}: cannot list "
+                            f"({failure_reason(exc, self.data_cfg)})") from None
         return {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries
                 if e.get("type") != "directory"}
 
@@ -220,7 +125,7 @@ class Output:
         try:
             data = self.fs.cat(list(full), on_error="omit")
         except Exception as exc:
-            raise DataError(f"{self.location}: cannot read ({_reason(exc, self.data_cfg)})"
+            raise DataError(f"{self.location}: cannot read ({failure_reason(exc, self.data_cfg)})"
                             ) from None
         return {full[k]: v for k, v in data.items() if isinstance(v, bytes)}
 
@@ -259,8 +164,8 @@ class Output:
                 self.fs.pipe_file(tmp, data)
                 self.fs.mv(tmp, self._full(name))
         except Exception as exc:
-            raise DataError(f"{self.display(name)}: cannot write ({_reason(exc, self.data_cfg)})"
-                            ) from None
+            raise DataError(f"{self.display(name)}: cannot write "
+                            f"({failure_reason(exc, self.data_cfg)})") from None
 
     def _upload(self, local: Path, name: str) -> None:
         try:
@@ -271,8 +176,8 @@ class Output:
                 self.fs.put_file(str(local), tmp)
                 self.fs.mv(tmp, self._full(name))
         except Exception as exc:
-            raise DataError(f"{self.display(name)}: cannot write ({_reason(exc, self.data_cfg)})"
-                            ) from None
+            raise DataError(f"{self.display(name)}: cannot write "
+                            f"({failure_reason(exc, self.data_cfg)})") from None
 
     def _temporary(self, name: str) -> str:
         parent, _, base = name.rpartition("/")
@@ -293,7 +198,7 @@ class Output:
             pass
         except Exception as exc:
             raise DataError(f"{self.location}: cannot remove {names[0]} "
-                            f"({_reason(exc, self.data_cfg)})") from None
+                            f"({failure_reason(exc, self.data_cfg)})") from None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -367,7 +272,7 @@ class Output:
             self.fs.pipe(payload)
         except Exception as exc:
             raise DataError(f"{self.display(RECORDS_DIR)}: cannot write "
-                            f"({_reason(exc, self.data_cfg)})") from None
+                            f"({failure_reason(exc, self.data_cfg)})") from None
 
     def records(self, present: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """Every input recorded here, by stem: the rows of ``predictions.json`` in its order,
@@ -377,7 +282,7 @@ class Output:
         summary lists, in its order, are kept in :attr:`summary_order`."""
         from pydantic import ValidationError
 
-        from segmenter.outputs import SUMMARY_JSON
+        from segmenter.outputs.summary import SUMMARY_JSON
         from segmenter.runstate import PredictionRecord
 
         self._check_records_dir()
@@ -422,7 +327,7 @@ class Output:
         every output this call would write (``wanted``: stem -> output kinds; a raster
         predicted without ``--vector`` is not finished for a call with it).
         """
-        from segmenter.outputs import record_source
+        from segmenter.outputs.names import record_source
 
         present = self.names() if present is None else present
         done = {}
@@ -444,7 +349,7 @@ class Output:
                  present: set[str] | None = None) -> list[str]:
         """Files here that predicting ``stems`` would replace: whole-folder ``names`` (by
         default the summary) and every file each stem owns (:func:`owned_by`)."""
-        from segmenter.outputs import SUMMARY_CSV, SUMMARY_JSON
+        from segmenter.outputs.summary import SUMMARY_CSV, SUMMARY_JSON
 
         names = (SUMMARY_JSON, SUMMARY_CSV) if names is None else names
         present = self.names() if present is None else present
@@ -460,82 +365,3 @@ def open_output(location: str | os.PathLike, data_cfg: Any) -> Output:
     return Output(str(location), data_cfg)
 
 
-# --------------------------------------------------------------------------------------------
-# Run directories at a URL
-
-
-def fetch_run(url: str, data_cfg: Any, cache: Path | None = None) -> Path:
-    """A local copy of the run directory at ``url`` (config, status files, finished models).
-
-    A file is fetched again whenever the store reports another version of it (its ETag, or
-    its modification time where the store has no ETag, and its size): a run retrained and
-    uploaded over the same keys is never predicted with stale models. Each file is written
-    under a temporary name and renamed, so processes sharing the cache never see half a model.
-
-    Raises:
-        RunError: nothing readable at ``url``, or no ``config.yaml`` there.
-    """
-    from segmenter.data.storage import cache_root
-    from segmenter.fileio import atomic_path, write_json
-
-    fs, root = filesystem(url, data_cfg)
-    base = (cache or cache_root(data_cfg)) / "runs"
-    target = base / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
-    try:
-        wanted: dict[str, list[Any]] = {}
-        for sub, pattern in (("", ("config.yaml", "manifest.json")), ("history", ".json"),
-                             ("models", ".keras")):
-            path = f"{root}/{sub}" if sub else root
-            try:
-                entries = fs.ls(path, detail=True, refresh=True)
-            except FileNotFoundError:
-                continue
-            for entry in entries:
-                name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-                if entry.get("type") == "directory":
-                    continue
-                ok = name in pattern if isinstance(pattern, tuple) else name.endswith(pattern)
-                if ok:
-                    wanted[f"{sub}/{name}" if sub else name] = [int(entry.get("size") or 0),
-                                                                _version(entry)]
-        if "config.yaml" not in wanted:
-            raise RunError(f"{url}: not a segmenter run (no config.yaml there)")
-        fetched = _read_fetched(target)
-        for rel, version in sorted(wanted.items()):
-            local = target / rel
-            if (local.is_file() and local.stat().st_size == version[0]
-                    and version[1] is not None and fetched.get(rel) == version):
-                continue
-            with atomic_path(local) as tmp:
-                fs.get_file(f"{root}/{rel}", str(tmp))
-            fetched[rel] = version
-            write_json(target / FETCHED, fetched)
-    except RunError:
-        raise
-    except Exception as exc:
-        raise RunError(f"{url}: cannot read the run directory ({_reason(exc, data_cfg)})"
-                       ) from None
-    log.debug("run %s copied to %s", url, target)
-    return target
-
-
-#: in a fetched run's cache folder: the version of each file copied (see :func:`fetch_run`).
-FETCHED = ".fetched.json"
-
-
-def _version(entry: dict[str, Any]) -> str | None:
-    """What tells one version of a stored file from another: its ETag, else its time."""
-    for key in ("ETag", "etag", "md5Hash", "LastModified", "last_modified", "mtime", "updated",
-                "created"):
-        value = entry.get(key)
-        if value not in (None, ""):
-            return str(value)
-    return None
-
-
-def _read_fetched(target: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((target / FETCHED).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
