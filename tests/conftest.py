@@ -94,10 +94,8 @@ def s3():
     bucket). Anonymous access, as the other S3 tests: the bucket policy grants it, nothing is
     patched."""
     import json
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-    from data_helpers import start_s3_server
+    from helpers import start_s3_server
 
     server = start_s3_server()
     client = server.client()

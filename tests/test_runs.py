@@ -121,3 +121,23 @@ def test_run_state_is_typed_and_a_malformed_status_file_is_named(tmp_path):
                                        r"should be 'running', 'finished', 'failed' or "
                                        r"'interrupted'\)"):
         run.status(32)
+
+
+def test_a_fresh_process_loads_a_saved_model_with_its_custom_layers(tmp_path):
+    """Loading registers segmenter's layers itself: a process that imported nothing of the
+    network (a Dask worker, a script) still loads a run's models with safe_mode."""
+    import subprocess
+    import sys
+
+    from helpers import make_run
+
+    run = make_run(tmp_path / "run", widths=(16,))
+    code = ("import sys\n"
+            "from segmenter.runs import open_run\n"
+            "assert 'segmenter.model.network' not in sys.modules\n"
+            "model = open_run(sys.argv[1]).load_model(16)\n"
+            "print(type(model.layers[1]).__module__, model.output_shape)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1].startswith("1)")  # (None, None, None, 1)

@@ -3,7 +3,7 @@
 A mosaic is cut into tiles of ``predict.tile_size`` pixels (the *core*); each tile is read with a
 halo wide enough for every prediction window that touches its core, so the stitched result is
 the one :func:`segmenter.predict.photo.predict_land` gives for the raster in one piece, up to float
-rounding (``tests/test_mosaic.py`` checks it):
+rounding (``tests/predict/test_predict_mosaic.py`` checks it):
 
 * the raster is shrunk by ``data.scale`` on the *global* grid: each tile's part of the scaled
   raster is an area average over exactly the source pixels the whole-raster resize would use

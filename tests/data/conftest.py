@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from data_helpers import (
+from helpers import (
     PRIVATE_BUCKET,
     PUBLIC_BUCKET,
     PUBLIC_PREFIX,

@@ -7,9 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from data_helpers import data_cfg
+from helpers import data_cfg, png_declaring
 from PIL import Image
-from tiny_data import png_declaring
 
 from segmenter.data.inputs import expand_inputs
 

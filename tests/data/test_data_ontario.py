@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import data_cfg
+from helpers import data_cfg
 from PIL import Image
 from scipy.io import loadmat, savemat
 

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import PUBLIC_BUCKET
+from helpers import PUBLIC_BUCKET
 
 rasterio = pytest.importorskip("rasterio")
 
 
 def test_cog_on_s3_predicts_like_the_local_file(s3, runner, tmp_path: Path) -> None:
-    from raster_data import rgb_raster
-    from test_predict_cli import make_run
+    from helpers import make_run, rgb_raster
 
     cog = rgb_raster(tmp_path / "shore.tif", size=160, driver="COG")
     s3.client().put_object(Bucket=PUBLIC_BUCKET, Key="rasters/shore.tif", Body=cog.read_bytes())
@@ -37,7 +36,7 @@ def test_cog_on_s3_predicts_like_the_local_file(s3, runner, tmp_path: Path) -> N
 
 
 def test_missing_raster_on_s3_is_one_line(s3, runner, tmp_path: Path) -> None:
-    from test_predict_cli import make_run
+    from helpers import make_run
 
     run = make_run(tmp_path / "run")
     result = runner("predict", "--run", run, f"s3://{PUBLIC_BUCKET}/rasters/nothing.tif",
@@ -50,7 +49,7 @@ def test_missing_raster_on_s3_is_one_line(s3, runner, tmp_path: Path) -> None:
 def test_gdal_environments_may_close_in_any_order(tmp_path: Path) -> None:
     """Two rasters in flight in one thread (the Dask client's): the first to finish closed
     the GDAL environment under the second, which failed with 'No GDAL environment exists'."""
-    from raster_data import rgb_raster
+    from helpers import rgb_raster
 
     from segmenter.config import DataConfig
     from segmenter.data.raster import Window, open_raster

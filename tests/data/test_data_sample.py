@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import data_cfg
+from helpers import data_cfg
 from scipy.io import loadmat
 from skimage.filters import threshold_otsu
 

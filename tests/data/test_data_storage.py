@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import (
+from helpers import (
     PRIVATE_BUCKET,
     PUBLIC_BUCKET,
     PUBLIC_PREFIX,

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_data import TINY_SETTINGS, tiny_dataset, tiny_yaml
+from helpers import TINY_SETTINGS, tiny_dataset, tiny_yaml
 
 from segmenter.config import load_config
 from segmenter.errors import ConfigError, DataError
 from segmenter.runs import open_run
 from segmenter.training import train, validation_scores
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _losses(run_dir: Path, width: int = 16) -> list[list[float]]:

@@ -1,6 +1,7 @@
 """One worker of a local MultiWorkerMirroredStrategy test: `segmenter train` with TF_CONFIG set.
 
-Run by tests/test_distribute.py as ``python tests/mw_worker.py INDEX PORT0 PORT1 CONFIG OUT``.
+Run by tests/training/test_training_distribute.py as
+``python tests/training/mw_worker.py INDEX PORT0 PORT1 CONFIG OUT``.
 """
 
 from __future__ import annotations

@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from raster_data import PIXEL, scene_pixels, write_raster
+from helpers import write_pair
 
 pytest.importorskip("rasterio")
-
-
-def write_pair(folder: Path, stem: str, index: int, *, label_pixel: float = 2 * PIXEL,
-               label_crs: str = "EPSG:32617", label_origin_shift: float = 0.0) -> np.ndarray:
-    """Image at PIXEL, label at ``label_pixel`` (nearest-decimated); returns the label grid."""
-    from raster_data import ORIGIN
-    from rasterio.transform import from_origin
-
-    image, water = scene_pixels(128, index=index)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_raster(folder / f"{stem}.tif", np.moveaxis(image, -1, 0).copy())
-    step = int(round(label_pixel / PIXEL))
-    label = np.where(water[::step, ::step], 255, 0).astype(np.uint8)
-    import rasterio
-
-    profile = {"driver": "GTiff", "width": label.shape[1], "height": label.shape[0],
-               "count": 1, "dtype": "uint8", "crs": label_crs,
-               "transform": from_origin(ORIGIN[0] + label_origin_shift, ORIGIN[1],
-                                        label_pixel, label_pixel)}
-    with rasterio.open(folder / f"{stem}_label.tif", "w", **profile) as dst:
-        dst.write(label[None])
-    return label
 
 
 def test_label_on_a_coarser_grid_is_resampled_nearest(tmp_path):

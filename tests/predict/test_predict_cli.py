@@ -8,44 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY, make_run, write_photos
 from PIL import Image
 
 from segmenter.config import load_config
 from segmenter.model.network import build_model
 from segmenter.outputs.names import assign_stems, safe_stem
 from segmenter.training.plan import RunPlan, prepare_run
-
-TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16: 4, 32: 2}"]
-
-
-def make_run(path: Path, widths=(16, 32), finished=True, extra=()) -> Path:
-    """A run directory as `segmenter train` leaves it, with tiny untrained models (``extra``:
-    more --set overrides of its config)."""
-    cfg = load_config(None, [*TINY, *extra])
-    run = prepare_run(RunPlan(path, cfg, list(widths)))
-    if finished:
-        for width in widths:
-            run.model_path(width).parent.mkdir(parents=True, exist_ok=True)
-            build_model(cfg.model).save(run.model_path(width))
-            run.write_status(width, {"status": "finished", "final_val_water_iou": 0.5})
-    return path
-
-
-def write_photos(folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rgb = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
-    paths = {
-        "rgb": folder / "shore.png",
-        "grey": folder / "grey.png",
-        "rgba": folder / "alpha.png",
-        "jpg": folder / "photo.JPG",
-    }
-    Image.fromarray(rgb).save(paths["rgb"])
-    Image.fromarray(rgb[..., 0]).save(paths["grey"])
-    Image.fromarray(np.dstack([rgb, np.full((40, 56), 200, np.uint8)])).save(paths["rgba"])
-    Image.fromarray(rgb[:20, :24]).save(paths["jpg"], quality=90)
-    return paths
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 The multi-worker test starts two real worker processes that talk over loopback (gRPC) under
 MultiWorkerMirroredStrategy; it takes about half a minute. Run only it with
-``python -m pytest tests/test_distribute.py -k multiworker``.
+``python -m pytest tests/training/test_training_distribute.py -k multiworker``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_data import TINY_SETTINGS, tiny_dataset, tiny_yaml
+from helpers import TINY_SETTINGS, tiny_dataset, tiny_yaml
 
 from segmenter.config import load_config
 from segmenter.errors import ConfigError

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_run
 from PIL import Image
-from test_predict_cli import make_run
 
 PATHS = ["plain", "skip", "url", "cluster"]
 
@@ -167,7 +167,7 @@ def test_a_bad_photo_is_one_line_and_the_others_are_predicted(runner, run_dir, o
 def test_vectors_follow_the_call_that_wrote_the_mask(runner, run_dir, out, tmp_path):
     """--overwrite without --vector over a --vector result used to leave the old GeoJSON
     beside the new mask; --skip-existing --vector skipped a raster predicted without them."""
-    from raster_data import rgb_raster
+    from helpers import rgb_raster
 
     (tmp_path / "in").mkdir()
     tif = rgb_raster(tmp_path / "in" / "shore.tif", size=80)
@@ -193,7 +193,7 @@ def test_vectors_follow_the_call_that_wrote_the_mask(runner, run_dir, out, tmp_p
 def test_bad_and_tiny_rasters_never_stop_the_job(runner, run_dir, out, tmp_path):
     """A 1 x 1 GeoTIFF stopped the --skip-existing and cluster jobs with no summary; a cut
     raster read 'unexpected Exception: DataError(...)' on a cluster."""
-    from raster_data import rgb_raster, write_raster
+    from helpers import rgb_raster, write_raster
 
     folder = tmp_path / "in"
     photo(folder / "shore.png", seed=1)

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pytest
-from tiny_data import Item, scene
+from helpers import Item, scene
 
 from segmenter.config import AugmentConfig
 from segmenter.errors import DataError

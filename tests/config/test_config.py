@@ -11,7 +11,7 @@ import yaml
 from segmenter.config import Config, load_config
 from segmenter.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:

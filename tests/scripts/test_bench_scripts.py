@@ -3,6 +3,7 @@ so an API change breaks them silently otherwise): tiny sizes, real end-to-end ru
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 import subprocess
@@ -10,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_predict_cli import make_run
+from helpers import make_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_script(name: str, *args: str, timeout: int = 600) -> str:
@@ -55,11 +56,10 @@ def tile_windows(size: int, tile: int, scale: float, window: int, overlap: float
 
 
 def test_bench_scale_makes_a_run_that_predict_opens(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import bench_scale
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    script = REPO / "scripts" / "bench_scale.py"
+    spec = importlib.util.spec_from_file_location("bench_scale", script)
+    bench_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_scale)
     from segmenter.predict import models
     from segmenter.runs import open_run
 

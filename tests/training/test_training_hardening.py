@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from tiny_data import TINY_SETTINGS, tiny_dataset
+from helpers import TINY_SETTINGS, tiny_dataset
 
 from segmenter.config import load_config
 from segmenter.errors import RunError

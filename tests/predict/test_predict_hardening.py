@@ -9,9 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import make_run, png_declaring, write_photos
 from PIL import Image
-from test_predict_cli import make_run, write_photos
-from tiny_data import png_declaring
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +329,7 @@ def test_s3_rasters_and_photos_on_a_local_cluster_quietly(run_dir, s3, tmp_path)
     """Rasters read from S3 by Dask workers failed in their second task ("'cell' object has
     no attribute 'seek'", tiles called truncated) or printed GDAL 'I/O error' lines and a
     ContextVar traceback at exit; a successful job prints nothing of the kind."""
-    from raster_data import rgb_raster
+    from helpers import rgb_raster
 
     from segmenter.data.sample import write_sample
 

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pytest
-from tiny_data import TINY_SETTINGS, Item, TinyDataset, scene
+from helpers import TINY_SETTINGS, Item, TinyDataset, scene
 
 from segmenter.cli.options import resolve_config
 from segmenter.config import load_config

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_run, rgb_raster, write_photos
 from PIL import Image
-from raster_data import rgb_raster
-from test_predict_cli import make_run, write_photos
 
 pytest.importorskip("distributed")
 rasterio = pytest.importorskip("rasterio")
@@ -88,7 +87,7 @@ def single(run_dir, photos, tmp_path_factory) -> Path:
     result = subprocess.run(
         [sys.executable, "-c", code, "predict", "--run", str(run_dir), str(photos),
          "--out", str(out)], env={**os.environ, **WORKER_ENV}, capture_output=True, text=True,
-        cwd=Path(__file__).resolve().parents[1], timeout=600)
+        cwd=Path(__file__).resolve().parents[2], timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 

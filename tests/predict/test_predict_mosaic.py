@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from raster_data import rgb_raster, scene_pixels, transform, write_raster
-from test_predict_cli import make_run
+from helpers import loaded_run, make_run, rgb_raster, scene_pixels, transform, write_raster
 
 rasterio = pytest.importorskip("rasterio")
 
@@ -20,16 +19,6 @@ rasterio = pytest.importorskip("rasterio")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("run") / "run")
-
-
-def loaded_run(run_dir: Path, overrides=()):
-    from segmenter.config import load_config
-    from segmenter.predict import models
-    from segmenter.runs import open_run
-
-    run = open_run(run_dir)
-    cfg = load_config(None, list(overrides), base=run.config)
-    return models.load_models(run, cfg), cfg
 
 
 def whole_land(path: Path, loaded, cfg) -> np.ndarray:

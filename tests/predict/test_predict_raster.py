@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from raster_data import rgb_raster, scene_pixels, write_raster
-from test_mosaic import loaded_run
-from test_predict_cli import make_run
+from helpers import loaded_run, make_run, rgb_raster, scene_pixels, write_raster
 
 rasterio = pytest.importorskip("rasterio")
 
@@ -227,7 +225,7 @@ def mask_tif(path: Path, water: np.ndarray, pixel: float = 1.0) -> Path:
 def test_water_polygons_keep_their_area(tmp_path, tolerance):
     """Simplifying never halves or drops a small water body: every polygon's geometry and
     its ``area`` are the pixels' area; a large one is still simplified."""
-    from raster_data import transform
+    from helpers import transform
     from shapely import geometry
 
     from segmenter.outputs.geo import write_vectors
@@ -286,7 +284,7 @@ def test_scratch_files_of_a_killed_run_are_removed_by_the_next(run_dir, tmp_path
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     killed = subprocess.run([sys.executable, "-c", code, str(tif), str(out)],
-                            cwd=Path(__file__).resolve().parents[1], timeout=300)
+                            cwd=Path(__file__).resolve().parents[2], timeout=300)
     assert killed.returncode == -signal.SIGKILL
     left = sorted(p.name for p in out.iterdir())
     assert len(left) == 2 and all(".scratch" in name for name in left)  # the junk to clean
@@ -315,7 +313,7 @@ def test_scratch_files_of_a_killed_run_are_removed_by_the_next(run_dir, tmp_path
 
 
 def test_a_label_raster_of_three_bands_is_refused_by_name(tmp_path):
-    from test_raster_training import write_pair
+    from helpers import write_pair
 
     from segmenter.config import DataConfig
     from segmenter.data.ontario import load_dataset
