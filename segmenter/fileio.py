@@ -67,3 +67,20 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def ensure_writable(folder: str | os.PathLike, error: type[SegmenterError] = SegmenterError,
+                    cannot: str = "cannot write") -> None:
+    """Create ``folder`` if needed and write (then remove) a probe file in it, so a folder that
+    cannot be written fails before any work, as ``error`` naming the folder: ``<folder>:
+    <cannot> (<reason>)``. The one write probe of ``train`` (the run directory) and
+    ``evaluate`` (its report folder)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"{folder}: {cannot} ({exc.strerror or exc})") from None
+    probe = folder / ".write-test"
+    write_text(probe, "ok\n")
+    probe.unlink(missing_ok=True)
+

@@ -64,6 +64,7 @@ def evaluate(
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": source})})
     out_dir = out_dir or run.path / "evaluation"
 
+    from segmenter.fileio import ensure_writable
     from segmenter.predict import evaluation, jobs, models
     from segmenter.tfenv import start_tensorflow
 
@@ -71,7 +72,7 @@ def evaluate(
         out_dir, [], overwrite, names=(evaluation.EVALUATION_JSON, evaluation.EVALUATION_CSV),
         what="an evaluation",
     )
-    jobs.check_writable(out_dir)
+    ensure_writable(out_dir)
     start_tensorflow()
     loaded = models.load_models(run, cfg)
     need = {"test": ("test",), "train": ("train", "test"), "all": ("all",)}[split]

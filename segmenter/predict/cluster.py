@@ -37,11 +37,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segmenter.config import Config
 from segmenter.errors import ConfigError, SegmenterError
 from segmenter.predict.tasks import WorkerRunError, photo_task, tile_mask_task, tile_probs_task
+
+if TYPE_CHECKING:
+    from segmenter.data.inputs import PhotoRef
+    from segmenter.predict.jobs import JobPlan
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +246,7 @@ class JobSummary:
 class _RasterRun:
     """Client-side state of one raster in flight."""
 
-    def __init__(self, index: int, ref: Any, stem: str, location: str) -> None:
+    def __init__(self, index: int, ref: PhotoRef, stem: str, location: str) -> None:
         self.index, self.ref, self.stem, self.location = index, ref, stem, location
         self.job: Any = None
         self.stack = contextlib.ExitStack()
@@ -252,13 +256,13 @@ class _RasterRun:
         self.failed = False
 
 
-def _ref_spec(ref: Any) -> dict[str, str]:
+def _ref_spec(ref: PhotoRef) -> dict[str, str]:
     storage = ref.storage
     folder = storage.url if storage.remote else storage.root
     return {"name": ref.name, "path": str(ref.path), "folder": folder, "relpath": ref.relpath}
 
 
-def _raster_location(ref: Any) -> str:
+def _raster_location(ref: PhotoRef) -> str:
     storage = getattr(ref, "storage", None)
     if storage is None:
         return str(ref.path)
@@ -267,7 +271,7 @@ def _raster_location(ref: Any) -> str:
     return os.path.join(storage.root, ref.relpath) if ref.relpath else storage.root
 
 
-def run_job(plan: Any, cfg: Config, run_location: str, widths: list[int], *,
+def run_job(plan: JobPlan, cfg: Config, run_location: str, widths: list[int], *,
             vector: bool = False, report: Callable[[str], None] = lambda line: None,
             progress: Callable[[int], Any] | None = None,
             announce: Callable[[str], None] = lambda line: None) -> JobSummary:
@@ -412,15 +416,8 @@ def run_job(plan: Any, cfg: Config, run_location: str, widths: list[int], *,
         workers = engine.workers()
 
     mine = [records[i] for i in sorted(records)]
-    jobs.write_summary(plan, mine, {
-        "run": run_location,
-        "widths": widths,
-        "predict": cfg.predict.model_dump(mode="json"),
-        "postprocess": cfg.postprocess.model_dump(mode="json"),
-        "scale": cfg.data.scale,
-        "workers": workers,
-        "skipped": len(plan.done),
-    })
+    jobs.write_summary(plan, mine,
+                       jobs.summary_header(plan, cfg, run_location, widths, workers=workers))
     ok = [r for i, r in records.items() if i not in failures]
     megapixels = sum(r["size"][0] * r["size"][1] for r in ok if "size" in r) / 1e6
     return JobSummary(
@@ -438,7 +435,7 @@ def _open_raster(state: _RasterRun, cfg: Config, output: Any, widths: list[int])
         state.location, state.stem, widths, cfg, state.folder))
 
 
-def _finish_raster(state: _RasterRun, plan: Any, vector: bool) -> tuple[dict[str, Any], str]:
+def _finish_raster(state: _RasterRun, plan: JobPlan, vector: bool) -> tuple[dict[str, Any], str]:
     from segmenter.predict import jobs, raster
 
     try:

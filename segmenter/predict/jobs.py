@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from segmenter.errors import RunError, SegmenterError
 from segmenter.outputs.names import owned_files
 from segmenter.outputs.store import Output
 from segmenter.outputs.summary import SUMMARY_CSV, SUMMARY_JSON
+
+if TYPE_CHECKING:
+    from segmenter.data.inputs import PhotoRef
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +62,13 @@ class JobPlan:
                 if i not in self.done]
 
 
-def is_raster(ref: Any) -> bool:
+def is_raster(ref: PhotoRef) -> bool:
     from segmenter.data.raster import is_raster_name
 
     return is_raster_name(str(ref.path))
 
 
-def wanted_outputs(ref: Any, cfg: Config, vector: bool, widths: list[int]) -> set[str]:
+def wanted_outputs(ref: PhotoRef, cfg: Config, vector: bool, widths: list[int]) -> set[str]:
     """The output kinds this call writes for ``ref`` (a record without one of them is not
     finished for ``--skip-existing``)."""
     kinds = set(BASE_OUTPUTS)
@@ -153,7 +156,7 @@ def _unique(refs: list[Any]) -> list[Any]:
     return kept
 
 
-def base_record(ref: Any, stem: str) -> dict[str, Any]:
+def base_record(ref: PhotoRef, stem: str) -> dict[str, Any]:
     """The fields every row has: the input as given, where it is, its stem."""
     from segmenter.outputs.names import input_source
 
@@ -170,7 +173,7 @@ class TaskError(Exception):
         self.kind, self.message = kind, message
 
 
-def failure_message(ref: Any, exc: BaseException) -> str:
+def failure_message(ref: PhotoRef, exc: BaseException) -> str:
     """One line for an input that failed, naming it once. A bad input (a
     :class:`SegmenterError`) says what is wrong; anything else gives its type and first line
     (the traceback is logged at debug level, so ``-v`` shows it)."""
@@ -190,13 +193,13 @@ def failure_message(ref: Any, exc: BaseException) -> str:
     return message if message.startswith(path) else f"{path}: {message}"
 
 
-def failed_record(ref: Any, stem: str, message: str) -> dict[str, Any]:
+def failed_record(ref: PhotoRef, stem: str, message: str) -> dict[str, Any]:
     from segmenter.runstate import PredictionRecord
 
     return PredictionRecord(**base_record(ref, stem), status="failed", error=message).to_json()
 
 
-def photo_record(ref: Any, stem: str, result: Any, size: tuple[int, int], notes: list[str],
+def photo_record(ref: PhotoRef, stem: str, result: Any, size: tuple[int, int], notes: list[str],
                  files: dict[str, str]) -> tuple[dict[str, Any], str]:
     """A predicted photo's row and its report line."""
     from segmenter.runstate import PredictionRecord
@@ -221,7 +224,7 @@ def photo_record(ref: Any, stem: str, result: Any, size: tuple[int, int], notes:
     return record, line
 
 
-def raster_record(ref: Any, stem: str, fields: dict[str, Any]) -> dict[str, Any]:
+def raster_record(ref: PhotoRef, stem: str, fields: dict[str, Any]) -> dict[str, Any]:
     from segmenter.runstate import PredictionRecord
 
     return PredictionRecord(**base_record(ref, stem), **fields).to_json()
@@ -246,6 +249,21 @@ def commit(plan: JobPlan, record: dict[str, Any]) -> None:
                  "write (%s)", stem, len(stale), ", ".join(stale))
         plan.output.remove(stale)
     plan.output.write_record(stem, record)
+
+
+def summary_header(plan: JobPlan, cfg: Config, run_location: str, widths: list[int],
+                   **extra: Any) -> dict[str, Any]:
+    """What ``predictions.json`` says about the call, whichever engine ran it: the run, the
+    widths, the prediction and mask settings, the scale, inputs skipped (and ``extra``)."""
+    return {
+        "run": run_location,
+        "widths": sorted(widths),
+        "predict": cfg.predict.model_dump(mode="json"),
+        "postprocess": cfg.postprocess.model_dump(mode="json"),
+        "scale": cfg.data.scale,
+        **extra,
+        "skipped": len(plan.done),
+    }
 
 
 def write_summary(plan: JobPlan, records: list[dict[str, Any]], extra: dict[str, Any]
@@ -321,21 +339,3 @@ def check_overwrite(out_dir: Path, stems: list[str], overwrite: bool,
             f"{out_dir}: already holds {what} ({existing[0]}); pass --overwrite to "
             f"replace them or choose another --out"
         )
-
-
-def check_writable(out_dir: Path) -> None:
-    """Fail before any work when ``out_dir`` cannot be created or written.
-
-    Raises:
-        SegmenterError: naming the folder.
-    """
-    from segmenter.fileio import write_text
-
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SegmenterError(f"{out_dir}: cannot write ({exc.strerror or exc})") from None
-    probe = out_dir / ".write-test"
-    write_text(probe, "ok\n")
-    probe.unlink(missing_ok=True)

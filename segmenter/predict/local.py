@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,10 @@ from segmenter.predict.models import LoadedModels
 from segmenter.predict.photo import predict_photo
 from segmenter.predict.threshold import log_threshold_decision
 
+if TYPE_CHECKING:
+    from segmenter.data.inputs import PhotoRef
+    from segmenter.predict.jobs import JobPlan
+
 log = logging.getLogger(__name__)
 
 #: photos of up to this many pixels are decoded one ahead and written behind, in a helper
@@ -32,7 +36,7 @@ LOOKAHEAD_PIXELS = 4_000_000
 
 
 def predict_inputs(
-    plan: Any,
+    plan: JobPlan,
     loaded: LoadedModels,
     cfg: Config,
     *,
@@ -65,10 +69,10 @@ def predict_inputs(
     failures: list[str] = []
     pairs = [(ref, stem) for _, ref, stem in plan.todo]
 
-    def decode(ref: Any) -> tuple[np.ndarray, list[str]]:
+    def decode(ref: PhotoRef) -> tuple[np.ndarray, list[str]]:
         return decode_photo(ref.read_bytes(), str(ref.path))
 
-    def fail(ref: Any, stem: str, exc: BaseException) -> None:
+    def fail(ref: PhotoRef, stem: str, exc: BaseException) -> None:
         message = jobs.failure_message(ref, exc)
         failures.append(message)
         record = jobs.failed_record(ref, stem, message)
@@ -153,18 +157,12 @@ def predict_inputs(
                 previous = None
         if previous is not None:
             finish(previous)
-    jobs.write_summary(plan, records, {
-        "run": run_path,
-        "widths": sorted(loaded.models),
-        "predict": cfg.predict.model_dump(mode="json"),
-        "postprocess": cfg.postprocess.model_dump(mode="json"),
-        "scale": cfg.data.scale,
-        "skipped": len(plan.done),
-    })
+    jobs.write_summary(plan, records,
+                       jobs.summary_header(plan, cfg, run_path, list(loaded.models)))
     return records, failures
 
 
-def predict_one(ref: Any, stem: str, loaded: LoadedModels, cfg: Config, out_dir: Path
+def predict_one(ref: PhotoRef, stem: str, loaded: LoadedModels, cfg: Config, out_dir: Path
                 ) -> tuple[dict[str, Any], str, str | None]:
     """Predict one photo of ``predict`` into ``out_dir`` (a Dask worker's photo task).
 

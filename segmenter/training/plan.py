@@ -16,7 +16,7 @@ from typing import Literal
 
 from segmenter.config import Config, load_config
 from segmenter.errors import RunError
-from segmenter.fileio import write_text
+from segmenter.fileio import ensure_writable, write_text
 from segmenter.runs import (
     CONFIG_NAME,
     TRAINING_OWNED,
@@ -169,7 +169,7 @@ class CheckedRun:
             return Run(path, merged)
         if self.action == "restart":
             clear_training_files(path)
-        _probe_writable(path)
+        ensure_writable(path, RunError, "cannot create run directory")
         write_text(path / CONFIG_NAME, plan.config.to_yaml())
         return Run(path, plan.config)
 
@@ -239,13 +239,3 @@ def _merge_widths(saved: Config, current: Config) -> Config:
     widths = dict(sorted(widths.items()))
     train = saved.train.model_copy(update={"widths": widths})
     return saved.model_copy(update={"train": train})
-
-
-def _probe_writable(path: Path) -> None:
-    """Fail early, before any training, when the run directory cannot be written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"{path}: cannot create run directory ({exc.strerror or exc})") from None
-    write_text(path / ".write-test", "ok\n")
-    (path / ".write-test").unlink(missing_ok=True)
