@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,10 @@ from segmenter.predict.mosaic import (
 )
 from segmenter.predict.stitch import merge_weights
 from segmenter.predict.threshold import Decision, fit_decision
+
+if TYPE_CHECKING:
+    from segmenter.data.inputs import PhotoRef
+    from segmenter.predict.models import LoadedModels
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,7 @@ def check_supported(cfg: Config, location: str = "") -> None:
         raise ConfigError("predict.rescale: minmax needs the whole map at once; not for rasters")
 
 
-def predict_raster(location: str, stem: str, loaded: Any, cfg: Config, out_dir: Path, *,
+def predict_raster(location: str, stem: str, loaded: LoadedModels, cfg: Config, out_dir: Path, *,
                    storage: Any = None, relpath: str = "", vector: bool = False,
                    tile_size: int | None = None) -> RasterResult:
     """Predict a GeoTIFF/COG tile by tile and write its georeferenced outputs into ``out_dir``.
@@ -333,12 +337,12 @@ class _Overview:
         self.water[into] = water
 
 
-def is_raster_ref(ref: Any) -> bool:
+def is_raster_ref(ref: PhotoRef) -> bool:
     """Whether a ``predict`` input is read as a raster (GeoTIFF / COG) rather than a photo."""
     return is_raster_name(str(ref.path))
 
 
-def predict_raster_ref(ref: Any, stem: str, loaded: Any, cfg: Config, out_dir: Path,
+def predict_raster_ref(ref: PhotoRef, stem: str, loaded: LoadedModels, cfg: Config, out_dir: Path,
                        vector: bool = False) -> tuple[dict[str, Any], str]:
     """:func:`predict_raster` for a ``predict`` input: summary fields and the report line."""
     storage = getattr(ref, "storage", None)

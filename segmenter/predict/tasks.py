@@ -14,10 +14,13 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segmenter.config import Config
 from segmenter.errors import RunError, SegmenterError
+
+if TYPE_CHECKING:
+    from segmenter.predict.mosaic import MosaicPlan, TilePlan
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +207,8 @@ def photo_task(job: dict[str, Any], ref: dict[str, str], stem: str
 
 
 @_portable
-def tile_probs_task(job: dict[str, Any], location: str, plan: Any, tile: Any, rate: float,
-                    prob_nodata: float | None) -> Any:
+def tile_probs_task(job: dict[str, Any], location: str, plan: MosaicPlan, tile: TilePlan,
+                    rate: float, prob_nodata: float | None) -> Any:
     """Pass 1 of one raster tile (:func:`segmenter.predict.mosaic.tile_pass1`). Runs on a worker."""
     from segmenter.predict import mosaic
     from segmenter.predict.models import select_models
@@ -222,7 +225,7 @@ def tile_probs_task(job: dict[str, Any], location: str, plan: Any, tile: Any, ra
 
 
 def _raster_statistics(job: dict[str, Any], location: str, models: Any, raster: Any,
-                       plan: Any, cfg: Config) -> Any:
+                       plan: MosaicPlan, cfg: Config) -> Any:
     """:func:`segmenter.predict.mosaic.raster_statistics`, once per raster in this process."""
     if cfg.predict.adapt_norm <= 0:
         return None
