@@ -238,14 +238,18 @@ def make_public_bucket(s3: S3Server, bucket: str, folder: Path, prefix: str) -> 
 TINY = ["data.scale=0.5", "model.depth=1", "model.filters=4", "train.widths={16: 4, 32: 2}"]
 
 
-def make_run(path: Path, widths=(16, 32), finished=True, extra=()) -> Path:
+def make_run(path: Path, widths=(16, 32), finished=True, extra=(), seed: int = 0) -> Path:
     """A run directory as `segmenter train` leaves it, with tiny untrained models (``extra``:
-    more --set overrides of its config)."""
+    more --set overrides of its config), their weights drawn from ``seed``, so every test
+    sees the same maps however the tests are ordered."""
+    import keras
+
     cfg = load_config(None, [*TINY, *extra])
     run = prepare_run(RunPlan(path, cfg, list(widths)))
     if finished:
         for width in widths:
             run.model_path(width).parent.mkdir(parents=True, exist_ok=True)
+            keras.utils.set_random_seed(seed + width)
             build_model(cfg.model).save(run.model_path(width))
             run.write_status(width, {"status": "finished", "final_val_water_iou": 0.5})
     return path
