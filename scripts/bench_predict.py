@@ -198,16 +198,16 @@ def window_batch_seconds(loaded: Any, cfg: Any, windows: dict[int, int], passes:
         full, rest = divmod(total, size)
         channels = int(model.inputs[0].shape[-1])  # 4 with model.row_channel
         batch = rng.random((size, patch_width, patch_width, channels), dtype=np.float32)
-        infer(batch).numpy()  # trace and warm up
+        infer(batch)  # trace and warm up
         if rest:
-            infer(batch[:rest]).numpy()
+            infer(batch[:rest])
         best, best_cpu = float("inf"), float("inf")
         for _ in range(repeats):
             tick, cpu_tick = time.perf_counter(), time.process_time()
             for _ in range(full):
-                infer(batch).numpy()
+                infer(batch)
             if rest:
-                infer(batch[:rest]).numpy()
+                infer(batch[:rest])
             best = min(best, time.perf_counter() - tick)
             best_cpu = min(best_cpu, time.process_time() - cpu_tick)
         out[patch_width] = (best * passes, best_cpu * passes) if cpu else best * passes

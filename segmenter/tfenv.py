@@ -46,12 +46,19 @@ def native_stderr_captured() -> Iterator[None]:
 
 
 def start_tensorflow(verbose: bool | None = None) -> None:
-    """Import TensorFlow and enumerate devices once; quietly unless ``verbose``.
+    """Import TensorFlow and enumerate devices once; quietly unless ``verbose``. With another
+    Keras backend (``KERAS_BACKEND=jax`` or ``torch``) only Keras is imported.
 
     ``verbose`` defaults to whether segmenter's logger shows debug messages (``-v``).
     """
     if verbose is None:
         verbose = logging.getLogger("segmenter").isEnabledFor(logging.DEBUG)
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend != "tensorflow":  # JAX or PyTorch: TensorFlow is not needed (nor installed)
+        import keras
+
+        log.debug("Keras %s on %s", keras.__version__, keras.backend.backend())
+        return
     if "tensorflow" in sys.modules and not verbose:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")

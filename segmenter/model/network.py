@@ -66,9 +66,9 @@ def check_width(width: int, depth: int) -> None:
 class SizeCheck(keras.layers.Layer):
     """Pass-through layer that refuses inputs whose height or width is not a multiple.
 
-    Static sizes (known when the model is called on a concrete array) fail at once with a
-    ``ValueError``; sizes only known at run time fail through a TensorFlow assertion carrying
-    the same message.
+    Static sizes (known when the model is called on a concrete array, and always on JAX and
+    PyTorch) fail at once with a ``ValueError``; sizes only known at run time (a TensorFlow
+    graph) fail through a TensorFlow assertion carrying the same message.
     """
 
     def __init__(self, multiple: int, **kwargs: Any) -> None:
@@ -78,8 +78,6 @@ class SizeCheck(keras.layers.Layer):
         self.multiple = multiple
 
     def call(self, inputs):
-        import tensorflow as tf
-
         message = (
             f"input height and width must be multiples of {self.multiple} "
             f"(2^depth of this model)"
@@ -90,6 +88,8 @@ class SizeCheck(keras.layers.Layer):
             if bad:
                 raise ValueError(f"{message}; got {int(static[0])} x {int(static[1])}")
             return inputs
+        import tensorflow as tf  # only TensorFlow traces with unknown sizes
+
         dims = tf.shape(inputs)[1:3]
         with tf.control_dependencies(
             [tf.debugging.assert_equal(dims % self.multiple, 0, message=message)]
@@ -111,7 +111,10 @@ class BilinearUpsampling(keras.layers.Layer):
 
     ``keras.layers.UpSampling2D(interpolation="bilinear")`` fails inside a TensorFlow graph when
     height and width are ``None`` (Keras 3.15), which is exactly how a fully convolutional model
-    is traced for prediction on photos of any size; ``tf.image.resize`` takes a dynamic size.
+    is traced for prediction on photos of any size; on TensorFlow ``tf.image.resize`` takes a
+    dynamic size. JAX and PyTorch always know the size, and ``keras.ops.image.resize`` (half-pixel
+    centres, edges clamped, as TensorFlow) gives the same map, so a model trained on one backend
+    predicts on another.
     """
 
     def __init__(self, factor: int = 2, **kwargs: Any) -> None:
@@ -121,11 +124,16 @@ class BilinearUpsampling(keras.layers.Layer):
         self.factor = factor
 
     def call(self, inputs):
-        import tensorflow as tf
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
 
-        size = tf.shape(inputs)[1:3] * self.factor
-        resized = tf.image.resize(inputs, size, method="bilinear")
-        return tf.cast(resized, inputs.dtype)
+            size = tf.shape(inputs)[1:3] * self.factor
+            resized = tf.image.resize(inputs, size, method="bilinear")
+            return tf.cast(resized, inputs.dtype)
+        height, width = inputs.shape[1:3]
+        resized = keras.ops.image.resize(inputs, (height * self.factor, width * self.factor),
+                                         interpolation="bilinear", antialias=False)
+        return keras.ops.cast(resized, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         height, width = input_shape[1], input_shape[2]
@@ -157,12 +165,11 @@ class WindowStandardise(keras.layers.Layer):
         self.floor = float(floor)
 
     def call(self, inputs):
-        import tensorflow as tf
-
-        mean = tf.reduce_mean(inputs, axis=[1, 2], keepdims=True)
+        ops = keras.ops
+        mean = ops.mean(inputs, axis=(1, 2), keepdims=True)
         centred = inputs - mean
-        std = tf.sqrt(tf.reduce_mean(tf.square(centred), axis=[1, 2, 3], keepdims=True))
-        return centred / tf.maximum(std, self.floor)
+        std = ops.sqrt(ops.mean(ops.square(centred), axis=(1, 2, 3), keepdims=True))
+        return centred / ops.maximum(std, self.floor)
 
     def compute_output_shape(self, input_shape):
         return input_shape

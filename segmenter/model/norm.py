@@ -72,8 +72,20 @@ def spread(positions: list[Any], count: int) -> list[Any]:
 
 
 def _adapt_pass(model: Any, shape: tuple[int, ...], share: float):
-    """The compiled training-mode pass of :func:`adapted_statistics` (one per model, window
-    shape and share: the momentum ``1 - share`` is fixed when it is traced)."""
+    """The training-mode pass of :func:`adapted_statistics`, which updates the BatchNorm
+    layers' moving statistics in place. TensorFlow: compiled, one per model, window shape and
+    share (the momentum ``1 - share`` is fixed when it is traced). JAX and PyTorch: the model
+    called eagerly (without gradients), one pass per photo and width."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        from segmenter.model.compiled import no_gradients
+
+        def eager(windows: np.ndarray) -> None:
+            with no_gradients():
+                model(windows, training=True)
+
+        return eager
     import tensorflow as tf
 
     cache = _ADAPT_PASSES.setdefault(model, {})

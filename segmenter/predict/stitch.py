@@ -40,9 +40,9 @@ def stitch(infer: Callable[[np.ndarray], Any], padded: np.ndarray, positions: li
     accumulate them: the weighted sum of predictions and the sum of weights per pixel, float32
     (H, W) each, over ``padded``'s (H, W).
 
-    ``infer``: a compiled inference function (B, h, w, c) -> (B, h, w) tensor
+    ``infer``: a compiled inference function, numpy (B, h, w, c) -> numpy (B, h, w)
     (:func:`segmenter.model.compiled.compiled_infer`); ``batch_size`` windows per call. Two
-    batch buffers: while the model predicts one batch (TensorFlow releases the GIL), this thread
+    batch buffers: while the model predicts one batch (the backends release the GIL), this thread
     accumulates the previous batch and cuts the next one, so the model never waits on numpy.
 
     Raises:
@@ -73,7 +73,7 @@ def stitch(infer: Callable[[np.ndarray], Any], padded: np.ndarray, positions: li
             batch = buffers[number % 2][: len(chunk)]
             for i, (top, left) in enumerate(chunk):
                 batch[i] = padded[top : top + window, left : left + window]
-            running = runner.submit(lambda b=batch: infer(b).numpy())
+            running = runner.submit(infer, batch)
             if pending is not None:
                 accumulate(pending[0].result(), pending[1])
             pending = (running, chunk)

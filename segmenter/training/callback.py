@@ -199,7 +199,7 @@ class WidthCallback(keras.callbacks.Callback):
         infer = compiled_infer(self.net, (self.width, self.width))
         losses, truths, preds = [], [], []
         for images, lands in self.val_batches:
-            raw = infer(images).numpy()[..., None]
+            raw = infer(images)[..., None]
             losses.append(float(self.loss_fn(lands, raw)))
             truths.append(lands)
             preds.append(raw)

@@ -332,7 +332,7 @@ def test_large_batch_size_is_one_trace_per_window_size(image, monkeypatch):
     assert info["windows"] > 8 and info["windows"] % 8  # several batches, a shorter last one
     photo.predict_scale(model, image[:30], 16, batch_size=5)
     infer = compiled.compiled_infer(model, (16, 16))
-    assert infer.experimental_get_tracing_count() == 1
+    assert infer.compiled.experimental_get_tracing_count() == 1
 
 
 def test_photo_is_shrunk_exactly_as_the_data_loader_does(image):
