@@ -13,7 +13,6 @@ from PIL import Image
 
 from segmenter.config import load_config
 from segmenter.model.network import build_model
-from segmenter.outputs.names import assign_stems, safe_stem
 from segmenter.training.plan import RunPlan, prepare_run
 
 
@@ -113,18 +112,6 @@ def test_config_file_overrides_run_config(runner, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((out / "predictions.json").read_text())["images"][0]
     assert record["method"] == "global" and record["threshold"] == 0.4
-
-
-def test_output_names_stay_inside_out():
-    assert safe_stem("s3://bucket/../../etc/passwd.jpg") == "passwd"
-    assert safe_stem("..") == "image"
-    assert safe_stem("..\\..\\evil.png") == "evil"
-    assert safe_stem("dir/.hidden.JPG") == "hidden"
-    assert safe_stem("a b/c d?.tif") == "c_d_"
-    assert assign_stems(["x/a.jpg", "y/a.png", "A.tif"]) == ["a", "a-2", "A-3"]
-    for name in ("../x.jpg", "a/../../b.png", "/abs/c.tif", "..", "../..", "..."):
-        stem = safe_stem(name)
-        assert "/" not in stem and "\\" not in stem and not stem.startswith(".")
 
 
 @pytest.mark.parametrize("name", ["predictions.csv", "shore_water_prob.npy",
