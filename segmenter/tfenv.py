@@ -45,6 +45,12 @@ def native_stderr_captured() -> Iterator[None]:
             os.close(saved)
 
 
+def keras_backend() -> str:
+    """The Keras backend the commands will use (``KERAS_BACKEND``, TensorFlow by default),
+    known without importing Keras (which would start that backend)."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def start_tensorflow(verbose: bool | None = None) -> None:
     """Import TensorFlow and enumerate devices once; quietly unless ``verbose``. With another
     Keras backend (``KERAS_BACKEND=jax`` or ``torch``) only Keras is imported.
@@ -53,8 +59,7 @@ def start_tensorflow(verbose: bool | None = None) -> None:
     """
     if verbose is None:
         verbose = logging.getLogger("segmenter").isEnabledFor(logging.DEBUG)
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend != "tensorflow":  # JAX or PyTorch: TensorFlow is not needed (nor installed)
+    if keras_backend() != "tensorflow":  # JAX or PyTorch: TensorFlow is not needed (nor installed)
         import keras
 
         log.debug("Keras %s on %s", keras.__version__, keras.backend.backend())

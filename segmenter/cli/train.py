@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -46,7 +45,9 @@ def train(
     kill -9) continues from its last checkpoint; with --resume and no --config, the run's saved
     config is used.
     """
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    from segmenter.tfenv import keras_backend
+
+    backend = keras_backend()
     if backend != "tensorflow":
         raise ConfigError(
             f"KERAS_BACKEND={backend}: training runs on TensorFlow for now (its input pipeline "

@@ -75,7 +75,7 @@ def expand_inputs(inputs: list[str] | tuple[str, ...], data_cfg: DataConfig) -> 
 
     Folders contribute the photos directly inside them (sorted). Display names are the file
     stems, made unique with ``-2``, ``-3``...; the names of the files written are
-    :func:`segmenter.outputs.assign_stems`'s.
+    :func:`segmenter.outputs.names.assign_stems`'s.
 
     Raises:
         DataError: an input that does not exist, or that holds no photo (names it).

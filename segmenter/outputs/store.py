@@ -323,7 +323,7 @@ class Output:
         """The records of the ``stems`` already predicted here, for ``--skip-existing``.
 
         A record counts when it is ``ok``, is the same input's (``sources``: stem -> its
-        :func:`segmenter.outputs.input_source`), every output it names is present, and it has
+        :func:`segmenter.outputs.names.input_source`), every output it names is present, and it has
         every output this call would write (``wanted``: stem -> output kinds; a raster
         predicted without ``--vector`` is not finished for a call with it).
         """

@@ -5,7 +5,7 @@ Dask job (:func:`segmenter.predict.cluster.run_job`) differ only in where the pi
 Everything a user sees of the folder goes through here, once:
 
 * :func:`plan_job`: each input's stem (kept for an input the folder already holds, never
-  another input's, :func:`segmenter.outputs.assign_stems`), the ``--overwrite`` refusal,
+  another input's, :func:`segmenter.outputs.names.assign_stems`), the ``--overwrite`` refusal,
   what ``--skip-existing`` skips, the write probe;
 * :func:`base_record` / :func:`photo_record` / :func:`failed_record`: an input's row, and
   :func:`failure_message`: a failure as one line naming the input once;
