@@ -83,7 +83,7 @@ RESUME_IGNORED_PREFIXES = (
 def versions() -> dict[str, str]:
     """Package versions that produced a run (read from metadata: no TensorFlow import)."""
     found = {"segmenter": __version__, "python": platform.python_version()}
-    for package in ("tensorflow", "keras", "numpy"):
+    for package in ("tensorflow", "jax", "torch", "keras", "numpy"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -214,6 +214,7 @@ class Run:
         statuses = self.statuses()
         fingerprints = sorted({s.data_fingerprint for s in statuses.values()
                                if s.data_fingerprint})
+        backends = sorted({s.backend or "tensorflow" for s in statuses.values()})
         return Manifest(
             format=MANIFEST_FORMAT,
             updated=_now(),
@@ -221,6 +222,7 @@ class Run:
             widths={str(w): statuses[w] for w in sorted(statuses)},
             finished_widths=self.finished_widths(),
             data_fingerprint=fingerprints[0] if len(fingerprints) == 1 else fingerprints,
+            backend=backends[0] if len(backends) == 1 else (backends or None),
             versions=versions(),
         )
 

@@ -45,6 +45,9 @@ class WidthStatus(_Record):
     #: :func:`segmenter.data.ontario.fingerprint`: a hash of the decoded pixels of every
     #: image and label, so ``--resume`` on other data (same names and sizes) is refused.
     data_fingerprint: str | None = None
+    #: the Keras backend that trained it (``tensorflow``, ``jax`` or ``torch``); ``None`` in
+    #: runs of older segmenter versions, which trained on TensorFlow.
+    backend: str | None = None
     message: str | None = None
     updated: str | None = None
 
@@ -71,6 +74,8 @@ class Manifest(_Record):
     finished_widths: list[int]
     #: One fingerprint when every width trained on the same data, else the list of them.
     data_fingerprint: str | list[str] | None = None
+    #: the Keras backend of the widths (one, or the list when widths were trained on several).
+    backend: str | list[str] | None = None
     versions: dict[str, str]
 
 

@@ -73,3 +73,19 @@ def start_tensorflow(verbose: bool | None = None) -> None:
 
         gpus = tf.config.list_physical_devices("GPU")
     log.debug("TensorFlow %s, %d GPU(s) visible", tf.__version__, len(gpus))
+
+
+def gpu_count() -> int:
+    """GPUs the Keras backend in use can see (TensorFlow, JAX or PyTorch)."""
+    backend = keras_backend()
+    if backend == "jax":
+        import jax
+
+        return sum(device.platform == "gpu" for device in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from segmenter.cli.options import config_options, resolve_config
-from segmenter.errors import ConfigError, SegmenterError
+from segmenter.errors import SegmenterError
 
 
 @click.command()
@@ -45,15 +45,6 @@ def train(
     kill -9) continues from its last checkpoint; with --resume and no --config, the run's saved
     config is used.
     """
-    from segmenter.tfenv import keras_backend
-
-    backend = keras_backend()
-    if backend != "tensorflow":
-        raise ConfigError(
-            f"KERAS_BACKEND={backend}: training runs on TensorFlow for now (its input pipeline "
-            f"and distribution are tf.data and tf.distribute); unset KERAS_BACKEND to train. "
-            f"predict and evaluate run on {backend} with models trained on TensorFlow"
-        )
     if out is None:
         out = Path("runs") / (config_path.stem if config_path is not None else "default")
     base = None

@@ -72,6 +72,7 @@ def width_status(tracker: Progress, status: WidthState, steps: int, batch_size: 
         final_val_water_iou=last.get("val_water_iou"),
         seconds=round(tracker.seconds(), 2),
         data_fingerprint=fingerprint,
+        backend=keras.backend.backend(),
         message=message,
     )
 

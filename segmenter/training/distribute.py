@@ -1,6 +1,6 @@
-"""Choosing the ``tf.distribute`` strategy and the numeric precision for training.
+"""Choosing how training uses the devices, and the numeric precision.
 
-``train.strategy``:
+``train.strategy`` on TensorFlow (``tf.distribute``):
 
 - ``auto``: several workers in ``TF_CONFIG`` -> multi-worker; several GPUs -> mirrored over
   them; otherwise TensorFlow's default strategy (which already uses the one GPU, if any).
@@ -9,10 +9,14 @@
   logical CPU device (useful for tests, which split the CPU in two).
 - ``multiworker``: ``MultiWorkerMirroredStrategy``; the cluster comes from ``TF_CONFIG``.
 
-The global batch is always the config's batch size: ``tf.distribute`` splits each batch across
-replicas, so results do not depend on how many devices there are. ``MultiWorkerMirroredStrategy``
-must be created before TensorFlow runs any operation, so :func:`select_strategy` is the first
-thing training does.
+On JAX, ``auto`` with several GPUs and ``mirrored`` train data-parallel over the local devices
+(``keras.distribution.DataParallel``: the weights replicated, each batch split); PyTorch trains
+on one device. ``multiworker`` is TensorFlow's and is refused on the others.
+
+The global batch is always the config's batch size: each batch is split across replicas, so
+results do not depend on how many devices there are. ``MultiWorkerMirroredStrategy`` must be
+created before TensorFlow runs any operation, so :func:`select_strategy` is the first thing
+training does.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from segmenter.errors import ConfigError, SegmenterError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "LocalDevices",
     "describe",
     "is_chief",
     "precision",
@@ -50,12 +55,40 @@ def tf_config_workers() -> int:
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
+class LocalDevices:
+    """The devices of one process on JAX or PyTorch, with what training asks of a strategy:
+    ``scope()`` (inside it, a JAX data-parallel distribution is in force) and
+    ``num_replicas_in_sync``."""
+
+    def __init__(self, devices: list[Any], data_parallel: bool) -> None:
+        self.devices = devices
+        self.distribution = None
+        if data_parallel:
+            import keras
+
+            self.distribution = keras.distribution.DataParallel(devices=devices)
+
+    @property
+    def num_replicas_in_sync(self) -> int:
+        return len(self.devices) if self.distribution is not None else 1
+
+    def scope(self) -> Any:
+        if self.distribution is None:
+            return contextlib.nullcontext()
+        return self.distribution.scope()
+
+
 def select_strategy(train_cfg: TrainConfig):
-    """The ``tf.distribute.Strategy`` for ``train.strategy`` (see the module docstring).
+    """The ``tf.distribute.Strategy`` for ``train.strategy`` (see the module docstring), or the
+    :class:`LocalDevices` on JAX and PyTorch.
 
     Raises:
-        ConfigError: ``multiworker`` without a ``TF_CONFIG`` cluster.
+        ConfigError: ``multiworker`` without a ``TF_CONFIG`` cluster, or on another backend.
     """
+    from segmenter.tfenv import keras_backend
+
+    if keras_backend() != "tensorflow":
+        return _local_devices(train_cfg, keras_backend())
     import tensorflow as tf
 
     choice = train_cfg.strategy
@@ -85,6 +118,30 @@ def select_strategy(train_cfg: TrainConfig):
             log.warning("train.strategy: mirrored on a single CPU device (no GPU found)")
         return tf.distribute.MirroredStrategy(devices=cpus)
     return tf.distribute.get_strategy()
+
+
+def _local_devices(train_cfg: TrainConfig, backend: str) -> LocalDevices:
+    choice = train_cfg.strategy
+    if choice == "multiworker" or (choice == "auto" and tf_config_workers() > 1):
+        raise ConfigError(
+            f"train.strategy: multi-worker training is TensorFlow's (tf.distribute); "
+            f"KERAS_BACKEND={backend} trains on one machine (unset KERAS_BACKEND for a cluster)"
+        )
+    if backend == "jax":
+        import jax
+
+        gpus = [device for device in jax.devices() if device.platform == "gpu"]
+        devices = gpus or jax.devices()
+        several = len(gpus) > 1 if choice == "auto" else choice == "mirrored"
+        if choice == "mirrored" and len(devices) < 2:
+            log.warning("train.strategy: mirrored on a single device")
+        return LocalDevices(devices, data_parallel=several and len(devices) > 1)
+    from segmenter.tfenv import gpu_count
+
+    if choice == "mirrored" or gpu_count() > 1:
+        log.warning("train.strategy: PyTorch trains on one device here (%d GPU(s) visible); "
+                    "use KERAS_BACKEND=jax or tensorflow to train on several", gpu_count())
+    return LocalDevices(["torch"], data_parallel=False)
 
 
 #: the Keras release the private-API workarounds below (and in training.py) were written for.
@@ -168,12 +225,17 @@ def is_chief(strategy: Any) -> bool:
 
 def describe(strategy: Any) -> str:
     """One phrase for the log: strategy name, replicas, and the devices in use."""
-    import tensorflow as tf
+    import keras
 
-    gpus = tf.config.list_physical_devices("GPU")
-    device = f"{len(gpus)} GPU(s)" if gpus else "CPU"
+    from segmenter.tfenv import gpu_count
+
+    gpus = gpu_count()
+    device = f"{gpus} GPU(s)" if gpus else "CPU"
     replicas = strategy.num_replicas_in_sync
-    return f"{type(strategy).__name__} with {replicas} replica(s) on {device}"
+    name = type(strategy).__name__
+    if isinstance(strategy, LocalDevices):
+        name = "DataParallel" if strategy.distribution is not None else "one device"
+    return f"{name} with {replicas} replica(s) on {device}, Keras backend {keras.backend.backend()}"
 
 
 @contextlib.contextmanager
@@ -184,11 +246,12 @@ def precision(train_cfg: TrainConfig) -> Iterator[str]:
     policy is restored afterwards, so a saved model and later code run in float32.
     """
     import keras
-    import tensorflow as tf
+
+    from segmenter.tfenv import gpu_count
 
     previous = keras.config.dtype_policy().name
     name = "mixed_float16" if train_cfg.mixed_precision else "float32"
-    if train_cfg.mixed_precision and not tf.config.list_physical_devices("GPU"):
+    if train_cfg.mixed_precision and not gpu_count():
         log.warning("train.mixed_precision: no GPU found; float16 on a CPU is usually slower")
     keras.config.set_dtype_policy(name)
     try:

@@ -2,8 +2,8 @@
 
 :func:`train` is what ``segmenter train`` calls. For each patch width it builds the residual
 encoder-decoder, trains it for ``train.steps`` batches of random patches (``training/pipeline.py``)
-with Keras' ``fit`` under the chosen ``tf.distribute`` strategy, and every ``validate_every``
-steps:
+with Keras' ``fit`` on the chosen devices (:mod:`segmenter.training.distribute`), and every
+``validate_every`` steps:
 
 1. measures the loss and the water IoU on a fixed, seeded set of test patches;
 2. saves a checkpoint (model + optimiser state) to ``state/pw<W>/`` and only then records it
@@ -21,6 +21,8 @@ still train.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import math
 import sys
@@ -200,6 +202,7 @@ def _mark_interrupted(run: Run, width: int, cfg: Config, fingerprint: str) -> No
         "steps": cfg.train.steps,
         "batch_size": cfg.train.widths[width],
         "data_fingerprint": fingerprint,
+        "backend": keras.backend.backend(),
     }))
 
 
@@ -286,18 +289,24 @@ def _train_width(
 
 
 def _out_of_memory(exc: BaseException) -> bool:
-    """TensorFlow's ResourceExhaustedError (CPU or GPU allocator), or Python's MemoryError."""
+    """Out of memory on any backend: Python's MemoryError, TensorFlow's ResourceExhaustedError
+    (CPU or GPU allocator), XLA's RESOURCE_EXHAUSTED on JAX, PyTorch's OutOfMemoryError."""
     if isinstance(exc, MemoryError):
         return True
-    import tensorflow as tf
-
-    return isinstance(exc, tf.errors.ResourceExhaustedError)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(exc, tf.errors.ResourceExhaustedError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return type(exc).__name__ in {"XlaRuntimeError", "JaxRuntimeError"} and (
+        "RESOURCE_EXHAUSTED" in str(exc))
 
 
 def _oom_message(width: int, batch_size: int) -> str:
-    import tensorflow as tf
+    from segmenter.tfenv import gpu_count
 
-    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    device = "GPU" if gpu_count() else "CPU"
     return (
         f"out of {device} memory training patch width {width} with batch size {batch_size}; "
         f"lower the batch size (train.widths.{width}) or the patch width"
@@ -307,11 +316,17 @@ def _oom_message(width: int, batch_size: int) -> str:
 def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, chief: bool,
                progress: bool, train_items: list, val_batches: list,
                state: CheckpointState | None, tracker: Progress) -> WidthResult:
-    from segmenter.training.distribute import avoid_multiworker_build_reduce, precision
+    from segmenter.training.distribute import (
+        LocalDevices,
+        avoid_multiworker_build_reduce,
+        precision,
+    )
 
     steps, every = cfg.train.steps, cfg.train.validate_every
     batch_size = cfg.train.widths[width]
-    with precision(cfg.train):
+    # On JAX the data-parallel distribution must be in force for fit too, not only the build.
+    local = isinstance(strategy, LocalDevices)
+    with precision(cfg.train), (strategy.scope() if local else contextlib.nullcontext()):
         with strategy.scope():
             keras.utils.set_random_seed(cfg.train.seed)
             model = _compiled_model(cfg, state)
@@ -326,9 +341,13 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
                                   tracker, chief, dataset.fingerprint, progress, norm_windows)
         callbacks: list[Any] = [callback]
         if cfg.train.tensorboard and chief:
-            callbacks.append(keras.callbacks.TensorBoard(
-                log_dir=str(run.tensorboard_dir(width)), write_graph=False
-            ))
+            if importlib.util.find_spec("tensorflow") is None:
+                log.warning("train.tensorboard: TensorFlow is not installed, which writes the "
+                            "logs; training goes on without them")
+            else:
+                callbacks.append(keras.callbacks.TensorBoard(
+                    log_dir=str(run.tensorboard_dir(width)), write_graph=False
+                ))
         if chief:
             run.write_status(width, width_status(tracker, "running", steps, batch_size,
                                             dataset.fingerprint))
@@ -408,11 +427,13 @@ def _compiled_model(cfg: Config, state: CheckpointState | None):
     # With train.ema the optimiser keeps a moving average of the weights; the callback
     # validates it and the final model is it (see segmenter.training.callback.averaged_weights).
     ema = cfg.train.ema
+    # On JAX an uncompiled train step runs op by op: always compile there.
+    jit = bool(cfg.train.jit_compile) or keras.backend.backend() == "jax"
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=rate, use_ema=ema > 0,
                                         ema_momentum=ema or 0.99),
         loss=loss_function(cfg),
-        jit_compile=bool(cfg.train.jit_compile),
+        jit_compile=jit,
     )
     if state is not None:
         model.optimizer.build(model.trainable_variables)

@@ -1,25 +1,28 @@
-"""``tf.data`` pipelines: random training patches and fixed validation patches.
+"""Training patches for every Keras backend, and fixed validation patches.
 
 Training patches follow the reference method: a random image, a random top-left corner, a square
-of ``width`` pixels cut from the photo and its ``land`` label. Three choices make the pipeline
-fast, reproducible and resumable:
+of ``width`` pixels cut from the photo and its ``land`` label. Four choices make the pipeline
+fast, reproducible and resumable on TensorFlow, JAX and PyTorch alike:
 
 - **All eligible images live in one flat tensor** ``(pixels, 4)`` (RGB + land; a fifth
-  channel, the row position, with ``model.row_channel``) with per-image offsets, so one batch
-  is a single vectorised ``tf.gather`` of exactly ``B x w x w`` pixels: no per-patch Python,
-  no per-step copies of whole images, no padding of unequal photos.
-- **Randomness is stateless and keyed by the step number** (``(seed, width, step)``), so the
-  patches of step ``n`` are the same on every run, in any ``num_parallel_calls`` order, and a
-  resumed run continues with exactly the patches an uninterrupted run would have drawn.
-- Batches are built by a ``map`` over step numbers on a private thread pool and prefetched,
-  so the model never waits for data and the pipeline does not steal the step's cores
-  (``scripts/bench_train.py`` measures that).
+  channel, the row position, with ``model.row_channel``) with per-image offsets, held on the
+  device that trains (a GPU when there is one), so one batch is a single vectorised gather of
+  exactly ``B x w x w`` pixels: no per-patch Python, no per-step copies of whole images, no
+  padding of unequal photos.
+- **Randomness is drawn on the host and keyed by the step number** (``(seed, width, step)``;
+  :func:`~segmenter.training.augment.draw_step`): a few numbers per patch, so the patches of
+  step ``n`` are the same on every run and every backend, and a resumed run continues with
+  exactly the patches an uninterrupted run would have drawn.
+- **The per-pixel work runs on the device** (:func:`cut_patches`, in ``keras.ops``): the cut,
+  the flips, zoom and tilt, colour, light, blur and noise, so the host never bounds a GPU's step.
+- On TensorFlow, batches are built by a ``tf.data`` map on a private thread pool and
+  prefetched, so the pipeline does not steal the step's cores; on JAX each batch is one
+  ``jax.jit`` call, dispatched ahead of the step that uses it (``scripts/bench_train.py``
+  measures both).
 
-Augmentation (flips, 90-degree rotations, zoom, tilt; brightness, contrast, channel gains, hue,
-saturation, greyscale, gamma, blur, noise) is applied to training batches only; validation
-patches are a fixed, seeded set cut once with numpy.
+Validation patches are a fixed, seeded set cut once with numpy.
 
-The flat tensor is captured in the dataset's graph; TensorFlow caps a graph constant at 2 GB,
+On TensorFlow the flat tensor is captured in the dataset's graph, which TensorFlow caps at 2 GB,
 about 130 million pixels at float32: lower ``data.scale`` for more.
 """
 
@@ -36,12 +39,20 @@ import numpy as np
 from segmenter.config import AugmentConfig
 from segmenter.errors import DataError
 from segmenter.model.introspect import row_position
-from segmenter.training.augment import draw_geometry, photometric
+from segmenter.training.augment import (
+    StepDraw,
+    draw_step,
+    noise_field,
+    photometric,
+    step_generator,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "PatchBatches",
     "PatchSource",
+    "cut_patches",
     "eligible_images",
     "training_dataset",
     "validation_patches",
@@ -130,141 +141,145 @@ class PatchSource:
         return self.pixels.shape[1] == 5
 
 
-def _step_seed(seed: int, width: int, step):
-    """The stateless seed of one training step: same (seed, width, step) -> same patches."""
-    import tensorflow as tf
+def cut_patches(pixels, draw: StepDraw, width: int, augment: AugmentConfig, noise,
+                row_channel: bool = False):
+    """One batch ``(image, land)`` from the flat source ``pixels`` on the device, in ``keras.ops``.
 
-    base = tf.constant([seed % (2**31), width], dtype=tf.int64)
-    return tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int64))
-
-
-def _sample_batch(source_tensors, width: int, batch_size: int, augment: AugmentConfig, seed_pair,
-                  upright: bool = False):
-    """Cut ``batch_size`` random patches: a random image each, then a random corner in it.
-
-    Flips and rotations are applied to the gather indices rather than to the pixels, so they
-    cost nothing beyond the single gather that cuts the patches. With ``augment.scale`` or
-    ``augment.tilt`` the patches are zoomed or turned too (:func:`_resampled_gather`).
+    The flips and quarter turns are applied to the gather indices rather than to the pixels,
+    so they cost nothing beyond the one gather that cuts the patches; zoom and tilt resample
+    bilinearly (:func:`_resampled`). Then :func:`~segmenter.training.augment.photometric`.
     """
-    import tensorflow as tf
+    from keras import ops
 
-    pixels, offsets, heights, widths = source_tensors
-    index_type = offsets.dtype
-    seeds = tf.random.experimental.stateless_split(seed_pair, num=3)
-    count = tf.shape(offsets, out_type=tf.int64)[0]
-    index = tf.cast(
-        tf.random.stateless_uniform([batch_size], seeds[0], minval=0, maxval=count, dtype=tf.int64),
-        index_type,
-    )
-    image_w = tf.gather(widths, index)
-    image_h = tf.gather(heights, index)
-    unit = tf.random.stateless_uniform([2, batch_size], seeds[1], dtype=tf.float32)
-
-    span = tf.range(width, dtype=index_type)
-    down = tf.broadcast_to(span[None, :, None], [batch_size, width, width])  # output row
-    across = tf.broadcast_to(span[None, None, :], [batch_size, width, width])  # output column
+    batch = int(draw.start.shape[0])
+    index_type = ops.dtype(draw.start)
+    span = ops.arange(width, dtype=index_type)
+    rows = ops.broadcast_to(ops.reshape(span, (1, width, 1)), (batch, width, width))
+    columns = ops.broadcast_to(ops.reshape(span, (1, 1, width)), (batch, width, width))
+    down, across = rows, columns
     if augment.flip or augment.rotate90:
-        transpose, flip_lr, flip_ud = draw_geometry(batch_size, augment, seeds[2], upright)
         last = width - 1
-        down = tf.where(flip_ud[:, None, None], last - down, down)
-        across = tf.where(flip_lr[:, None, None], last - across, across)
-        down, across = (
-            tf.where(transpose[:, None, None], across, down),
-            tf.where(transpose[:, None, None], down, across),
-        )
+
+        def flag(values):
+            return ops.reshape(values, (-1, 1, 1))
+
+        down = ops.where(flag(draw.flip_ud), last - down, down)
+        across = ops.where(flag(draw.flip_lr), last - across, across)
+        down, across = (ops.where(flag(draw.transpose), across, down),
+                        ops.where(flag(draw.transpose), down, across))
     if augment.scale > 0 or augment.tilt > 0:
-        return _resampled_gather(pixels, tf.gather(offsets, index), image_h, image_w, unit,
-                                 down, across, width, augment,
-                                 tf.random.experimental.stateless_fold_in(seed_pair, 3))
-    room_y = image_h - width + 1
-    room_x = image_w - width + 1
-    top = tf.minimum(tf.cast(unit[0] * tf.cast(room_y, tf.float32), index_type), room_y - 1)
-    left = tf.minimum(tf.cast(unit[1] * tf.cast(room_x, tf.float32), index_type), room_x - 1)
-    flat = (
-        (tf.gather(offsets, index) + top * image_w + left)[:, None, None]
-        + down * image_w[:, None, None]
-        + across
-    )
-    return tf.gather(pixels, flat)  # (batch, width, width, 4 or 5)
+        patches = _resampled(pixels, draw, down, across, width, augment, row_channel)
+    else:
+        flat = (ops.reshape(draw.start, (-1, 1, 1)) + down * ops.reshape(draw.stride, (-1, 1, 1))
+                + across)
+        patches = ops.take(pixels, flat, axis=0)  # (batch, width, width, 4 or 5)
+    image = photometric(patches[..., :3], draw, augment, noise, rows, columns)
+    if row_channel:
+        image = ops.concatenate([image, patches[..., 4:]], axis=-1)
+    return image, patches[..., 3:4]
 
 
-def _resampled_gather(pixels, offsets, heights, widths, unit, down, across, width: int,
-                      augment: AugmentConfig, seed_pair):
+def _resampled(pixels, draw: StepDraw, down, across, width: int, augment: AugmentConfig,
+               row_channel: bool):
     """Patches zoomed (``augment.scale``) and turned (``augment.tilt``), resampled bilinearly.
 
-    Zoom: ``s`` is drawn log-uniform in ``[1/(1+zoom), 1+zoom]`` per patch, so a patch covers
-    ``width * s`` photo pixels: ``s > 1`` shows more of the scene at a coarser ground resolution
-    (a higher flight), ``s < 1`` less at a finer one. Tilt: the patch is turned by an angle
-    drawn uniformly in ``[-tilt, tilt]`` degrees about its centre, as a camera rolled about its
-    axis would see the scene (ship and aircraft photos with sloping horizons). ``s`` is capped
-    so the turned footprint fits its photo. Output pixel ``(i, j)`` (after the flips, which are
-    index changes as in :func:`_sample_batch`) samples the photo at the centre of its
-    footprint; the land fraction is interpolated like the colours, so shore pixels get soft
-    labels.
+    Output pixel ``(i, j)`` (after the flips) samples the photo at the centre of its footprint
+    (:func:`~segmenter.training.augment.draw_step` places, zooms and turns the footprint); the
+    land fraction is interpolated like the colours, so shore pixels get soft labels.
 
     The row position (channel 4, ``model.row_channel``) is the row in the *rolled camera's*
     frame, as a photo taken that way would give it: one value per patch row, growing
     downwards, while the scene in the patch slopes. Without tilt that is the photo's own row,
     which is linear, so interpolation keeps it exact.
     """
-    import tensorflow as tf
+    from keras import ops
 
-    index_type = offsets.dtype
-    batch = tf.shape(offsets)[0]
-    height_f, width_f = tf.cast(heights, tf.float32), tf.cast(widths, tf.float32)
-    if augment.scale > 0:
-        log_zoom = float(np.log1p(augment.scale))
-        scale = tf.exp(tf.random.stateless_uniform([batch], seed_pair, -log_zoom, log_zoom))
-    else:
-        scale = tf.ones([batch], tf.float32)
-    if augment.tilt > 0:
-        limit = float(np.radians(augment.tilt))
-        angle = tf.random.stateless_uniform(
-            [batch], tf.random.experimental.stateless_fold_in(seed_pair, 1), -limit, limit
-        )
-    else:
-        angle = tf.zeros([batch], tf.float32)
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    reach = tf.abs(cos) + tf.abs(sin)  # side of the box around a turned unit square
-    scale = tf.minimum(scale, tf.minimum(height_f, width_f) / (float(width) * reach))
-    extent = scale * float(width) * reach
-    centre_y = extent / 2 + unit[0] * (height_f - extent)
-    centre_x = extent / 2 + unit[1] * (width_f - extent)
+    index_type = ops.dtype(draw.start)
 
     def per_patch(values):
-        return values[:, None, None]
+        return ops.reshape(values, (-1, 1, 1))
 
     half = float(width) / 2
-    offset_y = tf.cast(down, tf.float32) + 0.5 - half  # from the patch centre, output pixels
-    offset_x = tf.cast(across, tf.float32) + 0.5 - half
-    at_y = per_patch(centre_y) + per_patch(scale) * (
-        per_patch(cos) * offset_y - per_patch(sin) * offset_x)
-    at_x = per_patch(centre_x) + per_patch(scale) * (
-        per_patch(sin) * offset_y + per_patch(cos) * offset_x)
+    offset_y = ops.cast(down, "float32") + (0.5 - half)  # from the patch centre, output pixels
+    offset_x = ops.cast(across, "float32") + (0.5 - half)
+    scale, cos, sin = per_patch(draw.scale), per_patch(draw.cos), per_patch(draw.sin)
+    at_y = per_patch(draw.centre_y) + scale * (cos * offset_y - sin * offset_x)
+    at_x = per_patch(draw.centre_x) + scale * (sin * offset_y + cos * offset_x)
 
     def axis(at, size):
         """Lower neighbour, upper neighbour and weight of the upper one along one axis."""
-        at = tf.clip_by_value(at - 0.5, 0.0, per_patch(size) - 1.0)
-        low = tf.floor(at)
-        high = tf.minimum(low + 1.0, per_patch(size) - 1.0)
-        return tf.cast(low, index_type), tf.cast(high, index_type), (at - low)[..., None]
+        at = ops.clip(at - 0.5, 0.0, per_patch(size) - 1.0)
+        low = ops.floor(at)
+        high = ops.minimum(low + 1.0, per_patch(size) - 1.0)
+        return (ops.cast(low, index_type), ops.cast(high, index_type),
+                ops.expand_dims(at - low, -1))
 
-    y0, y1, wy = axis(at_y, height_f)
-    x0, x1, wx = axis(at_x, width_f)
-    base = per_patch(offsets)
-    row0, row1 = base + y0 * per_patch(widths), base + y1 * per_patch(widths)
-    upper = (1 - wx) * tf.gather(pixels, row0 + x0) + wx * tf.gather(pixels, row0 + x1)
-    lower = (1 - wx) * tf.gather(pixels, row1 + x0) + wx * tf.gather(pixels, row1 + x1)
+    y0, y1, wy = axis(at_y, draw.height)
+    x0, x1, wx = axis(at_x, draw.wide)
+    base, stride = per_patch(draw.offset), per_patch(draw.stride)
+    row0, row1 = base + y0 * stride, base + y1 * stride
+
+    def take(at):
+        return ops.take(pixels, at, axis=0)
+
+    upper = (1 - wx) * take(row0 + x0) + wx * take(row0 + x1)
+    lower = (1 - wx) * take(row1 + x0) + wx * take(row1 + x1)
     patches = (1 - wy) * upper + wy * lower  # (batch, width, width, 4 or 5)
-    if augment.tilt > 0 and pixels.shape[-1] == 5:
-        # The patch centre's row in the frame of a camera rolled about the photo's centre,
-        # then ``scale`` photo rows per patch row, straight down the patch.
-        centre_row = (height_f / 2 + cos * (centre_y - height_f / 2)
-                      + sin * (centre_x - width_f / 2))
-        row = (per_patch(centre_row) + per_patch(scale) * offset_y - 0.5) / per_patch(
-            tf.maximum(height_f - 1.0, 1.0))
-        patches = tf.concat([patches[..., :4], row[..., None]], axis=-1)
+    if augment.tilt > 0 and row_channel:
+        # The centre's row in the rolled camera's frame, then ``scale`` photo rows per patch
+        # row, straight down the patch.
+        row = (per_patch(draw.centre_row) + scale * offset_y - 0.5) / ops.maximum(
+            per_patch(draw.height) - 1.0, 1.0)
+        patches = ops.concatenate([patches[..., :4], ops.expand_dims(row, -1)], axis=-1)
     return patches
+
+
+@dataclass
+class _Stream:
+    """What one training stream needs: the packed source and the step's static settings."""
+
+    source: PatchSource
+    width: int
+    batch_size: int
+    seed: int
+    augment: AugmentConfig
+    upright: bool
+    index_type: type
+
+    def draw(self, step: int) -> StepDraw:
+        return draw_step(step_generator(self.seed, self.width, int(step)), self.batch_size,
+                         self.width, self.augment, self.source.offsets, self.source.heights,
+                         self.source.widths, self.upright, self.index_type)
+
+    def cut(self, pixels, noise, draw: StepDraw):
+        return cut_patches(pixels, draw, self.width, self.augment, noise,
+                           self.source.row_channel)
+
+
+class PatchBatches:
+    """The training batches of steps ``start .. steps - 1`` on JAX or PyTorch: an iterable that
+    ``fit`` takes, each batch cut on the device the images were put on (a GPU when there is
+    one), by a ``jax.jit``-compiled call on JAX or eager ``keras.ops`` on PyTorch."""
+
+    def __init__(self, stream: _Stream, start: int, steps: int) -> None:
+        import keras
+        from keras import ops
+
+        self.stream, self.start, self.steps = stream, start, steps
+        self.pixels = ops.convert_to_tensor(stream.source.pixels)
+        self.noise = ops.convert_to_tensor(noise_field(stream.seed, stream.width))
+        self.cut = stream.cut
+        if keras.backend.backend() == "jax":
+            import jax
+
+            self.cut = jax.jit(stream.cut)
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            yield self.cut(self.pixels, self.noise, self.stream.draw(step))
 
 
 def training_dataset(
@@ -294,48 +309,57 @@ def training_dataset(
         upright: ``data.upright``: no up-down flips or quarter turns, whatever ``augment`` says.
 
     Returns:
-        A finite ``tf.data.Dataset`` of ``steps - start_step`` batches, built by a parallel map
-        and prefetched, sharded by data under multi-worker strategies.
+        On TensorFlow a finite ``tf.data.Dataset`` of ``steps - start_step`` batches, built
+        by a parallel map and prefetched, sharded by data under multi-worker strategies; on
+        JAX and PyTorch a generator over a :class:`PatchBatches` (which ``fit`` takes as it
+        is). Both give the same patches for the same arguments.
 
     Raises:
         DataError: no image is at least ``width`` pixels on both sides.
     """
-    import tensorflow as tf
+    import keras
 
     source = items if isinstance(items, PatchSource) else PatchSource.from_images(items)
     if not len(source) or int(source.heights.min()) < width or int(source.widths.min()) < width:
         raise DataError(f"patch width {width}: every training image must be at least that large")
-    # int32 indices gather about twice as fast; int64 only for sources over 2^31 pixels.
-    index_type = np.int32 if len(source.pixels) < 2**31 - 1 else np.int64
-    tensors = (
-        tf.constant(source.pixels),
-        tf.constant(source.offsets.astype(index_type)),
-        tf.constant(source.heights.astype(index_type)),
-        tf.constant(source.widths.astype(index_type)),
-    )
     augment = augment or AugmentConfig(flip=False, rotate90=False, brightness=0.0, contrast=0.0)
     if source.row_channel and (augment.rotate90 or augment.flip) and not upright:
         raise ValueError("training_dataset: a row channel needs upright patches (no up-down "
                          "flips or quarter turns)")
-    channels = 4 if source.row_channel else 3
+    # int32 indices gather about twice as fast; int64 only for sources over 2^31 pixels.
+    index_type = np.int32 if len(source.pixels) < 2**31 - 1 else np.int64
+    stream = _Stream(source, width, batch_size, seed, augment, upright, index_type)
+    if keras.backend.backend() != "tensorflow":
+        return iter(PatchBatches(stream, start_step, steps))
+    return _tensorflow_dataset(stream, start_step, steps)
+
+
+def _tensorflow_dataset(stream: _Stream, start: int, steps: int):
+    """The batches as a ``tf.data`` pipeline: draws by ``numpy_function``, the cut in the map."""
+    import tensorflow as tf
+
+    pixels = tf.constant(stream.source.pixels)
+    noise = tf.constant(noise_field(stream.seed, stream.width))
+    example = stream.draw(0)
+    dtypes = [tf.as_dtype(field.dtype) for field in example]
 
     def make_batch(step):
-        seeds = tf.random.experimental.stateless_split(_step_seed(seed, width, step), num=2)
-        patches = _sample_batch(tensors, width, batch_size, augment, seeds[0], upright)
-        image = photometric(patches[..., :3], augment, seeds[1])
-        land = patches[..., 3:4]
-        if source.row_channel:
-            image = tf.concat([image, patches[..., 4:]], axis=-1)
-        image = tf.ensure_shape(image, [batch_size, width, width, channels])
-        land = tf.ensure_shape(land, [batch_size, width, width, 1])
-        return image, land
+        fields = tf.numpy_function(lambda s: tuple(stream.draw(s)), [step], dtypes,
+                                   stateful=False)
+        for field, like in zip(fields, example, strict=True):
+            field.set_shape(like.shape)
+        image, land = stream.cut(pixels, noise, StepDraw(*fields))
+        channels = 4 if stream.source.row_channel else 3
+        width, batch = stream.width, stream.batch_size
+        return (tf.ensure_shape(image, [batch, width, width, channels]),
+                tf.ensure_shape(land, [batch, width, width, 1]))
 
     # The pipeline gets its own threads, half the cores (at least one): a batch costs a few
     # milliseconds against tens to hundreds for a training step, and on a small CPU tf.data's
     # autotuner otherwise spreads work over every core and slows the step it should feed
     # (scripts/bench_train.py measures it).
     workers = max(1, (os.cpu_count() or 2) // 2)
-    dataset = tf.data.Dataset.range(start_step, steps)
+    dataset = tf.data.Dataset.range(start, steps)
     dataset = dataset.map(make_batch, num_parallel_calls=workers, deterministic=True)
     dataset = dataset.prefetch(max(2, workers))
     options = tf.data.Options()

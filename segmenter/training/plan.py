@@ -112,6 +112,8 @@ class RunPlan:
                 f"{path}: cannot {action} this run: config differs in "
                 f"{', '.join(differing)} (use another --out, or --overwrite to start again)"
             )
+        if self.resume:
+            _check_backend(run, self.widths, cleared=self.widths if self.overwrite else ())
         if not self.resume and started and not self.overwrite:
             raise RunError(
                 f"{path}: run exists (widths {', '.join(map(str, started))} already started); "
@@ -119,6 +121,28 @@ class RunPlan:
             )
         cleared = tuple(self.widths) if self.overwrite else ()
         return CheckedRun(self, "continue", existing=run, cleared=cleared)
+
+
+def _check_backend(run: Run, widths: list[int], cleared: tuple[int, ...] = ()) -> None:
+    """Refuse to resume a width from a checkpoint written on another Keras backend.
+
+    A finished width is a portable ``.keras`` model, but an unfinished one continues from its
+    optimiser's state and its step on the backend that started it (whose numbers it would
+    otherwise not reproduce).
+    """
+    from segmenter.tfenv import keras_backend
+
+    backend = keras_backend()
+    for width in widths:
+        status = run.status(width)
+        if width in cleared or status is None or status.status == "finished":
+            continue
+        trained = status.backend or "tensorflow"
+        if trained != backend:
+            raise RunError(
+                f"{run.path}: pw{width} was started on the {trained} backend and this is "
+                f"{backend}; resume it with KERAS_BACKEND={trained}, or use another --out"
+            )
 
 
 @dataclass(frozen=True)
