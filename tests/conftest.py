@@ -1,7 +1,9 @@
 """Shared fixtures: a CLI runner, an isolated cache, the real photo, and two logical CPUs.
 
-The CPU is split into two logical devices before TensorFlow starts, so tf.distribute code
-(MirroredStrategy) is exercised on a machine without GPUs.
+The CPU is split into two logical devices before the backend starts, so distribution code
+(TensorFlow's MirroredStrategy, JAX's DataParallel) is exercised on a machine without GPUs.
+Under ``KERAS_BACKEND=jax`` TensorFlow is not imported here: the ``backend``-marked tests run
+a second time on JAX (the README's test command).
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ REAL_DIR = Path(os.environ.get("SEGMENTER_REAL_DIR", REPO.parent / "shared" / "r
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from segmenter.tfenv import native_stderr_captured
+    from segmenter.tfenv import keras_backend, native_stderr_captured
+
+    if keras_backend() == "jax":
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
+        return
+    if keras_backend() != "tensorflow":
+        return
 
     with native_stderr_captured():  # TensorFlow's C++ start-up lines are noise here
         import tensorflow as tf

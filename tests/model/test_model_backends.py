@@ -8,6 +8,7 @@ with grey passes, BatchNorm adaptation, the scale merge); the maps must agree to
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import make_run
+from PIL import Image
+
+from segmenter.runs import open_run
 
 PREDICT = """
 import sys
@@ -62,12 +66,92 @@ def test_a_model_saved_under_tensorflow_predicts_the_same_map_under_jax(tmp_path
     np.testing.assert_allclose(on_jax, on_tf, atol=1e-5)
 
 
-def test_training_on_another_backend_is_refused_in_one_line(tmp_path):
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
-    done = subprocess.run([sys.executable, "-m", "segmenter", "train", "--config",
-                           "configs/default.yaml", "--out", str(tmp_path / "run")], env=env,
-                          capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[2])
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "KERAS_BACKEND=jax: training runs on TensorFlow" in done.stderr
-    assert not (tmp_path / "run").exists()
+def without_tensorflow(*args: str, cwd: Path, devices: int = 2) -> subprocess.CompletedProcess:
+    """``segmenter ARGS`` under JAX in a process where TensorFlow cannot be imported, the CPU
+    split into ``devices`` JAX devices."""
+    env = {**os.environ, "KERAS_BACKEND": "jax",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.run([sys.executable, str(HERE.parent / "without_tensorflow.py"), *args],
+                          env=env, capture_output=True, text=True, timeout=900, cwd=cwd)
+
+
+HERE = Path(__file__).resolve().parent
+TINY = ["data.sample.n=8", "data.sample.size=128", "train.widths={16: 8, 32: 4}",
+        "train.steps=6", "train.validate_every=3", "train.validation_batches=1",
+        "model.depth=2", "model.filters=4"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_jax_trains_predicts_and_evaluates_without_tensorflow(tmp_path):
+    """The issue's machine: JAX and no TensorFlow. Data-parallel over two CPU devices."""
+    sets = [arg for value in TINY + ["train.strategy=mirrored"] for arg in ("--set", value)]
+    run = tmp_path / "run"
+    done = without_tensorflow("train", "--out", str(run), *sets, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "DataParallel with 2 replica(s) on CPU, Keras backend jax" in done.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["backend"] == "jax" and manifest["finished_widths"] == [16, 32]
+    assert {w["backend"] for w in manifest["widths"].values()} == {"jax"}
+
+    done = without_tensorflow("evaluate", "--run", str(run), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = json.loads(done.stdout)
+    assert scores["overall"]["images"] == 2 and 0.0 <= scores["overall"]["water_iou"] <= 1.0
+
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8)).save(photo)
+    done = without_tensorflow("predict", "--run", str(run), str(photo), "--out",
+                              str(tmp_path / "masks"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "masks" / "photo_water_mask.png").is_file()
+
+    # A width started on JAX is not resumed on TensorFlow: one line, nothing changed.
+    status_file = open_run(run).status_path(16)
+    status = json.loads(status_file.read_text())
+    status_file.write_text(json.dumps({**status, "status": "interrupted"}))
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run([sys.executable, "-m", "segmenter", "train", "--resume", "--out",
+                           str(run)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "pw16 was started on the jax backend and this is tensorflow; resume it with "
+        "KERAS_BACKEND=jax, or use another --out")
+    assert json.loads(status_file.read_text())["status"] == "interrupted"
+
+
+PATCHES = """
+import sys
+import numpy as np
+from segmenter.config import AugmentConfig
+from segmenter.training.pipeline import PatchSource, training_dataset
+
+rng = np.random.default_rng(0)
+class Item:
+    def __init__(self, stem, h, w):
+        self.stem, self.image = stem, rng.random((h, w, 3), dtype=np.float32)
+        self.land = (rng.random((h, w)) > 0.5).astype(np.float32)
+source = PatchSource.from_images([Item("a", 40, 56), Item("b", 48, 36)], row_channel=True)
+augment = AugmentConfig(flip=True, rotate90=False, scale=0.3, tilt=10, gain=0.1, hue=10,
+                        saturation=0.2, greyscale=0.2, gamma=0.2, blur=1.0, noise=0.05)
+batches = training_dataset(source, 16, 8, seed=3, start_step=5, steps=8, augment=augment,
+                           upright=True)
+np.save(sys.argv[1], np.stack([np.concatenate([np.asarray(x), np.asarray(y)], -1)
+                               for x, y in batches]))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_every_backend_cuts_and_augments_the_same_patches(tmp_path):
+    """One pipeline: the draws are made on the host, the pixels in keras.ops on each backend."""
+    found = {}
+    for backend in ("tensorflow", "jax"):
+        out = tmp_path / f"{backend}.npy"
+        done = subprocess.run([sys.executable, "-c", PATCHES, str(out)],
+                              env={**os.environ, "KERAS_BACKEND": backend},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        found[backend] = np.load(out)
+    assert found["tensorflow"].shape == (3, 8, 16, 16, 5)
+    assert found["tensorflow"][..., :3].std() > 0.05  # real, varied patches
+    np.testing.assert_allclose(found["jax"], found["tensorflow"], atol=1e-5)

@@ -21,6 +21,8 @@ from segmenter.errors import ConfigError, DataError
 from segmenter.runs import open_run
 from segmenter.training import train, validation_scores
 
+pytestmark = pytest.mark.backend  # run again on JAX by the test command
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -17,6 +17,8 @@ from segmenter.training.pipeline import (
     validation_patches,
 )
 
+pytestmark = pytest.mark.backend  # run again on JAX by the test command
+
 NO_AUGMENT = AugmentConfig(flip=False, rotate90=False, brightness=0.0, contrast=0.0)
 
 
