@@ -30,7 +30,7 @@ included), once with ``predict.tta=true`` and once with ``false``:
 
 Usage::
 
-    python scripts/bench_predict.py [--run RUN_DIR] [--size 5000]
+    python scripts/bench_predict.py [--run RUN_DIR] [--size 5000] [--backend jax]
     python scripts/bench_predict.py --run RUN_DIR --photos 40 \
         [--photo-source DIR] [--set data.scale=0.5]
 
@@ -353,6 +353,9 @@ def main() -> None:
                         help="many-photos mode: predict this many 0.5-1 MP photos (e.g. 40)")
     parser.add_argument("--photo-source", help="folder of photos to enlarge for --photos "
                         "(default: generated scenes)")
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                        default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+                        help="Keras backend (default: KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="config override for --photos (repeatable), e.g. data.scale=0.5")
     parser.add_argument("--child", nargs=3, metavar=("RUN", "PHOTO", "OUT"), help=argparse.SUPPRESS)
@@ -360,6 +363,7 @@ def main() -> None:
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["KERAS_BACKEND"] = args.backend  # before Keras is imported; children inherit it
     if args.child:
         child(*args.child)
         return
@@ -448,6 +452,7 @@ def main() -> None:
         ("same in process CPU seconds",
          f"{ceiling_cpu:.1f} / {predict_cpu:.1f} = {ceiling_cpu / predict_cpu:.3f}"),
         ("load average at the end", f"{os.getloadavg()[0]:.1f}"),
+        ("Keras backend", args.backend),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

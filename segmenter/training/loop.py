@@ -329,7 +329,7 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
     with precision(cfg.train), (strategy.scope() if local else contextlib.nullcontext()):
         with strategy.scope():
             keras.utils.set_random_seed(cfg.train.seed)
-            model = _compiled_model(cfg, state)
+            model = compiled_model(cfg, state)
         if stop_requested():  # Ctrl-C while the model was built
             raise _interrupted(run, width, tracker.step, tracker.last_checkpoint)
         avoid_multiworker_build_reduce(model, strategy, width, batch_size)
@@ -414,7 +414,7 @@ def loss_function(cfg: Config):
     return get_loss(cfg.train.loss, from_logits=uses_logits(cfg.model.activation, cfg.train.loss))
 
 
-def _compiled_model(cfg: Config, state: CheckpointState | None):
+def compiled_model(cfg: Config, state: CheckpointState | None):
     """Build and compile the model; restore weights and optimiser state from a checkpoint."""
     from segmenter.model.network import build_model
 
