@@ -2,8 +2,10 @@
 
 ``python tests/without_tensorflow.py train ...`` is ``segmenter train ...`` as on a machine set up
 for JAX with no TensorFlow installed: any import of ``tensorflow`` fails, as it would there.
-Keras itself probes for TensorFlow and takes no for an answer; segmenter must too. The process
-exits non-zero if TensorFlow was loaded all the same.
+Keras itself probes for TensorFlow and takes no for an answer; segmenter must too. The heavy
+libraries of rasters, S3 and clusters (rasterio, shapely, s3fs, dask) are blocked as well: photos
+and local folders must not need them. The process exits non-zero if a blocked package was
+loaded all the same.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from __future__ import annotations
 import sys
 
 
-class _NoTensorFlow:
+BLOCKED = ("tensorflow", "rasterio", "shapely", "s3fs", "dask", "distributed")
+
+
+class _Blocked:
     def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError(f"No module named {name!r} (blocked: a machine without TensorFlow)")
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"No module named {name!r} (blocked: not installed on this machine)")
         return None
 
 
 if __name__ == "__main__":
-    sys.meta_path.insert(0, _NoTensorFlow())
+    sys.meta_path.insert(0, _Blocked())
     from segmenter.cli.main import cli
 
     try:
@@ -28,7 +33,8 @@ if __name__ == "__main__":
         code = exc.code
     else:
         code = 0
-    if "tensorflow" in sys.modules:
-        print("tensorflow was imported", file=sys.stderr)
+    loaded = sorted(name for name in sys.modules if name.split(".")[0] in BLOCKED)
+    if loaded:
+        print(f"blocked packages were imported: {', '.join(loaded)}", file=sys.stderr)
         code = 3
     sys.exit(code)

@@ -219,7 +219,7 @@ class TrainConfig(_Section):
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     strategy: Literal["auto", "default", "mirrored", "multiworker"] = Field(
-        "auto", description="tf.distribute strategy."
+        "auto", description="Devices: tf.distribute strategy (DataParallel on JAX)."
     )
     mixed_precision: bool = Field(False, description="mixed_float16 (output in float32).")
     jit_compile: bool = Field(False, description="XLA-compile the train step.")
