@@ -9,6 +9,8 @@ moments unless ``-v`` is given. Python exceptions still propagate untouched.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import logging
 import os
 import sys
@@ -46,9 +48,37 @@ def native_stderr_captured() -> Iterator[None]:
 
 
 def keras_backend() -> str:
-    """The Keras backend the commands will use (``KERAS_BACKEND``, TensorFlow by default),
-    known without importing Keras (which would start that backend)."""
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
+    """The Keras backend the commands will use, known without importing Keras (which would
+    start that backend), as Keras itself chooses: ``KERAS_BACKEND``, else the ``backend`` of
+    Keras' config file (``$KERAS_HOME/keras.json``, default ``~/.keras/keras.json``), else
+    TensorFlow. Where TensorFlow is not installed and nothing else chose (Keras writes
+    ``tensorflow`` into its config file on first use), the backend that is installed (JAX,
+    then PyTorch) is chosen and put in ``KERAS_BACKEND``, so Keras starts on it rather than
+    failing on the missing TensorFlow.
+    """
+    chosen = os.environ.get("KERAS_BACKEND")
+    if chosen:
+        return chosen
+    configured = _configured_backend()
+    if configured and configured != "tensorflow":
+        return configured
+    if importlib.util.find_spec("tensorflow") is None:
+        for name in ("jax", "torch"):
+            if importlib.util.find_spec(name) is not None:
+                os.environ["KERAS_BACKEND"] = name
+                return name
+    return "tensorflow"
+
+
+def _configured_backend() -> str | None:
+    """The ``backend`` of Keras' config file, if there is one that says."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as handle:
+            backend = json.load(handle).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return backend if isinstance(backend, str) and backend else None
 
 
 def start_tensorflow(verbose: bool | None = None) -> None:

@@ -10,8 +10,8 @@ loaded all the same.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
-
 
 BLOCKED = ("tensorflow", "rasterio", "shapely", "s3fs", "dask", "distributed")
 
@@ -23,8 +23,16 @@ class _Blocked:
         return None
 
 
+def _find_spec(name, package=None, _real=importlib.util.find_spec):
+    """``importlib.util.find_spec`` as where the blocked packages are not installed: None."""
+    if name.split(".")[0] in BLOCKED:
+        return None
+    return _real(name, package)
+
+
 if __name__ == "__main__":
     sys.meta_path.insert(0, _Blocked())
+    importlib.util.find_spec = _find_spec
     from segmenter.cli.main import cli
 
     try:

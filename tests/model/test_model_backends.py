@@ -84,11 +84,13 @@ TINY = ["data.sample.n=8", "data.sample.size=128", "train.widths={16: 8, 32: 4}"
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_jax_trains_predicts_and_evaluates_without_tensorflow(tmp_path):
     """The issue's machine: JAX and no TensorFlow. Data-parallel over two CPU devices."""
-    sets = [arg for value in TINY + ["train.strategy=mirrored"] for arg in ("--set", value)]
+    sets = [arg for value in TINY + ["train.strategy=mirrored", "train.tensorboard=true"]
+            for arg in ("--set", value)]
     run = tmp_path / "run"
     done = without_tensorflow("train", "--out", str(run), *sets, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "DataParallel with 2 replica(s) on CPU, Keras backend jax" in done.stderr
+    assert "train.tensorboard: TensorFlow is not installed" in done.stderr
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["backend"] == "jax" and manifest["finished_widths"] == [16, 32]
     assert {w["backend"] for w in manifest["widths"].values()} == {"jax"}
@@ -155,3 +157,36 @@ def test_every_backend_cuts_and_augments_the_same_patches(tmp_path):
     assert found["tensorflow"].shape == (3, 8, 16, 16, 5)
     assert found["tensorflow"][..., :3].std() > 0.05  # real, varied patches
     np.testing.assert_allclose(found["jax"], found["tensorflow"], atol=1e-5)
+
+
+def test_the_backend_is_chosen_as_keras_chooses_and_never_a_missing_tensorflow(tmp_path,
+                                                                            monkeypatch):
+    from segmenter import tfenv
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert tfenv.keras_backend() == "torch"  # the environment first
+    monkeypatch.delenv("KERAS_BACKEND")
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    assert tfenv.keras_backend() == "jax"  # then Keras' config file
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "tensorflow"}))
+    assert tfenv.keras_backend() == "tensorflow"
+    # Keras writes "tensorflow" there on first use; without TensorFlow, the installed one.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
+    assert tfenv.keras_backend() == ("jax" if real_find_spec("jax") else "tensorflow")
+
+
+def test_out_of_memory_is_recognised_on_every_backend():
+    from segmenter.training.loop import _out_of_memory
+
+    class XlaRuntimeError(RuntimeError):  # what jaxlib raises; matched by name
+        pass
+
+    assert _out_of_memory(MemoryError())
+    assert _out_of_memory(XlaRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 GiB"))
+    assert not _out_of_memory(XlaRuntimeError("INVALID_ARGUMENT: shapes differ"))
+    assert not _out_of_memory(ValueError("RESOURCE_EXHAUSTED"))
+    tf = pytest.importorskip("tensorflow")
+    assert _out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"))
