@@ -182,7 +182,8 @@ def _eager_infer(model_ref: Any, probabilities: Callable[..., Any]
 
     def infer(windows: np.ndarray) -> np.ndarray:
         with no_gradients():
-            out = probabilities(lambda x: model_ref()(x, training=False), windows)
+            out = probabilities(lambda x: model_ref()(x, training=False),
+                                keras.ops.convert_to_tensor(windows))
         return np.array(keras.ops.convert_to_numpy(out))  # writable
 
     return infer

@@ -37,7 +37,7 @@ def pointwise_model(kernel=(2.0, 1.0, -3.0), bias=0.2, activation="sigmoid", bn=
 
 
 def direct(model, image):
-    return np.asarray(model(image[None], training=False))[0, ..., 0]
+    return keras.ops.convert_to_numpy(model(image[None], training=False))[0, ..., 0]
 
 
 def cfg_with(*overrides: str) -> Config:
