@@ -94,6 +94,12 @@ def train(
     strategy = select_strategy(cfg.train)
     chief = is_chief(strategy)
     chosen = _chosen_widths(cfg, widths)
+    replicas = strategy.num_replicas_in_sync
+    for width in chosen:
+        if cfg.train.widths[width] % replicas and type(strategy).__name__ == "LocalDevices":
+            # JAX shards each batch evenly over its devices; tf.distribute splits unevenly.
+            raise ConfigError(f"train.widths.{width}: batch size {cfg.train.widths[width]} must "
+                              f"be a multiple of the {replicas} devices that train it on JAX")
     # Check the run directory first (a refusal is cheap), but change it (--overwrite clears
     # the old run) only once the data have loaded and can train every chosen width.
     checked = RunPlan(Path(out), cfg, chosen, resume=resume, overwrite=overwrite,

@@ -108,6 +108,15 @@ def test_jax_trains_predicts_and_evaluates_without_tensorflow(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "masks" / "photo_water_mask.png").is_file()
 
+    # A batch that does not split evenly over the devices is refused in one line.
+    done = without_tensorflow("train", "--out", str(tmp_path / "odd"), *sets, "--set",
+                              "train.widths={16: 5}", cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "Error: train.widths.16: batch size 5 must be a multiple of the 2 devices that train it "
+        "on JAX")
+    assert not (tmp_path / "odd").exists()
+
     # A width started on JAX is not resumed on TensorFlow: one line, nothing changed.
     status_file = open_run(run).status_path(16)
     status = json.loads(status_file.read_text())
