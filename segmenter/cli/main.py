@@ -95,8 +95,10 @@ def setup_logging(verbosity: int) -> None:
 @click.version_option(__version__, "--version", prog_name="segmenter")
 @click.option("-v", "--verbose", count=True, help="More logging; show tracebacks.")
 @click.option("-q", "--quiet", count=True, help="Only warnings and errors.")
+@click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]), default=None,
+              help="Keras backend (default: KERAS_BACKEND, else TensorFlow); docs/gpus.md.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: int, backend: str | None) -> None:
     """Train and run Keras models that split coastal photos into water and not water.
 
     Typical use: `segmenter train --config configs/default.yaml --out runs/sample`, then
@@ -105,6 +107,21 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose > 0
     setup_logging(verbose - quiet)
+    if backend is not None:
+        choose_backend(backend)
+
+
+def choose_backend(backend: str) -> None:
+    """``--backend``: start Keras on ``backend`` (it reads ``KERAS_BACKEND`` when first imported).
+
+    Raises:
+        SegmenterError: Keras already runs on another backend in this process.
+    """
+    keras = sys.modules.get("keras")
+    if keras is not None and keras.backend.backend() != backend:
+        raise SegmenterError(f"--backend {backend}: Keras has already started on "
+                             f"{keras.backend.backend()} in this process")
+    os.environ["KERAS_BACKEND"] = backend
 
 
 def main() -> None:

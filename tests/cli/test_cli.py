@@ -92,3 +92,18 @@ def test_sample_data_overwrite_of_the_current_folder_is_refused(runner, tmp_path
     assert f"Error: {folder}: is the current folder" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "sub"]
     assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_backend_option_cannot_switch_a_keras_already_started(runner):
+    """``--backend`` chooses Keras' backend before it starts (tests/model/test_model_backends.py
+    trains with it); in a process where Keras runs on another, one line says so."""
+    import keras
+
+    other = "jax" if keras.backend.backend() != "jax" else "tensorflow"
+    result = runner("--backend", other, "config", "show")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: --backend {other}: Keras has already started on {keras.backend.backend()} in "
+        f"this process")
+    same = runner("--backend", keras.backend.backend(), "config", "show")
+    assert same.exit_code == 0 and "train:" in same.output

@@ -117,13 +117,14 @@ def test_jax_trains_predicts_and_evaluates_without_tensorflow(tmp_path):
         "on JAX")
     assert not (tmp_path / "odd").exists()
 
-    # A width started on JAX is not resumed on TensorFlow: one line, nothing changed.
+    # A width started on JAX is not resumed on TensorFlow (--backend): one line, nothing changed.
     status_file = open_run(run).status_path(16)
     status = json.loads(status_file.read_text())
     status_file.write_text(json.dumps({**status, "status": "interrupted"}))
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    done = subprocess.run([sys.executable, "-m", "segmenter", "train", "--resume", "--out",
-                           str(run)], env=env, capture_output=True, text=True, timeout=300)
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    done = subprocess.run([sys.executable, "-m", "segmenter", "--backend", "tensorflow", "train",
+                           "--resume", "--out", str(run)], env={**env, "KERAS_BACKEND": "jax"},
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].endswith(
         "pw16 was started on the jax backend and this is tensorflow; resume it with "
