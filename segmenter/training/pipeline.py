@@ -6,15 +6,17 @@ fast, reproducible and resumable on TensorFlow, JAX and PyTorch alike:
 
 - **All eligible images live in one flat tensor** ``(pixels, 4)`` (RGB + land; a fifth
   channel, the row position, with ``model.row_channel``) with per-image offsets, held on the
-  device that trains (a GPU when there is one), so one batch is a single vectorised gather of
+  device that trains on JAX and PyTorch (a GPU when there is one; on TensorFlow in the
+  ``tf.data`` graph, on the CPU), so one batch is a single vectorised gather of
   exactly ``B x w x w`` pixels: no per-patch Python, no per-step copies of whole images, no
   padding of unequal photos.
 - **Randomness is drawn on the host and keyed by the step number** (``(seed, width, step)``;
   :func:`~segmenter.training.augment.draw_step`): a few numbers per patch, so the patches of
   step ``n`` are the same on every run and every backend, and a resumed run continues with
   exactly the patches an uninterrupted run would have drawn.
-- **The per-pixel work runs on the device** (:func:`cut_patches`, in ``keras.ops``): the cut,
-  the flips, zoom and tilt, colour, light, blur and noise, so the host never bounds a GPU's step.
+- **The per-pixel work is written once in ``keras.ops``** (:func:`cut_patches`): the cut, the
+  flips, zoom and tilt, colour, light, blur and noise; on JAX and PyTorch it runs where the
+  photos are, so the host does not bound a GPU's step.
 - On TensorFlow, batches are built by a ``tf.data`` map on a private thread pool and
   prefetched, so the pipeline does not steal the step's cores; on JAX each batch is one
   ``jax.jit`` call, dispatched ahead of the step that uses it (``scripts/bench_train.py``
