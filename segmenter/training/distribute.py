@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,8 +36,11 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LocalDevices",
+    "check_batch_sizes",
     "describe",
     "is_chief",
+    "oom_message",
+    "out_of_memory",
     "precision",
     "select_strategy",
     "tf_config_workers",
@@ -142,6 +146,45 @@ def _local_devices(train_cfg: TrainConfig, backend: str) -> LocalDevices:
         log.warning("train.strategy: PyTorch trains on one device here (%d GPU(s) visible); "
                     "use KERAS_BACKEND=jax or tensorflow to train on several", gpu_count())
     return LocalDevices(["torch"], data_parallel=False)
+
+
+def check_batch_sizes(strategy: Any, batch_sizes: dict[int, int]) -> None:
+    """Refuse, on JAX and PyTorch, batch sizes that do not split evenly over the devices
+    (JAX shards each batch evenly; ``tf.distribute`` splits unevenly, and training warns).
+
+    Raises:
+        ConfigError: naming the ``train.widths`` key.
+    """
+    replicas = strategy.num_replicas_in_sync
+    for width, batch_size in batch_sizes.items():
+        if batch_size % replicas and isinstance(strategy, LocalDevices):
+            raise ConfigError(f"train.widths.{width}: batch size {batch_size} must be a multiple "
+                              f"of the {replicas} devices that train it on JAX")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Out of memory on any backend: Python's MemoryError, TensorFlow's ResourceExhaustedError
+    (CPU or GPU allocator), XLA's RESOURCE_EXHAUSTED on JAX, PyTorch's OutOfMemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(exc, tf.errors.ResourceExhaustedError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return type(exc).__name__ in {"XlaRuntimeError", "JaxRuntimeError"} and (
+        "RESOURCE_EXHAUSTED" in str(exc))
+
+
+def oom_message(width: int, batch_size: int) -> str:
+    from segmenter.tfenv import gpu_count
+
+    device = "GPU" if gpu_count() else "CPU"
+    return (
+        f"out of {device} memory training patch width {width} with batch size {batch_size}; "
+        f"lower the batch size (train.widths.{width}) or the patch width"
+    )
 
 
 #: the Keras release the private-API workarounds below (and in training.py) were written for.

@@ -87,19 +87,19 @@ def train(
         SegmenterError: bad widths, no training pairs, an unusable run directory.
     """
     from segmenter.tfenv import start_tensorflow
-    from segmenter.training.distribute import describe, is_chief, select_strategy
+    from segmenter.training.distribute import (
+        check_batch_sizes,
+        describe,
+        is_chief,
+        select_strategy,
+    )
 
     start_tensorflow()
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any operation.
     strategy = select_strategy(cfg.train)
     chief = is_chief(strategy)
     chosen = _chosen_widths(cfg, widths)
-    replicas = strategy.num_replicas_in_sync
-    for width in chosen:
-        if cfg.train.widths[width] % replicas and type(strategy).__name__ == "LocalDevices":
-            # JAX shards each batch evenly over its devices; tf.distribute splits unevenly.
-            raise ConfigError(f"train.widths.{width}: batch size {cfg.train.widths[width]} must "
-                              f"be a multiple of the {replicas} devices that train it on JAX")
+    check_batch_sizes(strategy, {width: cfg.train.widths[width] for width in chosen})
     # Check the run directory first (a refusal is cheap), but change it (--overwrite clears
     # the old run) only once the data have loaded and can train every chosen width.
     checked = RunPlan(Path(out), cfg, chosen, resume=resume, overwrite=overwrite,
@@ -282,9 +282,11 @@ def _train_width(
         return _fit_width(run, cfg, dataset, width, strategy, chief, progress, train_items,
                           val_batches, state, tracker)
     except Exception as exc:
-        if not _out_of_memory(exc):
+        from segmenter.training.distribute import oom_message, out_of_memory
+
+        if not out_of_memory(exc):
             raise
-        message = _oom_message(width, batch_size)
+        message = oom_message(width, batch_size)
         tracker.failed = message
         log.debug("pw%d: %s", width, exc)
         if chief:
@@ -292,31 +294,6 @@ def _train_width(
                                                  dataset.fingerprint, message))
         return WidthResult(width, "failed", tracker.last_checkpoint, steps,
                            seconds=tracker.seconds(), message=message)
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Out of memory on any backend: Python's MemoryError, TensorFlow's ResourceExhaustedError
-    (CPU or GPU allocator), XLA's RESOURCE_EXHAUSTED on JAX, PyTorch's OutOfMemoryError."""
-    if isinstance(exc, MemoryError):
-        return True
-    tf = sys.modules.get("tensorflow")
-    if tf is not None and isinstance(exc, tf.errors.ResourceExhaustedError):
-        return True
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return type(exc).__name__ in {"XlaRuntimeError", "JaxRuntimeError"} and (
-        "RESOURCE_EXHAUSTED" in str(exc))
-
-
-def _oom_message(width: int, batch_size: int) -> str:
-    from segmenter.tfenv import gpu_count
-
-    device = "GPU" if gpu_count() else "CPU"
-    return (
-        f"out of {device} memory training patch width {width} with batch size {batch_size}; "
-        f"lower the batch size (train.widths.{width}) or the patch width"
-    )
 
 
 def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, chief: bool,

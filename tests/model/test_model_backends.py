@@ -189,14 +189,14 @@ def test_the_backend_is_chosen_as_keras_chooses_and_never_a_missing_tensorflow(t
 
 
 def test_out_of_memory_is_recognised_on_every_backend():
-    from segmenter.training.loop import _out_of_memory
+    from segmenter.training.distribute import out_of_memory
 
     class XlaRuntimeError(RuntimeError):  # what jaxlib raises; matched by name
         pass
 
-    assert _out_of_memory(MemoryError())
-    assert _out_of_memory(XlaRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 GiB"))
-    assert not _out_of_memory(XlaRuntimeError("INVALID_ARGUMENT: shapes differ"))
-    assert not _out_of_memory(ValueError("RESOURCE_EXHAUSTED"))
+    assert out_of_memory(MemoryError())
+    assert out_of_memory(XlaRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 GiB"))
+    assert not out_of_memory(XlaRuntimeError("INVALID_ARGUMENT: shapes differ"))
+    assert not out_of_memory(ValueError("RESOURCE_EXHAUSTED"))
     tf = pytest.importorskip("tensorflow")
-    assert _out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"))
+    assert out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"))
