@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 #: ``predict.adapt_norm``: the statistics of at most this many of a photo's windows per width,
-#: spread evenly over its grid, adapt the BatchNorm layers (one forward pass of this batch:
+#: tiles spread evenly over it (:func:`segmenter.predict.windows.adapt_windows`), adapt the
+#: BatchNorm layers (one forward pass of this batch:
 #: about 100 MB per layer's activation for 128-pixel windows and 16 filters). Fewer are noisier
 #: (docs/quality.md).
 ADAPT_WINDOWS = 96
@@ -102,31 +103,46 @@ def _adapt_pass(model: Any, shape: tuple[int, ...], share: float):
     return cache[key]
 
 
-def adapted_statistics(model: Any, windows: np.ndarray, share: float) -> NormStats:
-    """Each BatchNorm layer's statistics moved ``share`` of the way to those of ``windows``.
+@contextmanager
+def adapted_norm(model: Any, windows: np.ndarray, share: float) -> Iterator[None]:
+    """Within the block each of ``model``'s BatchNorm layers uses statistics moved ``share`` of
+    the way to those of ``windows``; its own are back on the way out.
 
     One forward pass in training mode over the ``windows`` (B, h, w, c): every BatchNorm layer
     normalises by the batch's own mean and variance, so a deeper layer sees the earlier ones
     already adapted, and, its momentum set to ``1 - share``, blends them into its moving
-    statistics: ``(1 - share) * trained + share * photo``. The model is left as it was (its
-    statistics and momentum are put back); apply the result with :func:`norm_statistics`.
+    statistics in place: ``(1 - share) * trained + share * photo``. Holds the model's lock, as
+    :func:`norm_statistics` does, and reads and writes the statistics once each (a photo is
+    predicted inside the block, so nothing is copied out and back in between).
     """
     layers = norm_layers(model)
     with _norm_lock(model):
-        saved = _current(layers)
         if share <= 0 or not layers or not len(windows):
-            return saved
+            yield
+            return
         windows = np.asarray(windows, np.float32)
+        saved = _current(layers)
         momentum = [layer.momentum for layer in layers]
         try:
             for layer in layers:
                 layer.momentum = 1.0 - share
             _adapt_pass(model, windows.shape[1:], share)(windows)
-            return _current(layers)
+            del windows  # not held while the block runs
+            for layer, value in zip(layers, momentum, strict=True):
+                layer.momentum = value
+            yield
         finally:
             for layer, value in zip(layers, momentum, strict=True):
                 layer.momentum = value
             _assign(layers, saved)
+
+
+def adapted_statistics(model: Any, windows: np.ndarray, share: float) -> NormStats:
+    """The statistics :func:`adapted_norm` gives ``model`` for ``windows``, copied out, the
+    model left as it was: for statistics applied later, elsewhere (a raster's tiles, with
+    :func:`norm_statistics`), or kept (:func:`recalibrate_norm`)."""
+    with adapted_norm(model, windows, share):
+        return current_statistics(model)
 
 
 def recalibrate_norm(model: Any, windows: np.ndarray) -> None:

@@ -48,7 +48,7 @@ from segmenter.data.images import resize_box, scaled_shape
 from segmenter.data.raster import Raster, Window
 from segmenter.model.compiled import compiled_infer, windows_per_call
 from segmenter.model.introspect import output_transform
-from segmenter.model.norm import ADAPT_WINDOWS, adapted_statistics, norm_statistics, spread
+from segmenter.model.norm import ADAPT_WINDOWS, adapted_statistics, norm_statistics
 from segmenter.predict import windows
 from segmenter.predict.stitch import (
     UNCOVERED_VALUE,
@@ -203,8 +203,8 @@ def raster_statistics(models: Mapping[int, Any], raster: Raster, plan: MosaicPla
     whole raster, once, before any tile is predicted (None when off).
 
     The windows are those :func:`segmenter.predict.photo.predict_scale` would take from the raster
-    in one piece (up to :data:`~segmenter.model.norm.ADAPT_WINDOWS` of the global grid, spread
-    evenly), read one by one; windows with a nodata pixel are left out. So every tile, on any
+    in one piece (:func:`segmenter.predict.windows.adapt_windows` of the whole raster), read one
+    by one; windows with a nodata pixel are left out. So every tile, on any
     worker, predicts with the same statistics, and a raster without nodata gets those of the
     photo path.
     """
@@ -216,7 +216,7 @@ def raster_statistics(models: Mapping[int, Any], raster: Raster, plan: MosaicPla
     for width, model in models.items():
         grid = plan.grids[width]
         cut = []
-        for top, left in spread([(r, c) for r in grid.rows for c in grid.cols], ADAPT_WINDOWS):
+        for top, left in windows.adapt_windows(small_h, small_w, width, ADAPT_WINDOWS):
             rows = reflect_index(np.arange(top, top + width) - grid.pad_y, small_h)
             cols = reflect_index(np.arange(left, left + width) - grid.pad_x, small_w)
             need = Window(int(rows.min()), int(cols.min()), int(rows.max()) + 1,

@@ -12,7 +12,7 @@ The method is the notebook's (SPEC.md, Prediction) with its weaknesses fixed:
   inference mode) and streamed: only one batch of windows exists at a time, and the
   accumulators are two float32 maps per width;
 * with ``predict.adapt_norm`` the BatchNorm layers' statistics are moved part of the way to the
-  photo's own (:func:`segmenter.model.norm.adapted_statistics`) while that photo is predicted,
+  photo's own (:func:`segmenter.model.norm.adapted_norm`) while that photo is predicted,
   so the networks meet a photo in other light and colours partway.
 
 The photo is resized by ``data.scale`` first (the resolution the models were trained at) and the
@@ -34,7 +34,7 @@ from segmenter.data.images import resize_map, scaled_shape
 from segmenter.errors import ConfigError, SegmenterError
 from segmenter.model.compiled import compiled_infer, windows_per_call
 from segmenter.model.introspect import model_input, output_transform
-from segmenter.model.norm import ADAPT_WINDOWS, adapted_statistics, norm_statistics, spread
+from segmenter.model.norm import ADAPT_WINDOWS, adapted_norm
 from segmenter.predict import windows
 from segmenter.predict.models import LoadedModels, select_models
 from segmenter.predict.stitch import (
@@ -96,9 +96,8 @@ def predict_scale(
     the windows the model trained on never left their photo.
 
     With ``adapt`` > 0 (``predict.adapt_norm``) the model's BatchNorm statistics are moved that
-    share of the way to those of up to :data:`ADAPT_WINDOWS` of these windows, spread evenly
-    over them, while the photo is predicted
-    (:func:`segmenter.model.norm.adapted_statistics`).
+    share of the way to those of the photo's tiles (:func:`windows.adapt_windows`), while the
+    photo is predicted (:func:`segmenter.model.norm.adapted_norm`).
 
     Returns:
         The map and a dict with the window count, the coverage factor and, with ``adapt``, the
@@ -122,14 +121,13 @@ def predict_scale(
     else:
         raise ConfigError(f"predict.sampling: unknown sampling {sampling!r}")
 
-    stats = None
-    if adapt > 0:
-        sample = spread(positions, ADAPT_WINDOWS)
-        stats = adapted_statistics(
-            model, np.stack([padded[t : t + window, c : c + window] for t, c in sample]), adapt)
+    sample = windows.adapt_windows(height, width, window, ADAPT_WINDOWS) if adapt > 0 else []
     infer = compiled_infer(model, (window, window), tta=tta, output=output, upright=upright,
                            grey=grey)
-    with norm_statistics(model, stats):
+    adapt_on = (np.stack([padded[t : t + window, c : c + window] for t, c in sample])
+                if sample else np.empty((0,)))
+    with adapted_norm(model, adapt_on, adapt):
+        del adapt_on  # the windows' memory is free while the photo is predicted
         total, weight_sum = stitch(infer, padded, positions, window,
                                    windows_per_call(batch_size, window, tta, upright, grey))
     del padded
@@ -139,7 +137,7 @@ def predict_scale(
         "windows": len(positions),
         "coverage": windows.coverage_factor(positions, window, height, width),
     }
-    if stats is not None:
+    if sample:
         info["adapted_on"] = len(sample)
     return result, info
 

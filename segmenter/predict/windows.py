@@ -86,6 +86,27 @@ def grid_windows(height: int, width: int, window: int, overlap: float) -> list[t
     return [(top, left) for top in rows for left in cols]
 
 
+def adapt_windows(height: int, width: int, window: int, count: int) -> list[tuple[int, int]]:
+    """Where ``predict.adapt_norm`` measures the statistics of a ``height x width`` photo: tiles
+    that cover the photo itself once (the last flush with its far edge), not its padding, nor
+    four times over as the prediction grid at overlap 0.5 does: the same statistics from a
+    third to a quarter of the pixels. At most ``count`` of them, spread evenly. Top-left corners
+    in the coordinates of the image padded by :func:`padding`; an axis shorter than the window
+    gets one window centred on it. The photo and raster paths both take them from here, so a
+    raster gets the statistics its pixels would get as a photo."""
+    from segmenter.model.norm import spread
+
+    pad_y, pad_x = padding(window, height, width)
+
+    def starts(length: int, pad: int) -> list[int]:
+        if length < window:
+            return [pad + (length - window) // 2]
+        return [pad + start for start in grid_starts(length, window, window)]
+
+    rows, cols = starts(height, pad_y), starts(width, pad_x)
+    return spread([(top, left) for top in rows for left in cols], count)
+
+
 def random_windows(
     height: int, width: int, window: int, count: int, seed: int = 0
 ) -> list[tuple[int, int]]:

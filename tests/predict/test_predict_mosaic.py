@@ -175,7 +175,7 @@ def test_alpha_band_is_the_nodata_mask(tmp_path):
 
 def test_raster_statistics_leave_nodata_out(run_dir, tmp_path):
     """predict.adapt_norm on a raster with nodata: the statistics come from the windows of the
-    whole raster's grid (spread as on a photo) that hold no nodata pixel, and only from them."""
+    whole raster's tiles (as on a photo) that hold no nodata pixel, and only from them."""
     from segmenter.data.raster import Window, open_raster
     from segmenter.model import norm
     from segmenter.predict import mosaic
@@ -192,7 +192,7 @@ def test_raster_statistics_leave_nodata_out(run_dir, tmp_path):
         pad = patches.pad_width(width)
         padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
         ok = np.pad(valid, pad, mode="symmetric")
-        spread = norm.spread(patches.grid_windows(*ok.shape, width, 0.5), norm.ADAPT_WINDOWS)
+        spread = patches.adapt_windows(*valid.shape, width, norm.ADAPT_WINDOWS)
         clean = [(t, c) for t, c in spread if ok[t : t + width, c : c + width].all()]
         assert 0 < len(clean) < len(spread)
         expected = norm.adapted_statistics(

@@ -103,13 +103,14 @@ def test_batchnorm_runs_in_inference_mode(image):
 
 def _adapted_expected(image, window, share):
     """The pointwise BatchNorm model's map with its statistics moved ``share`` of the way to
-    those of the photo's grid windows (numpy: the padded windows' raw values, biased variance)."""
+    those of the tiles that cover the photo once (numpy: the tiles' raw values, biased
+    variance)."""
     from segmenter.predict import windows as patches
 
     pad = patches.pad_width(window)
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
     raw = padded @ np.array([2.0, 1.0, -3.0], np.float32) + 0.2
-    positions = patches.grid_windows(*raw.shape, window, 0.5)
+    positions = patches.adapt_windows(*image.shape[:2], window, 1000)
     values = np.stack([raw[t : t + window, c : c + window] for t, c in positions])
     mean = (1 - share) * 0.3 + share * values.mean()
     variance = (1 - share) * 4.0 + share * values.var()
@@ -133,13 +134,13 @@ def test_adapt_norm_moves_batchnorm_statistics_toward_the_photo_s_own(image, sha
     assert model.layers[2].momentum == 0.99
 
 
-def test_adapt_norm_reaches_predict_land_and_takes_at_most_96_windows(image):
+def test_adapt_norm_reaches_predict_land_and_takes_at_most_96_tiles(image):
     model = pointwise_model(bn=True)
-    big = np.tile(image, (4, 4, 1))  # 180 x 280: 247 windows of 32 px
+    big = np.tile(image, (8, 8, 1))  # 360 x 560: 12 x 18 tiles of 32 px
     cfg = cfg_with("predict.adapt_norm=0.5")
     info = photo.predict_land({32: model}, big, cfg).info
-    assert info["widths"][32]["windows"] == grid_count(180, 32, 0.5) * grid_count(280, 32, 0.5)
-    assert info["widths"][32]["windows"] == 247 > norm.ADAPT_WINDOWS
+    assert info["widths"][32]["windows"] == grid_count(360, 32, 0.5) * grid_count(560, 32, 0.5)
+    assert len(windows.adapt_windows(360, 560, 32, 1000)) == 12 * 18 > norm.ADAPT_WINDOWS
     assert info["widths"][32]["adapted_on"] == norm.ADAPT_WINDOWS
     assert norm.spread(list(range(10)), 4) == [0, 2, 5, 7]
     assert norm.spread([1, 2], 4) == [1, 2]
@@ -155,6 +156,13 @@ def test_photo_statistics_are_put_back_when_prediction_fails(image):
         raise RuntimeError("a window failed")
     assert float(model.layers[2].moving_mean[0]) == pytest.approx(0.3)
     assert float(model.layers[2].moving_variance[0]) == pytest.approx(4.0)
+    # the photo path adapts and predicts in one block: the same statistics, put back alike
+    with pytest.raises(RuntimeError), norm.adapted_norm(model, image[None], 1.0):
+        assert float(model.layers[2].moving_mean[0]) == pytest.approx(stats[0][0][0])
+        assert model.layers[2].momentum == 0.99
+        raise RuntimeError("a window failed")
+    assert float(model.layers[2].moving_mean[0]) == pytest.approx(0.3)
+    assert model.layers[2].momentum == 0.99
 
 
 def test_predict_land_resizes_to_photo_and_back(image):

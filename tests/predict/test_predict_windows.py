@@ -30,6 +30,30 @@ def test_grid_stride_follows_overlap():
         patches.grid_starts(10, 32, 16)
 
 
+@pytest.mark.parametrize("height,width,window", [(100, 70, 32), (64, 64, 32), (20, 90, 32),
+                                                 (10, 10, 64)])
+def test_adapt_windows_tile_the_photo_once(height, width, window):
+    """predict.adapt_norm's windows cover every photo pixel, in padded coordinates, without
+    overlap except the last tile of an axis (flush with the photo's far edge); the padding
+    only where the photo is shorter than the window, one window centred on that axis."""
+    pad_y, pad_x = patches.padding(window, height, width)
+    positions = patches.adapt_windows(height, width, window, 1000)
+    covered = np.zeros((height + 2 * pad_y, width + 2 * pad_x), int)
+    for top, left in positions:
+        covered[top : top + window, left : left + window] += 1
+    photo = covered[pad_y : pad_y + height, pad_x : pad_x + width]
+    assert photo.min() >= 1 and photo.max() <= 4
+    rows = sorted({top for top, _ in positions})
+    expected_rows = -(-height // window) if height >= window else 1
+    assert len(rows) == expected_rows and len(positions) == expected_rows * len(
+        {left for _, left in positions})
+    if height >= window:  # inside the photo along this axis: no padding read
+        assert rows[0] == pad_y and rows[-1] + window == pad_y + height
+    else:
+        assert covered[:pad_y].sum() > 0 and covered[pad_y + height :].sum() > 0
+    assert patches.adapt_windows(height, width, window, 1) == positions[:1]
+
+
 def test_padding_is_at_most_one_window():
     for window in (16, 32, 256):
         assert 0 < patches.pad_width(window) <= window
