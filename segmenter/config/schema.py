@@ -261,7 +261,7 @@ class PredictConfig(_Section):
     adapt_norm: float = Field(
         0.0, ge=0, le=1,
         description="Share of the networks' BatchNorm statistics taken from the photo being "
-        "predicted (from up to 96 of its windows per width; a raster's spread over all of it), "
+        "predicted (from tiles that cover it once, up to 96 per width), "
         "the rest from training: meets photos in other light and colours partway. 0 = off; "
         "one extra pass over those windows.",
     )
@@ -308,6 +308,11 @@ class PostprocessConfig(_Section):
         "calls each pixel water by the majority of their calls.",
     )
     max_iter: int = Field(50, ge=1, le=10_000, description="GMM EM iterations.")
+    tol: float = Field(
+        1e-3, gt=0, le=1,
+        description="GMM: EM stops when the mean log-likelihood per pixel gains less than this "
+        "in one iteration (scikit-learn's tol; larger is faster, the mixture coarser).",
+    )
     threshold: float = Field(0.5, gt=0, lt=1, description="Probability-of-land threshold.")
     one_class: float = Field(
         0.35, ge=0, lt=0.5,

@@ -125,6 +125,7 @@ def fit_mixtures(features: np.ndarray, counts: list[int], pp_cfg: PostprocessCon
             n_components=max(1, count),
             covariance_type="full",
             max_iter=pp_cfg.max_iter,
+            tol=pp_cfg.tol,
             random_state=pp_cfg.seed,
             reg_covar=1e-5,
         ).fit(features)
