@@ -16,9 +16,8 @@ import numpy as np
 
 #: ``predict.adapt_norm``: the statistics of at most this many of a photo's windows per width,
 #: tiles spread evenly over it (:func:`segmenter.predict.windows.adapt_windows`), adapt the
-#: BatchNorm layers (one forward pass of this batch:
-#: about 100 MB per layer's activation for 128-pixel windows and 16 filters). Fewer are noisier
-#: (docs/quality.md).
+#: BatchNorm layers (one forward pass of this batch: about 100 MB per layer's activation for
+#: 128-pixel windows and 16 filters). Fewer are noisier (docs/quality.md).
 ADAPT_WINDOWS = 96
 
 #: (moving mean, moving variance) of each BatchNorm layer of a model, in layer order.

@@ -309,6 +309,7 @@ def test_a_mixture_capped_by_max_iter_is_used_without_a_warning(caplog):
     assert "GMM of 2 components: not converged in 1 EM steps" in caplog.text
     assert mask.shape == truth.shape and [m["n_components"] for m in info["mixtures"]] == [2, 3]
 
+
 def test_tol_stops_em_earlier():
     """postprocess.tol is the EM's stopping tolerance: a loose one stops after fewer steps."""
     from segmenter.predict.gmm import fit_mixtures, gmm_features
@@ -320,7 +321,6 @@ def test_tol_stops_em_earlier():
     assert steps[0.5] < steps[1e-6]
     with pytest.raises(ValueError, match="tol"):
         PostprocessConfig(tol=0)
-
 
 
 def test_majority_vote_breaks_ties_by_the_pixels_own_probability():
