@@ -63,14 +63,6 @@ def _assign(layers: list[Any], stats: NormStats) -> None:
         layer.moving_variance.assign(variance)
 
 
-def spread(positions: list[Any], count: int) -> list[Any]:
-    """At most ``count`` of ``positions``, evenly spread through the list (all if fewer)."""
-    if len(positions) <= count:
-        return list(positions)
-    step = len(positions) / count
-    return [positions[int(i * step)] for i in range(count)]
-
-
 def _adapt_pass(model: Any, shape: tuple[int, ...], share: float):
     """The training-mode pass of :func:`adapted_statistics`, which updates the BatchNorm
     layers' moving statistics in place. TensorFlow: compiled, one per model, window shape and

@@ -86,6 +86,14 @@ def grid_windows(height: int, width: int, window: int, overlap: float) -> list[t
     return [(top, left) for top in rows for left in cols]
 
 
+def spread(positions: list[tuple[int, int]], count: int) -> list[tuple[int, int]]:
+    """At most ``count`` of ``positions``, evenly spread through the list (all if fewer)."""
+    if len(positions) <= count:
+        return list(positions)
+    step = len(positions) / count
+    return [positions[int(i * step)] for i in range(count)]
+
+
 def adapt_windows(height: int, width: int, window: int, count: int) -> list[tuple[int, int]]:
     """Where ``predict.adapt_norm`` measures the statistics of a ``height x width`` photo: tiles
     that cover the photo itself once (the last flush with its far edge), not its padding, nor
@@ -94,8 +102,6 @@ def adapt_windows(height: int, width: int, window: int, count: int) -> list[tupl
     in the coordinates of the image padded by :func:`padding`; an axis shorter than the window
     gets one window centred on it. The photo and raster paths both take them from here, so a
     raster gets the statistics its pixels would get as a photo."""
-    from segmenter.model.norm import spread
-
     pad_y, pad_x = padding(window, height, width)
 
     def starts(length: int, pad: int) -> list[int]:

@@ -142,8 +142,8 @@ def test_adapt_norm_reaches_predict_land_and_takes_at_most_96_tiles(image):
     assert info["widths"][32]["windows"] == grid_count(360, 32, 0.5) * grid_count(560, 32, 0.5)
     assert len(windows.adapt_windows(360, 560, 32, 1000)) == 12 * 18 > norm.ADAPT_WINDOWS
     assert info["widths"][32]["adapted_on"] == norm.ADAPT_WINDOWS
-    assert norm.spread(list(range(10)), 4) == [0, 2, 5, 7]
-    assert norm.spread([1, 2], 4) == [1, 2]
+    assert windows.spread(list(range(10)), 4) == [0, 2, 5, 7]
+    assert windows.spread([1, 2], 4) == [1, 2]
 
 
 def test_photo_statistics_are_put_back_when_prediction_fails(image):
