@@ -91,14 +91,15 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{dotted.key: value}`` (width tables stay whole)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict) and not path.endswith("widths") and not path.endswith(
             "random_windows"
         ):
-            flat.update(_flatten(value, path + "."))
+            flat.update(flatten(value, path + "."))
         else:
             flat[path] = value
     return flat
@@ -118,7 +119,7 @@ def config_differences(
     Returns:
         Dotted key paths (``train.learning_rate``, ``train.widths.64``), sorted.
     """
-    old, new = _flatten(saved.to_dict()), _flatten(current.to_dict())
+    old, new = flatten(saved.to_dict()), flatten(current.to_dict())
     differing = []
     for key in sorted(set(old) | set(new)):
         if any(key == p or key.startswith(p) for p in RESUME_IGNORED_PREFIXES):

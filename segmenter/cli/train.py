@@ -28,6 +28,14 @@ from segmenter.errors import SegmenterError
     metavar="W",
     help="Train only this width of train.widths (repeatable); lets widths run as separate jobs.",
 )
+@click.option(
+    "--init-from",
+    "init_from",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="RUN",
+    help="Fine-tune: start each width from RUN's model (train.init_from); --out is a new run.",
+)
 @click.option("--resume", is_flag=True, help="Continue unfinished widths from their checkpoints.")
 @click.option("--overwrite", is_flag=True, help="Start the run (or the given widths) again.")
 def train(
@@ -35,6 +43,7 @@ def train(
     overrides: tuple[str, ...],
     out: Path | None,
     patch_widths: tuple[int, ...],
+    init_from: Path | None,
     resume: bool,
     overwrite: bool,
 ) -> None:
@@ -43,7 +52,8 @@ def train(
     The run directory receives config.yaml, models/pw<W>.keras, history/ (CSV per width),
     plots/ (loss curves) and manifest.json. With --resume, a run stopped at any moment (even by
     kill -9) continues from its last checkpoint; with --resume and no --config, the run's saved
-    config is used.
+    config is used. With --init-from, every width starts from another run's model of that width
+    (fine-tuning it on this config's data) instead of random weights.
     """
     if out is None:
         out = Path("runs") / (config_path.stem if config_path is not None else "default")
@@ -58,6 +68,9 @@ def train(
 
         base = open_run(out).config
     cfg = resolve_config(config_path, overrides, base=base)
+    if init_from is not None:
+        cfg = cfg.model_copy(update={
+            "train": cfg.train.model_copy(update={"init_from": str(init_from)})})
 
     from segmenter.tfenv import start_tensorflow
 

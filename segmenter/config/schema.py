@@ -217,6 +217,12 @@ class TrainConfig(_Section):
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Seed of patch sampling and weight initialisation."
     )
+    init_from: str | None = Field(
+        None,
+        description="Fine-tuning: a finished run directory whose model of each width starts "
+        "this run's (weights and BatchNorm statistics; a fresh optimiser). Its model settings "
+        "must be this config's. null = random weights.",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     strategy: Literal["auto", "default", "mirrored", "multiworker"] = Field(
         "auto", description="Devices: tf.distribute strategy (DataParallel on JAX)."

@@ -50,6 +50,7 @@ from segmenter.training.pipeline import (
 )
 from segmenter.training.plan import RunPlan, remove_stale_temporaries
 from segmenter.training.result import WidthResult
+from segmenter.training.warmstart import check_architecture, copy_weights, open_source
 
 log = logging.getLogger("segmenter.training")
 
@@ -104,6 +105,7 @@ def train(
     # the old run) only once the data have loaded and can train every chosen width.
     checked = RunPlan(Path(out), cfg, chosen, resume=resume, overwrite=overwrite,
                       partial=widths is not None, write=chief).check()
+    source = open_source(cfg, Path(out), chosen)  # train.init_from, refused before the data
 
     if dataset is None:
         from segmenter.data.ontario import load_dataset
@@ -134,7 +136,9 @@ def train(
             f"{checked.path}: the data differ from the data this run was trained on "
             f"(fingerprint {dataset.fingerprint} != {recorded}); use another --out"
         )
-    cfg = _resolve_orientation(cfg, dataset, checked)
+    cfg = _resolve_orientation(cfg, dataset, checked, source)
+    if source is not None:
+        check_architecture(source, cfg)
     checked = replace(checked, plan=replace(checked.plan, config=cfg))
     run = checked.apply()
     log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,
@@ -145,14 +149,16 @@ def train(
     if progress is None:
         progress = sys.stdout.isatty()
     with ctrlc.guard():
-        return _train_widths(run, cfg, dataset, chosen, strategy, chief, resume, progress)
+        return _train_widths(run, cfg, dataset, chosen, strategy, chief, resume, progress,
+                             source)
 
 
-def _resolve_orientation(cfg: Config, dataset: Any, checked: Any) -> Config:
+def _resolve_orientation(cfg: Config, dataset: Any, checked: Any, source: Run | None) -> Config:
     """``data.upright`` and then ``model.row_channel`` decided (:mod:`segmenter.data.orientation`).
 
-    ``data.upright: auto``: a continued run keeps the value it saved, a new one decides from its
-    training labels. ``model.row_channel: auto`` follows it (a continued run keeps its own).
+    ``data.upright: auto``: a continued run keeps the value it saved, a fine-tuned one its
+    source run's (``train.init_from``), a new one decides from its training labels.
+    ``model.row_channel: auto`` follows it (a continued or fine-tuned run keeps the saved one).
     """
     from segmenter.data.orientation import (
         detect_upright,
@@ -162,6 +168,8 @@ def _resolve_orientation(cfg: Config, dataset: Any, checked: Any) -> Config:
     )
 
     saved = checked.existing.config if checked.action == "continue" else None
+    if saved is None and source is not None:
+        saved = source.config
     if cfg.data.upright == "auto" and saved is not None:
         cfg = keep_saved_upright(cfg, saved)
     if cfg.data.upright == "auto":
@@ -175,7 +183,8 @@ def _resolve_orientation(cfg: Config, dataset: Any, checked: Any) -> Config:
 
 
 def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strategy: Any,
-                  chief: bool, resume: bool, progress: bool) -> list[WidthResult]:
+                  chief: bool, resume: bool, progress: bool,
+                  source: Run | None = None) -> list[WidthResult]:
     results = []
     for width in chosen:
         status = run.status(width)
@@ -188,7 +197,8 @@ def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strate
             log.info("%s", results[-1].summary_line())
             continue
         try:
-            result = _train_width(run, cfg, dataset, width, strategy, chief, resume, progress)
+            result = _train_width(run, cfg, dataset, width, strategy, chief, resume, progress,
+                                  source)
         except (Interrupted, KeyboardInterrupt):
             if chief:
                 _mark_interrupted(run, width, cfg, dataset.fingerprint)
@@ -244,6 +254,7 @@ def _train_width(
     chief: bool,
     resume: bool,
     progress: bool,
+    source: Run | None = None,
 ) -> WidthResult:
     steps = cfg.train.steps
     batch_size = cfg.train.widths[width]
@@ -280,7 +291,7 @@ def _train_width(
 
     try:
         return _fit_width(run, cfg, dataset, width, strategy, chief, progress, train_items,
-                          val_batches, state, tracker)
+                          val_batches, state, tracker, source)
     except Exception as exc:
         from segmenter.training.distribute import oom_message, out_of_memory
 
@@ -298,7 +309,8 @@ def _train_width(
 
 def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, chief: bool,
                progress: bool, train_items: list, val_batches: list,
-               state: CheckpointState | None, tracker: Progress) -> WidthResult:
+               state: CheckpointState | None, tracker: Progress,
+               source: Run | None = None) -> WidthResult:
     from segmenter.training.distribute import (
         LocalDevices,
         avoid_multiworker_build_reduce,
@@ -313,6 +325,8 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
         with strategy.scope():
             keras.utils.set_random_seed(cfg.train.seed)
             model = compiled_model(cfg, state)
+            if state is None and source is not None:  # a checkpoint of this run wins
+                copy_weights(source, width, model)
         if stop_requested():  # Ctrl-C while the model was built
             raise _interrupted(run, width, tracker.step, tracker.last_checkpoint)
         avoid_multiworker_build_reduce(model, strategy, width, batch_size)

@@ -1,0 +1,92 @@
+"""``train.init_from``: start each width from another run's finished model (fine-tuning).
+
+A user with a trained run and a few labelled photos of a new flight, site or season trains a
+new run from it instead of from random weights: every width starts from the source run's model
+of the same width (its weights and BatchNorm statistics), with a fresh optimiser and the
+learning-rate schedule of this config. The source run is only read; the new run is written to
+its own ``--out``, and its ``config.yaml`` records where it started.
+
+The architecture is the source run's: every ``model.*`` key must match it (``auto`` keys take
+the source run's decided values, as a resumed run does), and so does ``data.upright``, which
+decides the row channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from segmenter.config import Config
+from segmenter.errors import ConfigError, RunError
+from segmenter.runs import Run, flatten, open_run
+
+log = logging.getLogger("segmenter.training")
+
+
+def open_source(cfg: Config, out: Path, widths: list[int]) -> Run | None:
+    """The run named by ``train.init_from``, checked to hold a finished model per width.
+
+    Reads only the run's config and status files (no model, no TensorFlow work), so a bad
+    source is refused before the data load.
+
+    Raises:
+        ConfigError: no such run, the run being written, or a width it has not finished.
+    """
+    where = cfg.train.init_from
+    if where is None:
+        return None
+    if Path(where).resolve() == Path(out).resolve():
+        raise ConfigError(f"train.init_from: {where} is the run being written (--out); "
+                          "fine-tune into another folder")
+    try:
+        source = open_run(where)
+    except RunError as exc:
+        raise ConfigError(f"train.init_from: {exc}") from None
+    finished = source.finished_widths()
+    missing = [width for width in widths if width not in finished]
+    if missing:
+        have = ", ".join(map(str, finished)) or "none"
+        raise ConfigError(
+            f"train.init_from: {where} has no finished model for patch width "
+            f"{', '.join(map(str, missing))} (finished widths: {have}); train only those it "
+            "has (--patch-width) or set train.widths to them"
+        )
+    return source
+
+
+def check_architecture(source: Run, cfg: Config) -> None:
+    """Refuse a config whose networks differ from the source run's (after ``auto`` decided).
+
+    Raises:
+        ConfigError: naming each differing key with both values.
+    """
+    old = flatten(source.config.model.model_dump(mode="json"), "model.")
+    new = flatten(cfg.model.model_dump(mode="json"), "model.")
+    old["data.upright"] = source.config.data.upright
+    new["data.upright"] = cfg.data.upright
+    differing = [f"{key}: {new.get(key)!r} here, {old.get(key)!r} in the source run"
+                 for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    if differing:
+        raise ConfigError(
+            f"train.init_from: {source.path} was trained with other networks ("
+            + "; ".join(differing) + "); fine-tuning keeps the architecture, so use its "
+            "model settings"
+        )
+
+
+def copy_weights(source: Run, width: int, model: Any) -> None:
+    """Set ``model``'s weights (BatchNorm statistics included) to the source run's ``width``.
+
+    Raises:
+        RunError: the source model cannot be read, or its weights do not fit ``model``.
+    """
+    trained = source.load_model(width)
+    weights = trained.get_weights()
+    shapes = [tuple(w.shape) for w in weights]
+    wanted = [tuple(v.shape) for v in model.weights]
+    if shapes != wanted:
+        raise RunError(f"{source.model_path(width)}: its weights do not fit this config's "
+                       f"network ({len(shapes)} arrays against {len(wanted)})")
+    model.set_weights(weights)
+    log.info("pw%d: starts from %s", width, source.model_path(width))

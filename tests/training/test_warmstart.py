@@ -1,0 +1,88 @@
+"""Fine-tuning (``train.init_from`` / ``--init-from``): a run that starts from another's models."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import TINY_SETTINGS, tiny_dataset
+
+from segmenter.config import load_config
+from segmenter.errors import ConfigError
+from segmenter.runs import open_run
+from segmenter.training import train
+
+pytestmark = pytest.mark.backend  # run again on JAX by the test command
+
+
+def _kernels(model) -> list[np.ndarray]:
+    return [np.asarray(w) for w in model.weights if "kernel" in w.path]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("source") / "run"
+    train(load_config(None, TINY_SETTINGS), path, dataset=tiny_dataset())
+    return path
+
+
+def test_fine_tuned_run_starts_from_the_source_models_and_leaves_them(source, tmp_path):
+    before = _digest(source)
+    # A rate too small to move the weights: what the run saves is where it started.
+    still = [*TINY_SETTINGS, "train.learning_rate=1e-12", f"train.init_from={source}"]
+    train(load_config(None, still), tmp_path / "tuned", dataset=tiny_dataset(n_train=2))
+    scratch = [*TINY_SETTINGS, "train.learning_rate=1e-12"]
+    train(load_config(None, scratch), tmp_path / "scratch", dataset=tiny_dataset(n_train=2))
+
+    trained = _kernels(open_run(source).load_model(16))
+    tuned = open_run(tmp_path / "tuned")
+    for got, want in zip(_kernels(tuned.load_model(16)), trained, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    fresh = _kernels(open_run(tmp_path / "scratch").load_model(16))
+    assert max(np.abs(a - b).max() for a, b in zip(fresh, trained, strict=True)) > 1e-3
+    assert tuned.config.train.init_from == str(source)  # config.yaml says where it started
+    assert _digest(source) == before
+
+
+def test_fine_tuning_learns_on_the_new_photos(source, tmp_path):
+    cfg = load_config(None, [*TINY_SETTINGS, "train.steps=3", f"train.init_from={source}"])
+    train(cfg, tmp_path / "tuned", dataset=tiny_dataset(n_train=2))
+    trained = _kernels(open_run(source).load_model(16))
+    tuned = _kernels(open_run(tmp_path / "tuned").load_model(16))
+    moved = max(np.abs(a - b).max() for a, b in zip(tuned, trained, strict=True))
+    assert 1e-5 < moved < 0.5  # moved by three steps, not replaced
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["train.init_from=MISSING"], "train.init_from: MISSING: run directory not found"),
+    (["train.widths={16: 4, 32: 2}", "train.init_from=SOURCE"],
+     "has no finished model for patch width 32 (finished widths: 16)"),
+    (["model.filters=8", "train.init_from=SOURCE"],
+     "model.filters: 8 here, 4 in the source run"),
+    (["train.init_from=OUT"], "is the run being written (--out)"),
+])
+def test_bad_sources_are_refused_before_anything_is_written(source, tmp_path, extra, message):
+    out = tmp_path / "tuned"
+    places = {"MISSING": str(tmp_path / "nowhere"), "SOURCE": str(source), "OUT": str(out)}
+    settings = [*TINY_SETTINGS] + [
+        "=".join([key, places.get(value, value)]) for key, value in
+        (item.split("=", 1) for item in extra)]
+    with pytest.raises(ConfigError) as caught:
+        train(load_config(None, settings), out, dataset=tiny_dataset())
+    assert message.replace("MISSING", str(tmp_path / "nowhere")) in str(caught.value)
+    assert not (out / "models").exists()
+
+
+def test_cli_init_from_refuses_in_one_line(runner, tmp_path):
+    sets = [arg for item in TINY_SETTINGS for arg in ("--set", item)]
+    result = runner("train", "--out", tmp_path / "run", "--init-from", tmp_path / "none", *sets)
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: train.init_from: {tmp_path / 'none'}: run directory not found")
