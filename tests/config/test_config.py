@@ -149,7 +149,7 @@ def test_shipped_configs_are_valid(name):
 def test_shipped_configs_include_the_documented_ones():
     names = {p.name for p in (REPO / "configs").glob("*.yaml")}
     assert {"default.yaml", "ontario.yaml", "photo.yaml", "photo-large.yaml",
-            "notebook-small.yaml"} <= names
+            "notebook-small.yaml", "fine-tune.yaml"} <= names
 
 
 def test_extends_layers_defaults_file_extended_file_and_set(tmp_path):
@@ -300,16 +300,17 @@ def _leaves(tree: dict, prefix: tuple = ()) -> dict[tuple, object]:
     return out
 
 
-def test_photo_large_is_photo_yaml_but_for_the_keys_it_sets():
-    """photo-large.yaml extends photo.yaml and says only what differs: its effective config is
-    photo.yaml's with its own keys put in, and each key it sets differs from photo.yaml's."""
+@pytest.mark.parametrize("name", ["photo-large.yaml", "fine-tune.yaml"])
+def test_photo_variants_are_photo_yaml_but_for_the_keys_they_set(name):
+    """photo-large.yaml and fine-tune.yaml extend photo.yaml and say only what differs: the
+    effective config is photo.yaml's with their own keys put in, each differing from it."""
     from segmenter.config import read_yaml
 
-    raw = read_yaml(REPO / "configs" / "photo-large.yaml")
+    raw = read_yaml(REPO / "configs" / name)
     assert raw.pop("extends") == "photo.yaml"
     own = _leaves(raw)
     photo = load_config(REPO / "configs" / "photo.yaml").to_dict()
-    large = load_config(REPO / "configs" / "photo-large.yaml").to_dict()
+    large = load_config(REPO / "configs" / name).to_dict()
     expected = copy.deepcopy(photo)
     for path, value in own.items():
         node = expected
