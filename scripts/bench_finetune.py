@@ -13,8 +13,8 @@ masks fail on a new flight labels a few of its photos and fine-tunes the run on 
   one (photos seconds apart show the same ground), and the dry squares
   (``bench_quality.write_dry_photos``) cut from them and from the real photo.
 * **tuned**: the base run fine-tuned with ``--config`` (``configs/fine-tune.yaml``) on the
-  labelled photos together with the base run's own training and validation photos (``--alone``:
-  the labelled photos only).
+  labelled photos, as a user does (``--with-base``: together with the base run's own training
+  and validation photos).
 
 Both runs are scored on the same photos, each with its own config, as ``segmenter evaluate``
 does. Printed: the split, then one line per run (the tuned one with its ``train_minutes``)::
@@ -24,7 +24,7 @@ does. Printed: the split, then one line per run (the tuned one with its ``train_
 Run from the repository root::
 
     python scripts/bench_finetune.py --work /tmp/ft                       # trains the base too
-    python scripts/bench_finetune.py --run W/obx2018/run_recommended --work /tmp/ft
+    python scripts/bench_finetune.py --run W/obx2018/run_recommended --work /tmp/ft --labelled 12
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def split_new_flight(pairs: Sequence[Any], labelled: int, gap: float
     return [p for p in picked if p is not validation], validation, scored, dropped
 
 
-def prepare(obx: Path, base_source: Path, work: Path, labelled: int, gap: float, alone: bool,
-            real_dir: Path | None) -> tuple[Path, Path, Path, str]:
+def prepare(obx: Path, base_source: Path, work: Path, labelled: int, gap: float,
+            with_base: bool, real_dir: Path | None) -> tuple[Path, Path, Path, str]:
     """Write the tuning source, the scored source and the dry photos; returns them and a line
     describing the split."""
     probe = bq.Case("obx2018", obx, obx)
@@ -107,7 +107,7 @@ def prepare(obx: Path, base_source: Path, work: Path, labelled: int, gap: float,
     tune, scored_dir, dry = work / "tune_source", work / "scored", work / "dry"
     bq._link_pairs(train, obx, tune / "train")
     bq._link_pairs([validation], obx, tune / "test")
-    if not alone:
+    if with_base:
         for sub in ("train", "test"):
             bq._link_pairs(bq._pairs(base_source, sub, data_cfg), base_source, tune / sub)
     bq._link_pairs(scored, obx, scored_dir / "train")
@@ -116,7 +116,7 @@ def prepare(obx: Path, base_source: Path, work: Path, labelled: int, gap: float,
         sources += [(real_dir, pair) for pair in bq._pairs(real_dir, "train", data_cfg)]
     crops = bq.write_dry_photos(sources, dry, data_cfg)
     line = (f"labelled {len(train)} + 1 validating ({', '.join(p.stem for p in train)}; "
-            f"{validation.stem}), {'alone' if alone else 'with the base run photos'}; scored "
+            f"{validation.stem}), {'with the base run photos' if with_base else 'alone'}; scored "
             f"{len(scored)}, dropped {len(dropped)} taken within {gap:.0f} s of a labelled one; "
             f"{crops} dry squares")
     return tune, scored_dir, dry, line
@@ -143,8 +143,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gap", type=float, default=GAP_SECONDS,
                         help=f"seconds between a scored and a labelled photo (default "
                              f"{GAP_SECONDS:.0f})")
-    parser.add_argument("--alone", action="store_true",
-                        help="fine-tune on the labelled photos only, without the base run's")
+    parser.add_argument("--with-base", action="store_true",
+                        help="fine-tune on the labelled photos and the base run's own photos")
     parser.add_argument("--config", type=Path, default=DEFAULT_TUNE_CONFIG,
                         help="fine-tuning config (default configs/fine-tune.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -183,7 +183,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"base: trained on {case.train_source} in {minutes:.1f} min")
     base_source = Path(open_run(base).config.data.source)
     tune, scored, dry, line = prepare(obx, base_source, work, args.labelled, args.gap,
-                                      args.alone, args.real.resolve())
+                                      args.with_base, args.real.resolve())
     print(f"split: {line}")
     tuned = work / "run_tuned"
     minutes = bq.train_segmenter(args.config, tune, tuned,

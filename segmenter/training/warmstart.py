@@ -63,6 +63,8 @@ def check_architecture(source: Run, cfg: Config) -> None:
     """
     old = flatten(source.config.model.model_dump(mode="json"), "model.")
     new = flatten(cfg.model.model_dump(mode="json"), "model.")
+    if old["model.row_channel"] == "auto":  # saved before the key existed: built without it
+        old["model.row_channel"] = False
     old["data.upright"] = source.config.data.upright
     new["data.upright"] = cfg.data.upright
     differing = [f"{key}: {new.get(key)!r} here, {old.get(key)!r} in the source run"

@@ -55,8 +55,8 @@ def test_split_keeps_scored_photos_away_from_labelled_ones(bench):
         bench.split_new_flight(pairs, 10, gap=90)
 
 
-@pytest.mark.parametrize("alone", [True, False])
-def test_tuning_source_holds_the_base_photos_unless_alone(bench, tmp_path, alone):
+@pytest.mark.parametrize("with_base", [False, True])
+def test_tuning_source_holds_the_base_photos_only_when_asked(bench, tmp_path, with_base):
     bq = bench.bq
     image = np.full((20, 30, 3), 0.5, np.float32)
     land = np.ones((20, 30), np.float32)
@@ -67,15 +67,16 @@ def test_tuning_source_holds_the_base_photos_unless_alone(bench, tmp_path, alone
     for sub in ("train", "test"):
         bq.write_ontario(tmp_path / "base", sub, f"old_{sub}", part)
     tune, scored, _, line = bench.prepare(tmp_path / "obx", tmp_path / "base",
-                                          tmp_path / "work", labelled=2, gap=60, alone=alone,
+                                          tmp_path / "work", labelled=2, gap=60,
+                                          with_base=with_base,
                                           real_dir=None)
 
     def stems(folder: Path) -> set[str]:
         return {p.stem for p in folder.glob("*.png")}
 
-    old = set() if alone else {"old_train"}
+    old = {"old_train"} if with_base else set()
     assert stems(tune / "train") == {"2018-10-07_20.00.00-X"} | old
-    assert stems(tune / "test") == {"2018-10-07_20.25.00-X"} | ({"old_test"} if not alone
+    assert stems(tune / "test") == {"2018-10-07_20.25.00-X"} | ({"old_test"} if with_base
                                                                  else set())
     assert stems(scored / "train") == {f"2018-10-07_20.{m:02d}.00-X" for m in (5, 10, 15, 20)}
     assert "scored 4, dropped 0" in line

@@ -86,3 +86,20 @@ def test_cli_init_from_refuses_in_one_line(runner, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip() == (
         f"Error: train.init_from: {tmp_path / 'none'}: run directory not found")
+
+
+def test_a_source_saved_before_the_row_channel_key_is_read_as_without_it(source, tmp_path):
+    import shutil
+
+    from segmenter.training.warmstart import check_architecture
+
+    old = tmp_path / "old"
+    shutil.copytree(source, old)
+    text = (old / "config.yaml").read_text()
+    assert "row_channel: false" in text
+    (old / "config.yaml").write_text(text.replace("row_channel: false", "row_channel: auto"))
+    cfg = open_run(source).config  # the same networks, the key decided
+    check_architecture(open_run(old), cfg)
+    grown = cfg.model_copy(update={"model": cfg.model.model_copy(update={"row_channel": True})})
+    with pytest.raises(ConfigError, match="model.row_channel: True here, False in the source"):
+        check_architecture(open_run(old), grown)
