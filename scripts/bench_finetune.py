@@ -30,8 +30,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -51,7 +49,6 @@ LABELLED = 6
 #: scored photos are taken more than this many seconds from every labelled photo.
 GAP_SECONDS = 120.0
 
-log = logging.getLogger("bench_finetune")
 
 #: obx2018 names: ``2018-10-07_20.15.44-DSC...`` and ``2018-1007-165320-DSC...``.
 _TIMES = (re.compile(r"^(\d{4})-(\d\d)-(\d\d)_(\d\d)\.(\d\d)\.(\d\d)"),
@@ -158,17 +155,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        return _main(args)
-    except bq.BenchError as exc:
-        print(f"bench_finetune: {exc}", file=sys.stderr)
-        return 2
+    return bq.run_script("bench_finetune", _main, parse_args(argv))
 
 
 def _main(args: argparse.Namespace) -> int:
+    from segmenter.errors import RunError
     from segmenter.runs import open_run
 
     if args.work.exists() and any(args.work.iterdir()):
@@ -181,7 +172,10 @@ def _main(args: argparse.Namespace) -> int:
         minutes = bq.train_segmenter(bq.DEFAULT_CONFIG, case.train_source, base, [],
                                      "base run (photo.yaml on train/)")
         print(f"base: trained on {case.train_source} in {minutes:.1f} min")
-    base_source = Path(open_run(base).config.data.source)
+    try:
+        base_source = Path(open_run(base).config.data.source)
+    except RunError as exc:
+        raise bq.BenchError(f"--run: {exc}") from None
     tune, scored, dry, line = prepare(obx, base_source, work, args.labelled, args.gap,
                                       args.with_base, args.real.resolve())
     print(f"split: {line}")

@@ -901,14 +901,20 @@ def selected_cases(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run_script("bench_quality", _main, parse_args(argv))
+
+
+def run_script(name: str, body: Callable[[argparse.Namespace], int],
+               args: argparse.Namespace) -> int:
+    """Run a benchmark's ``body`` with its logging set up; a :class:`BenchError` is printed as
+    lines prefixed with ``name`` and exits 2 (no traceback)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        return _main(args)
+        return body(args)
     except BenchError as exc:
         for line in str(exc).splitlines():
-            print(f"bench_quality: {line}", file=sys.stderr)
+            print(f"{name}: {line}", file=sys.stderr)
         return 2
 
 
