@@ -126,6 +126,8 @@ def config_differences(
             continue
         if key in ("data.upright", "model.row_channel") and new.get(key) == "auto":
             continue  # training resolves auto from the same data: it keeps the saved value
+        if key == "train.init_from" and None not in (old.get(key), new.get(key)):
+            continue  # the source run may sit at another path or machine: only "none" differs
         if old.get(key) != new.get(key):
             differing.append(key)
     check = widths if widths is not None else list(current.train.widths)

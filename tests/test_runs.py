@@ -25,6 +25,14 @@ def test_new_run_writes_config_and_existing_run_is_refused(tmp_path):
     assert not (run.path / "history").exists()
 
 
+def test_a_fine_tune_resumes_with_its_source_at_another_path_but_not_without_one():
+    tuned = load_config(None, ["train.init_from=/runs/base"])
+    moved = load_config(None, ["train.init_from=/mnt/other/base"])
+    assert config_differences(tuned, moved) == []
+    assert config_differences(tuned, load_config(None)) == ["train.init_from"]
+    assert config_differences(load_config(None), tuned) == ["train.init_from"]
+
+
 def test_resume_with_an_incompatible_config_names_the_keys(tmp_path):
     cfg = load_config(None)
     prepare_run(RunPlan(tmp_path, cfg, [32]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -31,10 +32,10 @@ from segmenter.errors import SegmenterError
 @click.option(
     "--init-from",
     "init_from",
-    type=click.Path(file_okay=False, path_type=Path),
     default=None,
     metavar="RUN",
-    help="Fine-tune: start each width from RUN's model (train.init_from); --out is a new run.",
+    help="Fine-tune: start each width from RUN's model (train.init_from; a folder or an "
+    "s3:// URL); --out is a new run.",
 )
 @click.option("--resume", is_flag=True, help="Continue unfinished widths from their checkpoints.")
 @click.option("--overwrite", is_flag=True, help="Start the run (or the given widths) again.")
@@ -43,7 +44,7 @@ def train(
     overrides: tuple[str, ...],
     out: Path | None,
     patch_widths: tuple[int, ...],
-    init_from: Path | None,
+    init_from: str | None,
     resume: bool,
     overwrite: bool,
 ) -> None:
@@ -69,8 +70,12 @@ def train(
         base = open_run(out).config
     cfg = resolve_config(config_path, overrides, base=base)
     if init_from is not None:
+        from segmenter.data.remote import is_url
+
+        if not is_url(init_from):  # an absolute path: --resume works from any folder
+            init_from = os.path.abspath(os.path.expanduser(init_from))
         cfg = cfg.model_copy(update={
-            "train": cfg.train.model_copy(update={"init_from": str(init_from)})})
+            "train": cfg.train.model_copy(update={"init_from": init_from})})
 
     from segmenter.tfenv import start_tensorflow
 

@@ -38,7 +38,7 @@ from segmenter.config import Config
 from segmenter.errors import ConfigError, DataError, Interrupted, RunError
 from segmenter.runs import Run
 from segmenter.runstate import CheckpointState, WidthStatus
-from segmenter.training import ctrlc
+from segmenter.training import ctrlc, warmstart
 from segmenter.training.callback import Progress, WidthCallback, width_status
 from segmenter.training.ctrlc import stop_requested
 from segmenter.training.export import finish
@@ -50,7 +50,6 @@ from segmenter.training.pipeline import (
 )
 from segmenter.training.plan import RunPlan, remove_stale_temporaries
 from segmenter.training.result import WidthResult
-from segmenter.training.warmstart import check_architecture, copy_weights, open_source
 
 log = logging.getLogger("segmenter.training")
 
@@ -105,7 +104,8 @@ def train(
     # the old run) only once the data have loaded and can train every chosen width.
     checked = RunPlan(Path(out), cfg, chosen, resume=resume, overwrite=overwrite,
                       partial=widths is not None, write=chief).check()
-    source = open_source(cfg, Path(out), chosen)  # train.init_from, refused before the data
+    # train.init_from, refused before the data; only widths that start afresh need it
+    source = warmstart.open_source(cfg, Path(out), checked.fresh_widths())
 
     if dataset is None:
         from segmenter.data.ontario import load_dataset
@@ -137,8 +137,10 @@ def train(
             f"(fingerprint {dataset.fingerprint} != {recorded}); use another --out"
         )
     cfg = _resolve_orientation(cfg, dataset, checked, source)
+    start: dict[int, list[Any]] = {}
     if source is not None:
-        check_architecture(source, cfg)
+        warmstart.check_architecture(source, cfg)
+        start = warmstart.source_weights(source, checked.fresh_widths())
     checked = replace(checked, plan=replace(checked.plan, config=cfg))
     run = checked.apply()
     log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,
@@ -150,7 +152,7 @@ def train(
         progress = sys.stdout.isatty()
     with ctrlc.guard():
         return _train_widths(run, cfg, dataset, chosen, strategy, chief, resume, progress,
-                             source)
+                             start)
 
 
 def _resolve_orientation(cfg: Config, dataset: Any, checked: Any, source: Run | None) -> Config:
@@ -170,6 +172,7 @@ def _resolve_orientation(cfg: Config, dataset: Any, checked: Any, source: Run | 
     saved = checked.existing.config if checked.action == "continue" else None
     if saved is None and source is not None:
         saved = source.config
+        warmstart.check_upright(source, cfg)
     if cfg.data.upright == "auto" and saved is not None:
         cfg = keep_saved_upright(cfg, saved)
     if cfg.data.upright == "auto":
@@ -184,7 +187,7 @@ def _resolve_orientation(cfg: Config, dataset: Any, checked: Any, source: Run | 
 
 def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strategy: Any,
                   chief: bool, resume: bool, progress: bool,
-                  source: Run | None = None) -> list[WidthResult]:
+                  start: dict[int, list[Any]] | None = None) -> list[WidthResult]:
     results = []
     for width in chosen:
         status = run.status(width)
@@ -198,7 +201,7 @@ def _train_widths(run: Run, cfg: Config, dataset: Any, chosen: list[int], strate
             continue
         try:
             result = _train_width(run, cfg, dataset, width, strategy, chief, resume, progress,
-                                  source)
+                                  (start or {}).get(width))
         except (Interrupted, KeyboardInterrupt):
             if chief:
                 _mark_interrupted(run, width, cfg, dataset.fingerprint)
@@ -254,7 +257,7 @@ def _train_width(
     chief: bool,
     resume: bool,
     progress: bool,
-    source: Run | None = None,
+    start: list[Any] | None = None,
 ) -> WidthResult:
     steps = cfg.train.steps
     batch_size = cfg.train.widths[width]
@@ -291,7 +294,7 @@ def _train_width(
 
     try:
         return _fit_width(run, cfg, dataset, width, strategy, chief, progress, train_items,
-                          val_batches, state, tracker, source)
+                          val_batches, state, tracker, start)
     except Exception as exc:
         from segmenter.training.distribute import oom_message, out_of_memory
 
@@ -310,7 +313,7 @@ def _train_width(
 def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, chief: bool,
                progress: bool, train_items: list, val_batches: list,
                state: CheckpointState | None, tracker: Progress,
-               source: Run | None = None) -> WidthResult:
+               start: list[Any] | None = None) -> WidthResult:
     from segmenter.training.distribute import (
         LocalDevices,
         avoid_multiworker_build_reduce,
@@ -325,15 +328,15 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
         with strategy.scope():
             keras.utils.set_random_seed(cfg.train.seed)
             model = compiled_model(cfg, state)
-            if state is None and source is not None:  # a checkpoint of this run wins
-                copy_weights(source, width, model)
+            if state is None and start is not None:  # a checkpoint of this run wins
+                warmstart.copy_weights(start, model, f"{cfg.train.init_from}: pw{width}")
         if stop_requested():  # Ctrl-C while the model was built
             raise _interrupted(run, width, tracker.step, tracker.last_checkpoint)
         avoid_multiworker_build_reduce(model, strategy, width, batch_size)
         loss_fn = loss_function(cfg)
         tracker.started = time.monotonic()
-        source = PatchSource.from_images(train_items, row_channel=cfg.model.has_row_channel)
-        norm_windows = averaging_windows(source, cfg, width) if cfg.train.ema else None
+        patches = PatchSource.from_images(train_items, row_channel=cfg.model.has_row_channel)
+        norm_windows = averaging_windows(patches, cfg, width) if cfg.train.ema else None
         callback = WidthCallback(run, cfg, width, batch_size, model, loss_fn, val_batches,
                                   tracker, chief, dataset.fingerprint, progress, norm_windows)
         callbacks: list[Any] = [callback]
@@ -350,7 +353,7 @@ def _fit_width(run: Run, cfg: Config, dataset: Any, width: int, strategy: Any, c
                                             dataset.fingerprint))
         for first, epochs, per_epoch in _segments(tracker.step, steps, every):
             batches = training_dataset(
-                source, width, batch_size, seed=cfg.train.seed, start_step=first,
+                patches, width, batch_size, seed=cfg.train.seed, start_step=first,
                 steps=first + epochs * per_epoch, augment=cfg.train.augment,
                 upright=cfg.data.is_upright,
             )

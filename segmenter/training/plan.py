@@ -174,6 +174,24 @@ class CheckedRun:
             return {}
         return {w: st for w, st in self.existing.statuses().items() if w not in self.cleared}
 
+    def fresh_widths(self) -> list[int]:
+        """The widths whose training starts from new weights: all of them but those this run
+        has finished (skipped) or, with ``--resume``, holds a checkpoint of (continued)."""
+        run = self.existing
+        if run is None or self.action != "continue":
+            return list(self.plan.widths)
+        fresh = []
+        for width in self.plan.widths:
+            status = run.status(width)
+            if width not in self.cleared and (
+                (status is not None and status.status == "finished"
+                 and run.model_path(width).is_file())
+                or (self.plan.resume and run.read_state(width) is not None)
+            ):
+                continue
+            fresh.append(width)
+        return fresh
+
     def apply(self) -> Run:
         """Carry the plan out: clear what it clears, write ``config.yaml``; return the run.
 

@@ -27,8 +27,11 @@ log = logging.getLogger("segmenter.training")
 def open_source(cfg: Config, out: Path, widths: list[int]) -> Run | None:
     """The run named by ``train.init_from``, checked to hold a finished model per width.
 
-    Reads only the run's config and status files (no model, no TensorFlow work), so a bad
-    source is refused before the data load.
+    ``widths`` are the widths that start from new weights: a resumed run's widths that are
+    finished or hold a checkpoint do not need the source, so it is not read for them (it may
+    have moved since). A URL (``s3://...``) is copied to the cache first, as ``predict --run``
+    does. Reads only the run's config and status files (no model), so a bad source is refused
+    before the data load.
 
     Raises:
         ConfigError: no such run, the run being written, or a width it has not finished.
@@ -36,11 +39,20 @@ def open_source(cfg: Config, out: Path, widths: list[int]) -> Run | None:
     where = cfg.train.init_from
     if where is None:
         return None
-    if Path(where).resolve() == Path(out).resolve():
-        raise ConfigError(f"train.init_from: {where} is the run being written (--out); "
-                          "fine-tune into another folder")
+    if not widths:
+        log.info("train.init_from: every width is finished or continues from its checkpoint; "
+                 "%s is not read", where)
+        return None
+    from segmenter.data.remote import fetch_run, is_url
+
     try:
-        source = open_run(where)
+        if is_url(where):
+            source = open_run(fetch_run(where, cfg.data))
+        else:
+            if Path(where).resolve() == Path(out).resolve():
+                raise ConfigError(f"train.init_from: {where} is the run being written (--out); "
+                                  "fine-tune into another folder")
+            source = open_run(where)
     except RunError as exc:
         raise ConfigError(f"train.init_from: {exc}") from None
     finished = source.finished_widths()
@@ -53,6 +65,26 @@ def open_source(cfg: Config, out: Path, widths: list[int]) -> Run | None:
             "has (--patch-width) or set train.widths to them"
         )
     return source
+
+
+def _refusal(cfg: Config, differing: list[str]) -> ConfigError:
+    return ConfigError(
+        f"train.init_from: {cfg.train.init_from} was trained with other networks ("
+        + "; ".join(differing) + "); fine-tuning keeps the architecture, so use its "
+        "model settings"
+    )
+
+
+def check_upright(source: Run, cfg: Config) -> None:
+    """Refuse a ``data.upright`` other than the source run's (it decides the row channel), before
+    the row channel is decided from it.
+
+    Raises:
+        ConfigError: naming both values.
+    """
+    old, new = source.config.data.upright, cfg.data.upright
+    if "auto" not in (old, new) and old != new:
+        raise _refusal(cfg, [f"data.upright: {new!r} here, {old!r} in the source run"])
 
 
 def check_architecture(source: Run, cfg: Config) -> None:
@@ -70,25 +102,35 @@ def check_architecture(source: Run, cfg: Config) -> None:
     differing = [f"{key}: {new.get(key)!r} here, {old.get(key)!r} in the source run"
                  for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     if differing:
-        raise ConfigError(
-            f"train.init_from: {source.path} was trained with other networks ("
-            + "; ".join(differing) + "); fine-tuning keeps the architecture, so use its "
-            "model settings"
-        )
+        raise _refusal(cfg, differing)
 
 
-def copy_weights(source: Run, width: int, model: Any) -> None:
-    """Set ``model``'s weights (BatchNorm statistics included) to the source run's ``width``.
+def source_weights(source: Run, widths: list[int]) -> dict[int, list[Any]]:
+    """The source run's weights (BatchNorm statistics included) of each of ``widths``, read
+    before the new run is written.
 
     Raises:
-        RunError: the source model cannot be read, or its weights do not fit ``model``.
+        ConfigError: a source model cannot be read.
     """
-    trained = source.load_model(width)
-    weights = trained.get_weights()
+    weights = {}
+    for width in widths:
+        try:
+            weights[width] = source.load_model(width).get_weights()
+        except RunError as exc:
+            raise ConfigError(f"train.init_from: {exc}") from None
+        log.info("pw%d: starts from %s", width, source.model_path(width))
+    return weights
+
+
+def copy_weights(weights: list[Any], model: Any, where: str) -> None:
+    """Set ``model``'s weights to a source model's (from :func:`source_weights`).
+
+    Raises:
+        RunError: the weights do not fit ``model``.
+    """
     shapes = [tuple(w.shape) for w in weights]
     wanted = [tuple(v.shape) for v in model.weights]
     if shapes != wanted:
-        raise RunError(f"{source.model_path(width)}: its weights do not fit this config's "
-                       f"network ({len(shapes)} arrays against {len(wanted)})")
+        raise RunError(f"{where}: its weights do not fit this config's network "
+                       f"({len(shapes)} arrays against {len(wanted)})")
     model.set_weights(weights)
-    log.info("pw%d: starts from %s", width, source.model_path(width))

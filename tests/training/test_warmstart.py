@@ -77,12 +77,92 @@ def test_bad_sources_are_refused_before_anything_is_written(source, tmp_path, ex
     with pytest.raises(ConfigError) as caught:
         train(load_config(None, settings), out, dataset=tiny_dataset())
     assert message.replace("MISSING", str(tmp_path / "nowhere")) in str(caught.value)
-    assert not (out / "models").exists()
+    assert not out.exists()
+
+
+def test_a_refused_source_leaves_the_run_it_would_overwrite(source, tmp_path):
+    out = tmp_path / "earlier"
+    train(load_config(None, TINY_SETTINGS), out, dataset=tiny_dataset())
+    before = _digest(out)
+    wider = [*TINY_SETTINGS, "model.filters=8", f"train.init_from={source}"]
+    with pytest.raises(ConfigError, match="model.filters: 8 here, 4 in the source run"):
+        train(load_config(None, wider), out, overwrite=True, dataset=tiny_dataset())
+    assert _digest(out) == before
+
+
+def test_another_orientation_than_the_source_is_refused_naming_both(source, tmp_path):
+    saved = open_run(source).config.data.upright
+    assert saved in (True, False)
+    settings = [*TINY_SETTINGS, f"data.upright={not saved}", f"train.init_from={source}"]
+    with pytest.raises(ConfigError) as caught:
+        train(load_config(None, settings), tmp_path / "tuned", dataset=tiny_dataset())
+    assert str(caught.value).startswith(f"train.init_from: {source} was trained with other")
+    assert f"data.upright: {not saved!r} here, {saved!r} in the source run" in str(caught.value)
+
+
+@pytest.mark.parametrize("source_kept", [True, False])
+def test_a_stopped_fine_tune_resumes_from_its_checkpoint(source, tmp_path, monkeypatch,
+                                                        source_kept):
+    """Resumed at its checkpoint (step 3 of 9), a fine-tune ends where an uninterrupted one
+    does: the checkpoint, not the source's weights, is where it goes on from, and the source
+    is not needed any more (moved away here when not ``source_kept``)."""
+    import shutil
+
+    from segmenter.training.callback import WidthCallback
+
+    own = tmp_path / "source"
+    shutil.copytree(source, own)
+    cfg = load_config(None, [*TINY_SETTINGS, "train.steps=9", f"train.init_from={own}"])
+    train(cfg, tmp_path / "full", dataset=tiny_dataset(n_train=2))
+
+    class Stop(Exception):
+        pass
+
+    original = WidthCallback.on_train_batch_end
+
+    def stop(self, batch, logs=None):
+        original(self, batch, logs)
+        if self.tracker.step == 5:
+            raise Stop
+
+    monkeypatch.setattr(WidthCallback, "on_train_batch_end", stop)
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "part", dataset=tiny_dataset(n_train=2))
+    monkeypatch.setattr(WidthCallback, "on_train_batch_end", original)
+    if not source_kept:
+        own.rename(tmp_path / "moved")
+    train(cfg, tmp_path / "part", resume=True, dataset=tiny_dataset(n_train=2))
+    full, part = open_run(tmp_path / "full"), open_run(tmp_path / "part")
+    for a, b in zip(full.load_model(16).get_weights(), part.load_model(16).get_weights(),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_source_run_on_s3_is_read_like_predict_reads_one(source, s3, tmp_path):
+    s3.upload_folder(source, "masks", "runs/source")
+    still = [*TINY_SETTINGS, "train.learning_rate=1e-12", "train.init_from=s3://masks/runs/source",
+             f"data.endpoint_url={s3.endpoint}", f"data.cache_dir={tmp_path / 'cache'}"]
+    train(load_config(None, still), tmp_path / "tuned", dataset=tiny_dataset(n_train=2))
+    tuned = _kernels(open_run(tmp_path / "tuned").load_model(16))
+    for got, want in zip(tuned, _kernels(open_run(source).load_model(16)), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    missing = [*still[:-3], "train.init_from=s3://masks/runs/none", *still[-2:]]
+    with pytest.raises(ConfigError, match=r"^train.init_from: s3://masks/runs/none: not a "):
+        train(load_config(None, missing), tmp_path / "other", dataset=tiny_dataset(n_train=2))
 
 
 def test_cli_init_from_refuses_in_one_line(runner, tmp_path):
     sets = [arg for item in TINY_SETTINGS for arg in ("--set", item)]
     result = runner("train", "--out", tmp_path / "run", "--init-from", tmp_path / "none", *sets)
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: train.init_from: {tmp_path / 'none'}: run directory not found")
+
+
+def test_cli_init_from_names_the_source_by_its_absolute_path(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # what config.yaml records holds when resumed from elsewhere
+    sets = [arg for item in TINY_SETTINGS for arg in ("--set", item)]
+    result = runner("train", "--out", tmp_path / "run", "--init-from", "none", *sets)
     assert result.exit_code == 1
     assert result.output.strip() == (
         f"Error: train.init_from: {tmp_path / 'none'}: run directory not found")
