@@ -219,9 +219,9 @@ class TrainConfig(_Section):
     )
     init_from: str | None = Field(
         None,
-        description="Fine-tuning: a finished run directory whose model of each width starts "
-        "this run's (weights and BatchNorm statistics; a fresh optimiser). Its model settings "
-        "must be this config's. null = random weights.",
+        description="Fine-tuning: a finished run (a folder or an s3:// URL) whose model of "
+        "each width starts this run's (weights and BatchNorm statistics; a fresh optimiser). "
+        "Its model settings must be this config's. null = random weights.",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     strategy: Literal["auto", "default", "mirrored", "multiworker"] = Field(
