@@ -104,8 +104,8 @@ def train(
     # the old run) only once the data have loaded and can train every chosen width.
     checked = RunPlan(Path(out), cfg, chosen, resume=resume, overwrite=overwrite,
                       partial=widths is not None, write=chief).check()
-    # train.init_from, refused before the data; only widths that start afresh need it
-    source = warmstart.open_source(cfg, Path(out), checked.fresh_widths())
+    fresh = checked.fresh_widths()  # only these need train.init_from's run, refused now
+    source = warmstart.open_source(cfg, Path(out), fresh)
 
     if dataset is None:
         from segmenter.data.ontario import load_dataset
@@ -140,7 +140,7 @@ def train(
     start: dict[int, list[Any]] = {}
     if source is not None:
         warmstart.check_architecture(source, cfg)
-        start = warmstart.source_weights(source, checked.fresh_widths())
+        start = warmstart.source_weights(source, fresh)
     checked = replace(checked, plan=replace(checked.plan, config=cfg))
     run = checked.apply()
     log.info("training widths %s into %s (%s)", ", ".join(map(str, chosen)), run.path,

@@ -30,8 +30,8 @@ def open_source(cfg: Config, out: Path, widths: list[int]) -> Run | None:
     ``widths`` are the widths that start from new weights: a resumed run's widths that are
     finished or hold a checkpoint do not need the source, so it is not read for them (it may
     have moved since). A URL (``s3://...``) is copied to the cache first, as ``predict --run``
-    does. Reads only the run's config and status files (no model), so a bad source is refused
-    before the data load.
+    does; of a local run only the config and status files are read here (no model). Either
+    way a bad source is refused before the data load.
 
     Raises:
         ConfigError: no such run, the run being written, or a width it has not finished.
