@@ -7,6 +7,7 @@ network and no data files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from segmenter.config import DataConfig, load_config
@@ -309,3 +311,27 @@ def write_pair(folder: Path, stem: str, index: int, *, label_pixel: float = 2 * 
     with rasterio.open(folder / f"{stem}_label.tif", "w", **profile) as dst:
         dst.write(label[None])
     return label
+
+
+@contextlib.contextmanager
+def stopped_at_step(step: int):
+    """Training inside the block stops with an exception right after ``step`` (as a job killed
+    mid-interval would, after its last checkpoint); the block must end so."""
+    from segmenter.training.callback import WidthCallback
+
+    class Stopped(Exception):
+        pass
+
+    original = WidthCallback.on_train_batch_end
+
+    def stop(self, batch, logs=None):
+        original(self, batch, logs)
+        if self.tracker.step == step:
+            raise Stopped
+
+    WidthCallback.on_train_batch_end = stop
+    try:
+        with pytest.raises(Stopped):
+            yield
+    finally:
+        WidthCallback.on_train_batch_end = original

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_SETTINGS, tiny_dataset, tiny_yaml
+from helpers import TINY_SETTINGS, stopped_at_step, tiny_dataset, tiny_yaml
 
 from segmenter.config import load_config
 from segmenter.errors import ConfigError, DataError
@@ -223,29 +223,14 @@ def test_ema_average_gets_batchnorm_statistics_of_its_own(tmp_path):
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.5])
-def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch, ema):
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, ema):
     """Stopped mid-interval (step 5 of 9, checkpoint at 3), resumed: same losses, same
     weights as a run that was never interrupted (same patches per step, restored optimiser,
     and with train.ema its moving average)."""
-    from segmenter.training.callback import WidthCallback
-
     cfg = load_config(None, [*TINY_SETTINGS, "train.steps=9", f"train.ema={ema}"])
     train(cfg, tmp_path / "full", dataset=tiny_dataset())
-
-    class Interrupted(Exception):
-        pass
-
-    original = WidthCallback.on_train_batch_end
-
-    def interrupt(self, batch, logs=None):
-        original(self, batch, logs)
-        if self.tracker.step == 5:
-            raise Interrupted
-
-    monkeypatch.setattr(WidthCallback, "on_train_batch_end", interrupt)
-    with pytest.raises(Interrupted):
+    with stopped_at_step(5):
         train(cfg, tmp_path / "part", dataset=tiny_dataset())
-    monkeypatch.setattr(WidthCallback, "on_train_batch_end", original)
     state = json.loads((tmp_path / "part" / "state" / "pw16" / "state.json").read_text())
     assert state["step"] == 3
     train(cfg, tmp_path / "part", resume=True, dataset=tiny_dataset())

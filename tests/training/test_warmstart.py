@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_SETTINGS, tiny_dataset
+from helpers import TINY_SETTINGS, stopped_at_step, tiny_dataset
 
 from segmenter.config import load_config
 from segmenter.errors import ConfigError
@@ -101,34 +101,19 @@ def test_another_orientation_than_the_source_is_refused_naming_both(source, tmp_
 
 
 @pytest.mark.parametrize("source_kept", [True, False])
-def test_a_stopped_fine_tune_resumes_from_its_checkpoint(source, tmp_path, monkeypatch,
-                                                        source_kept):
+def test_a_stopped_fine_tune_resumes_from_its_checkpoint(source, tmp_path, source_kept):
     """Resumed at its checkpoint (step 3 of 9), a fine-tune ends where an uninterrupted one
     does: the checkpoint, not the source's weights, is where it goes on from, and the source
     is not needed any more (moved away here when not ``source_kept``)."""
     import shutil
-
-    from segmenter.training.callback import WidthCallback
 
     own = tmp_path / "source"
     shutil.copytree(source, own)
     cfg = load_config(None, [*TINY_SETTINGS, "train.steps=9", f"train.init_from={own}"])
     train(cfg, tmp_path / "full", dataset=tiny_dataset(n_train=2))
 
-    class Stop(Exception):
-        pass
-
-    original = WidthCallback.on_train_batch_end
-
-    def stop(self, batch, logs=None):
-        original(self, batch, logs)
-        if self.tracker.step == 5:
-            raise Stop
-
-    monkeypatch.setattr(WidthCallback, "on_train_batch_end", stop)
-    with pytest.raises(Stop):
+    with stopped_at_step(5):
         train(cfg, tmp_path / "part", dataset=tiny_dataset(n_train=2))
-    monkeypatch.setattr(WidthCallback, "on_train_batch_end", original)
     if not source_kept:
         own.rename(tmp_path / "moved")
     train(cfg, tmp_path / "part", resume=True, dataset=tiny_dataset(n_train=2))
